@@ -135,9 +135,8 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
         bad = set(m) - _MODEL_KEYS
         if bad:
             key = sorted(bad)[0]
-            raise StudyError(
-                f"{where}{_line_of(text, key)}: unknown key {key!r} in model #{i + 1}; allowed: {', '.join(sorted(_MODEL_KEYS))}"
-            )
+            allowed = ", ".join(sorted(_MODEL_KEYS))
+            raise StudyError(f"{where}{_line_of(text, key)}: unknown key {key!r} in model #{i + 1}; allowed: {allowed}")
         for key in ("name", "formula"):
             if key not in m:
                 raise StudyError(f"{where}: model #{i + 1} has no '{key}'")
@@ -149,7 +148,8 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             raise StudyError(f"{where}{_line_of(text, ftext)}: model {mname!r}: {exc}") from exc
         method = m.get("lme4_method", "reml")
         if method not in get_args(Lme4Method):
-            raise StudyError(f"{where}{_line_of(text, 'lme4_method')}: model {mname!r}: lme4_method must be 'reml' or 'ml', not {method!r}")
+            raise StudyError(f"{where}{_line_of(text, 'lme4_method')}: model {mname!r}: "
+                             f"lme4_method must be 'reml' or 'ml', not {method!r}")
         models.append(ModelSpec(mname, formula, str(m.get("question", "")), method))
     if not models:
         raise StudyError(f"{where}: no [[model]] entries; add at least one with name and formula")
@@ -168,9 +168,8 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             raise StudyError(f"{where}: comparison #{i + 1} needs at least two models")
         for mn in ms:
             if mn not in names:
-                raise StudyError(
-                    f"{where}{_line_of(text, mn)}: comparison #{i + 1} names unknown model {mn!r}; models are: {', '.join(names)}"
-                )
+                raise StudyError(f"{where}{_line_of(text, mn)}: comparison #{i + 1} names unknown model {mn!r}; "
+                                 f"models are: {', '.join(names)}")
         comparisons.append(Comparison(str(c.get("name", f"comparison {i + 1}")), tuple(ms), str(c.get("question", ""))))
     return Study(
         name=name,

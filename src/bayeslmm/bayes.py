@@ -1,0 +1,322 @@
+"""Build and fit the Bayesian model of an lmer formula with Bambi and PyMC's NUTS.
+
+Posteriors are cached as NetCDF files named by a content hash of everything that
+determines them (formula, data, priors, sampler settings, library versions), so the same
+fit is never run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeslmm.errors import OptionsError
+from bayeslmm.formula import Formula, to_bambi
+
+Sampler = Literal["pymc", "nutpie"]
+Engine = Literal["auto", "bambi", "marginal"]
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How to sample.
+
+    The defaults were chosen by measurement (README, "Sampler"): PyMC's NUTS with
+    ``target_accept=0.95`` gave no divergences and r_hat <= 1.01 on every tutorial model,
+    where 0.8 left divergences and nutpie's Intercept r_hat stayed above 1.01 at 1000 draws.
+    """
+
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 4
+    seed: int = 20260401
+    target_accept: float = 0.95
+    sampler: Sampler = "pymc"
+    engine: Engine = "bambi"
+
+    def __post_init__(self) -> None:
+        for name in ("draws", "tune", "chains"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise OptionsError(f"--{name} must be a positive whole number, not {value!r}")
+        if self.tune < 1 or self.draws < 1:
+            raise OptionsError("--draws and --tune must be at least 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
+            raise OptionsError(f"--seed must be a non-negative whole number, not {self.seed!r}")
+        if not 0.5 <= float(self.target_accept) < 1.0:
+            raise OptionsError(f"--target-accept must be in [0.5, 1), not {self.target_accept!r}")
+        if self.sampler not in get_args(Sampler):
+            raise OptionsError(f"--sampler must be one of {', '.join(get_args(Sampler))}, not {self.sampler!r}")
+        if self.engine not in get_args(Engine):
+            raise OptionsError(f"--engine must be one of {', '.join(get_args(Engine))}, not {self.engine!r}")
+
+
+@dataclass(frozen=True)
+class BayesFit:
+    """A fitted Bayesian model: the posterior and what produced it.
+
+    Attributes
+    ----------
+    name : str
+        Model name (``mixed.lmer2``) or the formula for a one-off fit.
+    formula : Formula
+    data : DataFrame
+        The rows and columns the model used.
+    idata : xarray.DataTree
+        ArviZ data: ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data``.
+    options : SamplerOptions
+    priors : dict
+        Prior of every parameter, as text (Bambi's defaults unless set).
+    engine : str
+        Which engine produced the posterior.
+    seconds : float
+        Wall time of the fit (0 when loaded from the cache).
+    cached : bool
+        Whether the posterior came from the cache.
+    key : str
+        Content hash of everything that determines the posterior.
+    notes : tuple of str
+        Warnings raised while building or fitting (shown in the report).
+    """
+
+    name: str
+    formula: Formula
+    data: pd.DataFrame
+    idata: xr.DataTree
+    options: SamplerOptions
+    priors: dict[str, str]
+    engine: str
+    seconds: float
+    cached: bool
+    key: str
+    notes: tuple[str, ...] = field(default=())
+
+    def fixef(self) -> pd.DataFrame:
+        """Posterior summary of the fixed effects (lme4's ``fixef``)."""
+        from bayeslmm.tables import tidy_bayes
+
+        t = tidy_bayes(self)
+        return t[t["effect"] == "fixed"].set_index("term")
+
+    def ranef(self) -> pd.DataFrame:
+        """Posterior summary of each group level's effect (lme4's ``ranef``)."""
+        from bayeslmm.tables import tidy_bayes
+
+        t = tidy_bayes(self)
+        return t[t["effect"] == "ran_vals"].reset_index(drop=True)
+
+    def varcorr(self) -> pd.DataFrame:
+        """Posterior summary of the standard deviations (lme4's ``VarCorr``)."""
+        from bayeslmm.tables import tidy_bayes
+
+        t = tidy_bayes(self)
+        return t[t["effect"] == "ran_pars"].reset_index(drop=True)
+
+
+def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a formula uses, grouping columns as categoricals (ids are labels)."""
+    data = df.loc[:, list(formula.variables)].copy()
+    for r in formula.random:
+        for col in r.group_columns:
+            if not isinstance(data[col].dtype, pd.CategoricalDtype):
+                data[col] = pd.Categorical(data[col].astype(str))
+            data[col] = data[col].cat.remove_unused_categories()
+    return data.reset_index(drop=True)
+
+
+def build_model(formula: Formula, data: pd.DataFrame):
+    """The Bambi model of ``formula`` with Bambi's default (weakly informative) priors."""
+    import bambi as bmb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = bmb.Model(to_bambi(formula), data)
+    model.build()
+    return model
+
+
+def prior_table(model) -> dict[str, str]:
+    """Each parameter's prior as text, read from the Bambi model."""
+    out: dict[str, str] = {}
+    for comp in model.conditional_parameters.values():
+        for name, term in comp.terms.items():
+            prior = getattr(term, "prior", None)
+            if prior is not None:
+                out[name] = _prior_text(prior)
+    for name, comp in model.marginal_parameters.items():
+        out[name] = _prior_text(comp.prior)
+    return out
+
+
+def _prior_text(prior) -> str:
+    if not hasattr(prior, "args"):
+        return str(prior)
+    args = []
+    for k, v in prior.args.items():
+        if hasattr(v, "args"):
+            v = _prior_text(v)
+        elif isinstance(v, np.ndarray):
+            flat = np.round(np.ravel(v), 4)
+            v = float(flat[0]) if flat.size and np.all(flat == flat[0]) else flat.tolist()
+        elif isinstance(v, float):
+            v = round(v, 4)
+        args.append(f"{k}={v}")
+    return f"{prior.name}({', '.join(args)})"
+
+
+def _versions() -> dict[str, str]:
+    import bambi
+    import pymc
+
+    return {"bambi": bambi.__version__, "pymc": pymc.__version__}
+
+
+def cache_key(formula: Formula, data: pd.DataFrame, priors: dict[str, str], options: SamplerOptions) -> str:
+    """Content hash of the formula, data, priors, sampler settings and library versions."""
+    h = hashlib.sha256()
+    h.update(to_bambi(formula).encode())
+    h.update(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
+    h.update(json.dumps(list(map(str, data.columns))).encode())
+    h.update(json.dumps(priors, sort_keys=True).encode())
+    h.update(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    h.update(json.dumps(_versions(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: Path, name: str, key: str) -> Path:
+    """Where a posterior is cached: ``<cache_dir>/<name>-<hash prefix>.nc``."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+    return Path(cache_dir) / f"{safe}-{key[:16]}.nc"
+
+
+def find_cached(folder: str | Path | None, key: str) -> Path | None:
+    """A cached posterior with this content hash in ``folder`` (any model name), if any."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    return next(iter(sorted(Path(folder).glob(f"*-{key[:16]}.nc"))), None)
+
+
+def load_cached(path: Path) -> xr.DataTree | None:
+    """Load a cached posterior, or ``None`` if it is missing, truncated or corrupt."""
+    if not path.is_file():
+        return None
+    try:
+        tree = xr.open_datatree(path).load()
+        tree.close()
+        for group in ("posterior", "sample_stats", "log_likelihood", "observed_data"):
+            if group not in tree.children:
+                return None
+        if tree["posterior"].sizes.get("draw", 0) == 0:
+            return None
+        return tree
+    except Exception:  # any unreadable file is simply refitted
+        return None
+
+
+def save(tree: xr.DataTree, path: Path) -> None:
+    """Write a posterior to NetCDF atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".nc.part")
+    tree.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, path)
+
+
+def sample(model, options: SamplerOptions, progress: bool = True) -> xr.DataTree:
+    """Run NUTS on a built Bambi model and add the pointwise log-likelihood."""
+    kwargs: dict = {}
+    if options.sampler == "pymc":
+        kwargs["cores"] = min(options.chains, os.cpu_count() or 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        idata = model.fit(
+            draws=options.draws,
+            tune=options.tune,
+            chains=options.chains,
+            random_seed=options.seed,
+            target_accept=options.target_accept,
+            inference_method=options.sampler,
+            progressbar=progress,
+            **kwargs,
+        )
+        model.compute_log_likelihood(idata)
+    post = idata["posterior"].to_dataset()
+    if "mu" in post:  # one value per draw and row: large, and derivable from the parameters
+        idata["posterior"] = post.drop_vars("mu")
+    return idata
+
+
+def fit(
+    formula: Formula,
+    df: pd.DataFrame,
+    options: SamplerOptions | None = None,
+    *,
+    name: str | None = None,
+    cache_dir: str | Path | None = None,
+    save_dir: str | Path | None = None,
+    refit: bool = False,
+    progress: bool = True,
+) -> BayesFit:
+    """Fit the Bayesian mixed model of an lmer formula.
+
+    Parameters
+    ----------
+    formula : Formula
+        From :func:`bayeslmm.formula.parse`.
+    df : DataFrame
+        Prepared data (rows with missing values in used columns already handled).
+    options : SamplerOptions, optional
+    name : str, optional
+        Name for tables and the cache file; the formula text by default.
+    cache_dir : path, optional
+        Folder of cached posteriors to reuse; ``None`` disables reuse.
+    save_dir : path, optional
+        Folder to save the posterior in (``cache_dir`` by default); a reused posterior is
+        copied there, so a new report folder holds every fit it shows.
+    refit : bool
+        Ignore a cached posterior.
+    progress : bool
+        Show the sampler's progress bar.
+
+    Returns
+    -------
+    BayesFit
+    """
+    from bayeslmm.formula import correlation_note
+
+    options = options or SamplerOptions()
+    name = name or "fit"
+    data = model_data(formula, df)
+    model = build_model(formula, data)
+    priors = prior_table(model)
+    key = cache_key(formula, data, priors, options)
+    notes = tuple(n for n in [correlation_note(formula)] if n)
+    save_dir = save_dir if save_dir is not None else cache_dir
+    target = cache_path(Path(save_dir), name, key) if save_dir is not None else None
+    # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
+    folders = (cache_dir, save_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
+    for folder in folders:
+        path = find_cached(folder, key)
+        tree = load_cached(path) if path is not None else None
+        if tree is not None:
+            if target is not None and target != path:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+            return BayesFit(name, formula, data, tree, options, priors, "bambi", 0.0, True, key, notes)
+    start = time.perf_counter()
+    tree = sample(model, options, progress=progress)
+    seconds = time.perf_counter() - start
+    if target is not None:
+        save(tree, target)
+    return BayesFit(name, formula, data, tree, options, priors, "bambi", seconds, False, key, notes)

@@ -1,0 +1,156 @@
+"""Tidy tables of posterior summaries in broom.mixed's schema, and sampler diagnostics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TIDY_COLUMNS = [
+    "model", "method", "effect", "group", "level", "term",
+    "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk", "ess_tail",
+]
+_SAMPLE_DIMS = ("chain", "draw")
+
+
+def parse_bambi_name(var: str) -> tuple[str, str, str]:
+    """Classify a Bambi posterior variable: ``(effect, group, term)``.
+
+    ``sigma`` -> ``("ran_pars", "Residual", "sd__Observation")``;
+    ``1|g_sigma`` -> ``("ran_pars", "g", "sd__(Intercept)")``;
+    ``x|g`` -> ``("ran_vals", "g", "x")``; ``Intercept`` -> ``("fixed", "", "(Intercept)")``.
+    """
+    if var == "sigma":
+        return "ran_pars", "Residual", "sd__Observation"
+    if "|" in var:
+        expr, group = var.split("|", 1)
+        coef = "(Intercept)" if expr == "1" else expr
+        if group.endswith("_sigma"):
+            return "ran_pars", group[: -len("_sigma")], f"sd__{coef}"
+        return "ran_vals", group, coef
+    return "fixed", "", "(Intercept)" if var == "Intercept" else var
+
+
+def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
+    """Mean, sd, equal-tailed interval, r_hat and ESS over (chain, draw) of ``draws``."""
+    import arviz as az
+
+    flat = draws.reshape(-1, *draws.shape[2:])
+    lo, hi = np.quantile(flat, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    single_chain = draws.shape[0] < 2 or draws.shape[1] < 4
+    nan = np.full(flat.shape[1:], np.nan)
+    return {
+        "estimate": flat.mean(axis=0),
+        "std_error": flat.std(axis=0, ddof=1),
+        "conf_low": lo,
+        "conf_high": hi,
+        "r_hat": nan if single_chain else np.asarray(az.rhat(draws)),
+        "ess_bulk": nan if single_chain else np.asarray(az.ess(draws, method="bulk")),
+        "ess_tail": nan if single_chain else np.asarray(az.ess(draws, method="tail", prob=0.9)),
+    }
+
+
+def tidy_posterior(posterior, model: str, ci: float = 0.95) -> pd.DataFrame:
+    """Tidy summary of a posterior Dataset with Bambi's variable names.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset or DataTree node
+        Draws with dims ``(chain, draw, ...)``.
+    model : str
+        Value of the ``model`` column.
+    ci : float
+        Mass of the equal-tailed credible interval.
+
+    Returns
+    -------
+    DataFrame
+        broom.mixed's columns (see ``TIDY_COLUMNS``); ``method`` is ``bayes``,
+        ``estimate`` the posterior mean, ``std_error`` the posterior sd.
+    """
+    rows = []
+    order = {"fixed": 0, "ran_pars": 1, "ran_vals": 2}
+    for var in posterior.data_vars:
+        da = posterior[var]
+        if var in ("mu",) or not set(_SAMPLE_DIMS) <= set(da.dims):
+            continue
+        effect, group, term = parse_bambi_name(str(var))
+        extra = [d for d in da.dims if d not in _SAMPLE_DIMS]
+        if len(extra) > 1:
+            da = da.stack(__level__=extra)
+            extra = ["__level__"]
+        arr = np.asarray(da.transpose(*_SAMPLE_DIMS, *extra).values, dtype=float)
+        stats = _summarise(arr, ci)
+        labels = [""] if not extra else [_label(v) for v in da[extra[0]].values]
+        for i, label in enumerate(labels):
+            idx = () if not extra else (i,)
+            row = {k: float(np.asarray(v)[idx]) for k, v in stats.items()}
+            if effect == "fixed" and label:
+                row.update(effect=effect, group="", level="", term=f"{term}{label}")
+            else:
+                row.update(effect=effect, group=group, level=label, term=term)
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=TIDY_COLUMNS)
+    out.insert(0, "model", model)
+    out.insert(1, "method", "bayes")
+    out["_o"] = out["effect"].map(order)
+    out = out.sort_values("_o", kind="stable").drop(columns="_o")
+    return out[TIDY_COLUMNS].reset_index(drop=True)
+
+
+def _label(value) -> str:
+    if isinstance(value, tuple):
+        return ":".join(map(str, value))
+    return str(value)
+
+
+def tidy_bayes(fit, ci: float = 0.95) -> pd.DataFrame:
+    """Tidy table of a :class:`~bayeslmm.bayes.BayesFit` (see :func:`tidy_posterior`)."""
+    return tidy_posterior(fit.idata["posterior"], fit.name, ci)
+
+
+def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
+    """Sampler diagnostics of a fit.
+
+    Returns
+    -------
+    dict
+        ``divergences``, ``max_treedepth_hits``, ``max_r_hat``, ``min_ess_bulk`` and
+        ``min_ess_tail`` over fixed effects and standard deviations, ``draws`` and ``chains``.
+    """
+    stats = fit.idata["sample_stats"]
+    tidy = tidy_bayes(fit) if tidy is None else tidy
+    core = tidy[tidy["effect"].isin(["fixed", "ran_pars"])]
+    post = fit.idata["posterior"]
+    treedepth = int(stats["reached_max_treedepth"].sum()) if "reached_max_treedepth" in stats else 0
+    return {
+        "divergences": int(stats["diverging"].sum()) if "diverging" in stats else 0,
+        "max_treedepth_hits": treedepth,
+        "max_r_hat": float(core["r_hat"].max()),
+        "min_ess_bulk": float(core["ess_bulk"].min()),
+        "min_ess_tail": float(core["ess_tail"].min()),
+        "chains": int(post.sizes["chain"]),
+        "draws": int(post.sizes["draw"]),
+    }
+
+
+def fixed_draws(fit, term: str) -> np.ndarray:
+    """All posterior draws (chains pooled) of one fixed-effect term in lme4's naming."""
+    post = fit.idata["posterior"]
+    name = "Intercept" if term == "(Intercept)" else term
+    if name in post:
+        return np.asarray(post[name].values).reshape(-1)
+    for var in post.data_vars:
+        da = post[var]
+        extra = [d for d in da.dims if d not in _SAMPLE_DIMS]
+        if len(extra) == 1 and "|" not in str(var):
+            for i, level in enumerate(da[extra[0]].values):
+                if f"{var}{level}" == term:
+                    return np.asarray(da.isel({extra[0]: i}).values).reshape(-1)
+    raise KeyError(f"no fixed effect {term!r} in the posterior")
+
+
+def format_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """Plain-text rendering for the console (no index, fixed digits)."""
+    return df.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}", na_rep="")
