@@ -1,0 +1,165 @@
+"""Command line: ``bayeslmm run``, ``bayeslmm fit``, ``bayeslmm simulate``.
+
+This module only wires stages together; the work is done by the library's functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bayeslmm.errors import BayeslmmError, OptionsError
+
+EXIT_USER = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative whole number, not {text!r}")
+    return value
+
+
+def _prob(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), not {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise OptionsError(f"{message} (see 'bayeslmm {self.prog.split()[-1]} --help')")
+
+
+def _sampler_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws per chain (1000)")
+    g.add_argument("--tune", type=_positive_int, default=1000, help="tuning steps per chain (1000)")
+    g.add_argument("--chains", type=_positive_int, default=4, help="chains (4)")
+    g.add_argument("--seed", type=_seed, default=20260401, help="random seed (20260401)")
+    g.add_argument("--target-accept", type=_prob, default=0.95, help="NUTS target acceptance (0.95)")
+    g.add_argument("--sampler", choices=["pymc", "nutpie"], default="pymc", help="NUTS implementation (pymc)")
+    g.add_argument("--ci", type=_prob, default=0.95, help="credible interval mass (0.95)")
+    g.add_argument("--refit", action="store_true", help="ignore cached posteriors")
+    g.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bayeslmm`` command."""
+    p = _Parser(prog="bayeslmm", description="Bayesian linear mixed models with lme4's formulas.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a study file end to end and write a report folder")
+    run.add_argument("study", help="study file, e.g. models/dragons.toml")
+    run.add_argument("--data", help="data file to use instead of the study's source")
+    run.add_argument("--object", help="which data frame of an .RData file")
+    run.add_argument("--out", help="report folder (default out/<study name>)")
+    _sampler_args(run)
+
+    fit = sub.add_parser("fit", help="fit one lmer formula to a data file and print a summary")
+    fit.add_argument("data", help="data file (.RData, .rda, .rds, .csv, .parquet) or builtin:dragons")
+    fit.add_argument("formula", help="lmer formula, e.g. 'y ~ x + (1|g)'")
+    fit.add_argument("--object", help="which data frame of an .RData file")
+    fit.add_argument("--out", help="also write a report folder here")
+    _sampler_args(fit)
+
+    sim = sub.add_parser("simulate", help="write the built-in data set")
+    sim.add_argument("design", choices=["dragons"], help="which design")
+    sim.add_argument("--seed", type=_seed, default=None, help="random seed (the built-in default)")
+    sim.add_argument("--out", required=True, help="CSV file to write")
+    return p
+
+
+def _options(args):
+    from bayeslmm.bayes import SamplerOptions
+
+    return SamplerOptions(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                          target_accept=args.target_accept, sampler=args.sampler)
+
+
+def _cmd_run(args) -> int:
+    from bayeslmm.runner import run_study
+    from bayeslmm.study import load
+
+    study = load(args.study)
+    result = run_study(study, data=args.data, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
+                       refit=args.refit, progress=not args.no_progress)
+    for note in result.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from bayeslmm.runner import fit_formula
+    from bayeslmm.tables import format_table
+
+    result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
+                         refit=args.refit, progress=not args.no_progress)
+    t = result.tidy[result.tidy["effect"].isin(["fixed", "ran_pars"])]
+    cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
+    print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
+    print(format_table(t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}), 2))
+    for note in result.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from bayeslmm.simulate import simulate_dragons
+
+    df = simulate_dragons() if args.seed is None else simulate_dragons(args.seed)
+    out = Path(args.out)
+    if out.is_dir():
+        raise OptionsError(f"--out {args.out!r} is a folder; give a .csv file name")
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OptionsError(f"cannot write {args.out!r}: {exc.strerror}") from exc
+    print(f"wrote {len(df)} rows to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bayeslmm`` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"run": _cmd_run, "fit": _cmd_fit, "simulate": _cmd_simulate}[args.command]
+        return handler(args)
+    except BayeslmmError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written (the previous report, if any, is intact)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A tiny document model rendered to Markdown and to one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    frame: pd.DataFrame
+    caption: str = ""
+    digits: int = 2
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # relative to the report folder
+    caption: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+Block = Heading | Para | Bullets | Table | Image | Code
+
+
+def _fmt(v, digits: int) -> str:
+    if isinstance(v, float):
+        if pd.isna(v):
+            return ""
+        if abs(v) >= 1e5 or (0 < abs(v) < 10 ** -digits):
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}"
+    return "" if v is None else str(v)
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """Render blocks as GitHub-flavoured Markdown."""
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Bullets):
+            out.append("\n".join(f"- {i}" for i in b.items))
+        elif isinstance(b, Code):
+            out.append(f"```\n{b.text}\n```")
+        elif isinstance(b, Table):
+            cols = [str(c) for c in b.frame.columns]
+            lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+            for row in b.frame.itertuples(index=False):
+                cells = [_fmt(v, b.digits).replace("|", "\\|") for v in row]
+                lines.append("| " + " | ".join(cells) + " |")
+            if b.caption:
+                out.append(f"*{b.caption}*")
+            out.append("\n".join(lines))
+        elif isinstance(b, Image):
+            out.append(f"![{b.caption}]({b.path})\n\n*{b.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.5}
+h1{border-bottom:2px solid #0072B2;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}th{background:#f3f6fa}
+td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-style:italic;
+padding:.3em 0}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}
+figcaption{font-style:italic;color:#555}pre{background:#f6f8fa;padding:.8em;overflow-x:auto}
+.warn{color:#a04000}
+"""
+
+
+def to_html(blocks: list[Block], title: str, root: Path) -> str:
+    """Render blocks as one self-contained HTML page (figures embedded as data URIs)."""
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, Bullets):
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, Code):
+            out.append(f"<pre>{html.escape(b.text)}</pre>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b.frame.columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(_fmt(v, b.digits))}</td>" for v in row) + "</tr>"
+                for row in b.frame.itertuples(index=False)
+            )
+            cap = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
+            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(b, Image):
+            data = base64.b64encode((root / b.path).read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """Escape text and render Markdown's `code` and **bold** spans."""
+    import re
+
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)

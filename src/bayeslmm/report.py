@@ -1,0 +1,143 @@
+"""Write a report folder: tidy.csv, figures/, report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bayeslmm import plots
+from bayeslmm.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
+from bayeslmm.tables import diagnostics, fixed_draws, tidy_bayes
+
+
+def focus_term(result) -> str | None:
+    """The numeric predictor the study is about: the first numeric fixed term of its first model."""
+    for spec in result.study.models:
+        for term in spec.formula.fixed:
+            if term in result.data.columns and pd.api.types.is_numeric_dtype(result.data[term]):
+                return term
+    return None
+
+
+def focus_group(result) -> str | None:
+    """The first grouping factor used by any model of the study."""
+    for spec in result.study.models:
+        if spec.formula.random:
+            return spec.formula.random[0].group
+    return None
+
+
+def _save(fig: plt.Figure, root: Path, name: str, caption: str, figures: list[Image]) -> None:
+    (root / "figures").mkdir(exist_ok=True)
+    fig.savefig(root / "figures" / f"{name}.png", bbox_inches="tight")
+    plt.close(fig)
+    figures.append(Image(f"figures/{name}.png", caption))
+
+
+def _pooled_draws(result, x: str) -> dict[str, np.ndarray] | None:
+    """Draws of the simplest model with ``x`` and an intercept and no random terms."""
+    for spec in result.study.models:
+        f = spec.formula
+        if not f.random and f.fixed == (x,) and f.intercept and spec.name in result.fits:
+            fit = result.fits[spec.name]
+            return {"(Intercept)": fixed_draws(fit, "(Intercept)"), x: fixed_draws(fit, x)}
+    return None
+
+
+def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
+    """Draw every figure of the report into ``root/figures``."""
+    df, figures = result.data, []
+    response = result.study.models[0].formula.response
+    x, group = focus_term(result), focus_group(result)
+    _save(plots.response_histogram(df, response), root, "response_histogram",
+          f"Distribution of {response}.", figures)
+    if x is not None:
+        _save(plots.pooled_regression(df, x, response, _pooled_draws(result, x)), root, "pooled_regression",
+              f"{response} against {x} with the pooled regression (posterior mean and 95% band): "
+              "every observation treated as independent.", figures)
+    if group is not None and ":" not in group:
+        _save(plots.group_boxplot(df, response, group), root, f"boxplot_{group}",
+              f"{response} by {group}: groups differ in their typical {response}.", figures)
+        if x is not None:
+            _save(plots.group_facets(df, x, response, group), root, f"facets_{group}",
+                  f"A separate regression in each {group} (no pooling).", figures)
+    if x is not None:
+        order = [m.name for m in result.study.models]
+        _save(plots.forest(tidy, x, models=order), root, f"forest_{x}",
+              f"The estimate of {x} in every model, with its 95% interval.", figures)
+    return figures
+
+
+def model_section(spec, fit, tidy: pd.DataFrame, diag: dict) -> list[Block]:
+    """Heading, question, formula, parameter table, diagnostics and priors of one model."""
+    rows = tidy[(tidy["model"] == spec.name) & tidy["effect"].isin(["fixed", "ran_pars"])]
+    table = rows[["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat",
+                  "ess_bulk"]].rename(columns={"estimate": "mean", "std_error": "sd", "conf_low": "2.5%",
+                                               "conf_high": "97.5%"})
+    blocks: list[Block] = [Heading(spec.name, 3)]
+    if spec.question:
+        blocks.append(Para(f"**Question.** {spec.question}"))
+    blocks += [Code(spec.formula.text), Table(table, "Posterior mean, sd and 95% equal-tailed interval")]
+    how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
+    blocks.append(Para(
+        f"Sampler: {diag['chains']} chains x {diag['draws']} draws ({how}); divergences: {diag['divergences']}; "
+        f"max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
+        f"min tail ESS {diag['min_ess_tail']:.0f}."))
+    blocks.append(Bullets(tuple(f"`{k}` ~ {v}" for k, v in fit.priors.items())))
+    for note in fit.notes:
+        blocks.append(Para(f"**Note.** {note}"))
+    return blocks
+
+
+def write(result, root: Path, *, ci: float = 0.95, source: str = "") -> object:
+    """Write the report files into ``root`` and return ``result`` with its tidy table.
+
+    Parameters
+    ----------
+    result : RunResult
+        Fits of the study (``tidy`` may be empty; it is computed here).
+    root : Path
+        The (staged) report folder.
+    ci : float
+        Mass of the equal-tailed credible intervals.
+    source : str
+        Where the data came from, for the report.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tidy = pd.concat([tidy_bayes(f, ci) for f in result.fits.values()], ignore_index=True)
+    tidy.to_csv(root / "tidy.csv", index=False)
+    diags = {name: diagnostics(fit, tidy[tidy["model"] == name]) for name, fit in result.fits.items()}
+    figures = make_figures(result, root, tidy)
+    study = result.study
+    opts = next(iter(result.fits.values())).options
+    blocks: list[Block] = [Heading(study.title, 1)]
+    if study.description:
+        blocks.append(Para(study.description))
+    prep = [f"`{k}` = `{v}` standardised (mean 0, sd 1 with n - 1, as R's `scale()`)" for k, v in study.scale.items()]
+    prep += [f"`{k}` = `{':'.join(v)}` (explicit nesting, as R's `factor(a:b)`)" for k, v in study.nest.items()]
+    blocks += [
+        Heading("Data and settings", 2),
+        Bullets((f"data: `{source}`, {len(result.data)} rows",
+                 *prep,
+                 f"sampler: Bambi + PyMC NUTS ({opts.sampler}), {opts.chains} chains x {opts.draws} draws "
+                 f"after {opts.tune} tuning steps, target_accept {opts.target_accept}, seed {opts.seed}",
+                 f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
+                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd")),
+    ]
+    diag_table = pd.DataFrame([{"model": k, **v} for k, v in diags.items()])
+    problems = [f"{k}: {v['divergences']} divergent transitions" for k, v in diags.items() if v["divergences"]]
+    problems += [f"{k}: max r_hat {v['max_r_hat']:.3f} > 1.01" for k, v in diags.items() if v["max_r_hat"] > 1.01]
+    blocks += [Heading("Models", 2)]
+    for spec in study.models:
+        blocks += model_section(spec, result.fits[spec.name], tidy, diags[spec.name])
+    blocks += [Heading("Figures", 2), *figures]
+    blocks += [Heading("Sampler diagnostics", 2), Table(diag_table, digits=3)]
+    blocks.append(Para("All models sampled without divergences and with r_hat <= 1.01." if not problems else
+                       "**Warnings.** " + "; ".join(problems) + ". Raise --target-accept or --draws."))
+    (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
+    return dataclasses.replace(result, tidy=tidy, notes=tuple(problems))

@@ -1,0 +1,143 @@
+"""Run a whole study, or one formula, from data to a report folder."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bayeslmm import bayes
+from bayeslmm import data as data_mod
+from bayeslmm.bayes import BayesFit, SamplerOptions
+from bayeslmm.formula import Formula, parse
+from bayeslmm.study import ModelSpec, Study
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: the fits, their tidy table and the report folder."""
+
+    study: Study
+    data: pd.DataFrame
+    fits: dict[str, BayesFit]
+    tidy: pd.DataFrame
+    out: Path | None
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+
+def prepared_data(study: Study, data: str | Path | None = None, obj: str | None = None) -> pd.DataFrame:
+    """Load the study's data (or ``data`` instead) and apply its preparation."""
+    source = str(data) if data is not None else study.source
+    df = data_mod.load(source, obj=obj or study.data_object)
+    return data_mod.prepare(df, study.scale, study.nest)
+
+
+def fit_models(
+    models: tuple[ModelSpec, ...],
+    df: pd.DataFrame,
+    options: SamplerOptions,
+    *,
+    cache_dir: Path | None = None,
+    save_dir: Path | None = None,
+    refit: bool = False,
+    echo: Callable[[str], None] = _stderr,
+    progress: bool = True,
+) -> dict[str, BayesFit]:
+    """Fit each model in turn, saying which one and how many are left."""
+    fits: dict[str, BayesFit] = {}
+    for i, spec in enumerate(models, 1):
+        echo(f"[{i}/{len(models)}] {spec.name}: {spec.formula.text}")
+        fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
+                        refit=refit, progress=progress)
+        how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
+        echo(f"      {how}; {len(models) - i} model(s) left")
+        fits[spec.name] = fit
+    return fits
+
+
+def run_study(
+    study: Study,
+    *,
+    data: str | Path | None = None,
+    obj: str | None = None,
+    out: str | Path | None = None,
+    options: SamplerOptions | None = None,
+    ci: float = 0.95,
+    refit: bool = False,
+    echo: Callable[[str], None] = _stderr,
+    progress: bool = True,
+) -> RunResult:
+    """Run a study end to end and write its report folder (atomically).
+
+    Parameters
+    ----------
+    study : Study
+    data : path, optional
+        Data file to use instead of the study's source.
+    obj : str, optional
+        Object name inside an ``.RData`` file.
+    out : path, optional
+        Report folder; ``out/<study name>`` by default.
+    options : SamplerOptions, optional
+    ci : float
+        Mass of the credible intervals in tables and figures.
+    refit : bool
+        Ignore cached posteriors.
+    echo : callable
+        Where progress lines go (stderr by default).
+    progress : bool
+        Show the sampler's own progress bars.
+    """
+    from bayeslmm import report
+    from bayeslmm.output import staged_folder
+
+    options = options or SamplerOptions()
+    start = time.perf_counter()
+    df = prepared_data(study, data, obj)
+    out_dir = Path(out) if out is not None else Path("out") / study.name
+    with staged_folder(out_dir) as stage:
+        fits = fit_models(study.models, df, options, cache_dir=out_dir / "fits", save_dir=stage / "fits",
+                          refit=refit, echo=echo, progress=progress)
+        echo("writing report ...")
+        result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
+        result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
+    seconds = time.perf_counter() - start
+    echo(f"report written to {out_dir}/ in {seconds:.1f} s")
+    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes)
+
+
+def fit_formula(
+    data: str | Path,
+    formula: str | Formula,
+    *,
+    obj: str | None = None,
+    out: str | Path | None = None,
+    options: SamplerOptions | None = None,
+    ci: float = 0.95,
+    refit: bool = False,
+    echo: Callable[[str], None] = _stderr,
+    progress: bool = True,
+) -> RunResult:
+    """Fit one formula to a data file; with ``out``, write the same kind of report folder."""
+    formula = parse(formula) if isinstance(formula, str) else formula
+    study = Study(
+        name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
+        source=str(data), data_object=obj, models=(ModelSpec("model", formula),),
+    )
+    if out is not None:
+        return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress)
+    from bayeslmm.tables import tidy_bayes
+
+    df = prepared_data(study)
+    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress)
+    tidy = pd.concat([tidy_bayes(f, ci) for f in fits.values()], ignore_index=True)
+    return RunResult(study, df, fits, tidy, None, 0.0)
