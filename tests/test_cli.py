@@ -1,0 +1,74 @@
+"""The command line end to end on the built-in data (small draws: structure, not accuracy)."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bayeslmm.cli import main
+from bayeslmm.tables import TIDY_COLUMNS
+
+SMALL = ["--draws", "100", "--tune", "150", "--chains", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "dragons"
+    assert main(["run", "models/dragons.toml", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_run_writes_the_report(report_dir):
+    for name in ("tidy.csv", "report.md", "report.html"):
+        assert (report_dir / name).is_file()
+    figures = {p.stem for p in (report_dir / "figures").glob("*.png")}
+    assert {"response_histogram", "pooled_regression", "boxplot_mountainRange", "facets_mountainRange",
+            "forest_bodyLength2"} <= figures
+    # full.lmer and mixed.lmer2 share a posterior: one fit, two files of the same content.
+    assert len(list((report_dir / "fits").glob("*.nc"))) == 7
+    assert not list(report_dir.parent.glob(".dragons.partial-*"))
+
+
+def test_tidy_schema(report_dir):
+    tidy = pd.read_csv(report_dir / "tidy.csv", keep_default_na=False, na_values=[""])
+    assert list(tidy.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS
+    assert set(tidy["effect"]) == {"fixed", "ran_pars", "ran_vals"}
+    assert set(tidy["model"]) == {"basic.lm", "mountain.lm", "mixed.lmer", "mixed.WRONG", "mixed.lmer2",
+                                  "full.lmer", "reduced.lmer"}
+    res = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["group"] == "Residual")]
+    assert list(res["term"]) == ["sd__Observation"]
+    mr = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["effect"] == "ran_vals") & (tidy["group"] == "mountainRange")]
+    assert len(mr) == 8 and set(mr["term"]) == {"(Intercept)"}
+
+
+def test_second_run_reuses_the_cache(report_dir, capsys):
+    assert main(["run", "models/dragons.toml", "--out", str(report_dir), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused cached posterior") == 7
+
+
+def test_fit_command_prints_a_table(builtin, tmp_path, capsys):
+    csv = tmp_path / "d.csv"
+    builtin.assign(site=builtin["site"].astype(str)).to_csv(csv, index=False)
+    code = main(["fit", str(csv), "testScore ~ bodyLength2 + (1|mountainRange/site)", *SMALL])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mountainRange:site" in out and "sd__(Intercept)" in out and "bodyLength2" in out
+
+
+def test_simulate_writes_csv(tmp_path):
+    out = tmp_path / "sim.csv"
+    proc = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "simulate", "dragons", "--seed", "3",
+                           "--out", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out)
+    assert df.shape == (480, 4)
+
+
+def test_user_error_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", str(tmp_path / "nope.csv"), "y ~ x"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
