@@ -1,0 +1,385 @@
+"""Frequentist fits beside the Bayesian ones: R's ``lm`` and lme4's ``lmer`` (REML or ML).
+
+The mixed model follows Bates, Mächler, Bolker & Walker (2015), "Fitting linear mixed-effects
+models using lme4", J. Stat. Softw. 67(1), section 3: with the relative covariance factor
+``Lambda_theta``, the penalized least-squares problem is solved through the Cholesky factor of
+``Lambda' Z'Z Lambda + I``; that gives the profiled deviance (ML) or REML criterion as a function
+of ``theta`` alone, which is minimised under bounds (diagonal elements of each term's factor
+>= 0). Fixed-effect tests use lmerTest's Satterthwaite degrees of freedom. The machinery is in
+:mod:`bayeslmm.lmer`; this module assembles results with lme4's names and R's conventions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, stats
+
+from bayeslmm.errors import DataError, OptionsError
+from bayeslmm.formula import ModelFrame
+from bayeslmm.lmer import LmerProblem, Pls, satterthwaite
+
+#: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
+SINGULAR_TOL = 1e-4
+#: Columns of :func:`tidy` (broom.mixed's schema with ``.`` written as ``_``).
+TIDY_COLUMNS = (
+    "model", "method", "effect", "group", "level", "term", "estimate", "std_error",
+    "conf_low", "conf_high", "statistic", "df", "p_value",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class FreqFit:
+    """A frequentist fit, with R's names and conventions.
+
+    Attributes
+    ----------
+    method : {"ols", "reml", "ml"}
+    formula : str
+    fixef, se, t, df, p : Series
+        Fixed effects (``coef`` for OLS), standard errors, t statistics, degrees of freedom
+        (residual for OLS; lmerTest's Satterthwaite for REML and ML mixed fits, NaN where
+        lmerTest gives none) and two-sided p-values from the t distribution.
+    vcov : DataFrame
+        Covariance matrix of the fixed effects: ``sigma^2 (X'X)^-1`` (OLS) or lme4's
+        ``sigma^2 (X'V^-1 X)^-1`` with V the marginal covariance over sigma^2, the variance
+        parameters taken as known.
+    sigma : float
+        Residual standard deviation.
+    loglik, aic, bic : float
+        R's ``logLik`` (the REML one for REML fits), ``AIC`` and ``BIC``.
+    npar : int
+        Parameters counted by ``logLik``'s df: p + 1 (OLS) or p + len(theta) + 1.
+    nobs : int
+    r_squared : float or None
+        OLS only.
+    deviance, reml_criterion : float or None
+        ``-2 logLik`` of ML fits; lme4's ``REMLcrit`` of REML fits.
+    theta : Series or None
+        lme4's relative covariance factor, in lme4's order and names (``getME(fit, "theta")``).
+    varcorr : DataFrame or None
+        Columns group, term, variance, sd. Rows ``sd__<coef>`` per grouping factor, then
+        ``cor__<a>.<b>`` rows (``variance`` = covariance, ``sd`` = correlation, as lme4's
+        ``as.data.frame(VarCorr(fit))`` puts them in ``vcov``/``sdcor``), then group
+        ``Residual``, term ``sd__Observation``.
+    ranef, ranef_sd : dict of str to DataFrame
+        Conditional modes (lme4's ``ranef``) and their conditional sds (``condVar``) per
+        grouping factor: index = levels, columns = coefficients.
+    ngroups : dict of str to int
+    converged, singular : bool
+        Optimizer convergence (gradient check) and lme4's ``isSingular``.
+    """
+
+    method: str
+    formula: str
+    fixef: pd.Series
+    se: pd.Series
+    t: pd.Series
+    df: pd.Series
+    p: pd.Series
+    vcov: pd.DataFrame
+    sigma: float
+    loglik: float
+    aic: float
+    bic: float
+    npar: int
+    nobs: int
+    r_squared: float | None = None
+    deviance: float | None = None
+    reml_criterion: float | None = None
+    theta: pd.Series | None = None
+    varcorr: pd.DataFrame | None = None
+    ranef: dict[str, pd.DataFrame] = field(default_factory=dict)
+    ranef_sd: dict[str, pd.DataFrame] = field(default_factory=dict)
+    ngroups: dict[str, int] = field(default_factory=dict)
+    converged: bool = True
+    singular: bool = False
+
+    @property
+    def coef(self) -> pd.Series:
+        """Alias of ``fixef`` (R's ``coef`` of an ``lm``)."""
+        return self.fixef
+
+
+def _check_design(frame: ModelFrame) -> None:
+    X = frame.X
+    n, p = X.shape
+    if p == 0:
+        raise DataError(f"{frame.formula.text!r} has no fixed effects; lme4 needs at least one (y ~ 1 + ...)")
+    if n <= p:
+        raise DataError(f"{n} rows for {p} fixed effects: need more rows than coefficients")
+    _, r, piv = linalg.qr(X, mode="economic", pivoting=True)
+    d = np.abs(np.diag(r))
+    bad = d < d[0] * max(n, p) * np.finfo(float).eps * 1e3
+    if bad.any():
+        names = ", ".join(frame.x_names[i] for i in piv[bad])
+        raise DataError(f"fixed-effect columns are linearly dependent ({names}); drop or merge them")
+
+
+def _fixed_table(frame: ModelFrame, beta: np.ndarray, cov: np.ndarray, df: np.ndarray) -> dict:
+    names = list(frame.x_names)
+    se = np.sqrt(np.diag(cov))
+    t = beta / se
+    return {
+        "fixef": pd.Series(beta, index=names),
+        "se": pd.Series(se, index=names),
+        "t": pd.Series(t, index=names),
+        "df": pd.Series(df, index=names),
+        "p": pd.Series(2 * stats.t.sf(np.abs(t), df), index=names),
+        "vcov": pd.DataFrame(cov, index=names, columns=names),
+    }
+
+
+def fit_ols(frame: ModelFrame) -> FreqFit:
+    """Ordinary least squares, as R's ``lm`` and its ``summary``, ``logLik``, ``AIC``, ``BIC``.
+
+    Parameters
+    ----------
+    frame : ModelFrame
+        Random blocks, if any, are ignored.
+
+    Returns
+    -------
+    FreqFit
+        ``method = "ols"``; ``loglik`` is the Gaussian ML log-likelihood with ``npar = p + 1``.
+    """
+    _check_design(frame)
+    X, y = frame.X, frame.y
+    n, p = X.shape
+    q, r = linalg.qr(X, mode="economic")
+    beta = linalg.solve_triangular(r, q.T @ y)
+    rss = float(np.sum((y - X @ beta) ** 2))
+    sigma2 = rss / (n - p)
+    rinv = linalg.solve_triangular(r, np.eye(p))
+    tss = float(np.sum((y - y.mean()) ** 2)) if frame.formula.intercept else float(y @ y)
+    loglik = -0.5 * n * (np.log(2 * np.pi * rss / n) + 1)
+    return FreqFit(
+        method="ols",
+        formula=frame.formula.text,
+        **_fixed_table(frame, beta, sigma2 * rinv @ rinv.T, np.full(p, float(n - p))),
+        sigma=float(np.sqrt(sigma2)),
+        loglik=loglik,
+        aic=-2 * loglik + 2 * (p + 1),
+        bic=-2 * loglik + np.log(n) * (p + 1),
+        npar=p + 1,
+        nobs=n,
+        r_squared=1 - rss / tss,
+        varcorr=pd.DataFrame(
+            [("Residual", "sd__Observation", sigma2, np.sqrt(sigma2))],
+            columns=["group", "term", "variance", "sd"],
+        ),
+    )
+
+
+def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bool | None = None) -> FreqFit:
+    """Fit a linear mixed model as ``lme4::lmer`` (with lmerTest's Satterthwaite tests).
+
+    Parameters
+    ----------
+    frame : ModelFrame
+        Must have at least one random block.
+    method : {"reml", "ml"}
+        ``REML = TRUE`` or ``FALSE``.
+    dense : bool, optional
+        Force dense (``True``) or blockwise sparse (``False``) linear algebra; by default
+        dense up to :data:`~bayeslmm.lmer.DENSE_MAX_Q` random effects.
+
+    Returns
+    -------
+    FreqFit
+
+    Warns
+    -----
+    RuntimeWarning
+        If the optimizer's gradient check fails.
+    """
+    if method not in ("reml", "ml"):
+        raise OptionsError(f"method must be 'reml' or 'ml', not {method!r}")
+    if not frame.blocks:
+        raise OptionsError(f"{frame.formula.text!r} has no random terms; use fit_ols")
+    _check_design(frame)
+    n = frame.y.size
+    for blk in frame.blocks:
+        if not 1 < len(blk.levels) < n:  # lme4's checks on the number of levels
+            raise DataError(
+                f"grouping factor {blk.term.group!r} has {len(blk.levels)} levels for {n} rows; "
+                "a random effect needs more than one level and fewer levels than rows"
+            )
+    m = LmerProblem(frame, reml=method == "reml", dense=dense)
+    theta, converged = m.optimize()
+    if not converged:
+        msg = f"{frame.formula.text}: the optimizer did not converge (gradient check failed)"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    pls = m.solve(theta)
+    crit = m.criterion(pls)
+    p = m.p
+    sigma = float(np.sqrt(pls.pwrss / (n - p if m.reml else n)))
+    cov = sigma**2 * linalg.cho_solve(pls.rx_chol, np.eye(p), check_finite=False)
+    sat = satterthwaite(m.devfun_vp, m.covbeta, np.append(theta, sigma))
+    npar = p + theta.size + 1
+    varcorr, ranef, ranef_sd = _random_parts(m, pls, sigma)
+    return FreqFit(
+        method=method,
+        formula=frame.formula.text,
+        **_fixed_table(frame, pls.beta, cov, sat.df),
+        sigma=sigma,
+        loglik=-crit / 2,
+        aic=crit + 2 * npar,
+        bic=crit + np.log(n) * npar,
+        npar=npar,
+        nobs=n,
+        deviance=None if m.reml else crit,
+        reml_criterion=crit if m.reml else None,
+        theta=pd.Series(theta, index=m.theta_names),
+        varcorr=varcorr,
+        ranef=ranef,
+        ranef_sd=ranef_sd,
+        ngroups={b.term.group: len(b.levels) for b in m.blocks},
+        converged=converged,
+        singular=bool(np.any(theta[m.diag_theta] < SINGULAR_TOL)),
+    )
+
+
+def _random_parts(m: LmerProblem, pls: Pls, sigma: float) -> tuple[pd.DataFrame, dict, dict]:
+    """VarCorr rows, conditional modes and conditional sds, in lme4's order."""
+    rows, ranef, ranef_sd = [], {}, {}
+    b = pls.lam @ pls.u
+    cond = pls.factor.inv_diag_blocks(m.layout)
+    t_off = 0
+    for blk, (off, nl, k), cblk in zip(m.blocks, m.layout, cond, strict=True):
+        coefs, g = blk.term.coefs, blk.term.group
+        tri = m.tri(k)
+        T = np.zeros((k, k))
+        for idx, (i, j) in enumerate(tri):
+            T[i, j] = pls.theta[t_off + idx]
+        t_off += len(tri)
+        cov = sigma**2 * T @ T.T
+        sd = np.sqrt(np.diag(cov))
+        rows += [(g, f"sd__{c}", cov[i, i], sd[i]) for i, c in enumerate(coefs)]
+        for i in range(k):
+            for j in range(i + 1, k):
+                cor = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                rows.append((g, f"cor__{coefs[i]}.{coefs[j]}", cov[i, j], cor))
+        levels, cols = list(blk.levels), list(coefs)
+        modes = pd.DataFrame(b[off : off + nl * k].reshape(nl, k), index=levels, columns=cols)
+        csd = np.sqrt(np.einsum("ij,ljk,ik->li", T, cblk, T)) * sigma  # diag of sigma^2 T A^-1_ll T'
+        csd = pd.DataFrame(csd, index=levels, columns=cols)
+        if g in ranef:  # another term of the same factor, e.g. from (x||g): join columns like lme4
+            modes, csd = ranef[g].join(modes), ranef_sd[g].join(csd)
+        ranef[g], ranef_sd[g] = modes, csd
+    rows.append(("Residual", "sd__Observation", sigma**2, sigma))
+    return pd.DataFrame(rows, columns=["group", "term", "variance", "sd"]), ranef, ranef_sd
+
+
+def fit(frame: ModelFrame, method: Literal["reml", "ml", "ols"] = "reml") -> FreqFit:
+    """Fit a frame as R would: ``lm`` without random terms, ``lmer`` (REML or ML) with them."""
+    if not frame.blocks:
+        return fit_ols(frame)
+    if method == "ols":
+        raise OptionsError(f"{frame.formula.text!r} has random terms; choose method 'reml' or 'ml'")
+    return fit_lmm(frame, method)
+
+
+def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFrame:
+    """One row per parameter in broom.mixed's schema (:data:`TIDY_COLUMNS`).
+
+    Parameters
+    ----------
+    fit : FreqFit
+    model_name : str
+    conf_level : float
+        Level of the Wald intervals ``estimate ± z * std_error``.
+
+    Returns
+    -------
+    DataFrame
+        ``effect`` is ``fixed`` (with statistic, df, p_value), ``ran_pars`` (sd and correlation
+        of each grouping factor, then group ``Residual`` term ``sd__Observation``; OLS fits get
+        this row too; std_error and conf NaN) or ``ran_vals`` (conditional modes, std_error =
+        conditional sd from ``condVar``).
+    """
+    if not 0 < conf_level < 1:
+        raise OptionsError(f"conf_level must be between 0 and 1, not {conf_level}")
+    z = stats.norm.ppf(0.5 + conf_level / 2)
+    nan = float("nan")
+    base = {"model": model_name, "method": fit.method}
+    rows = []
+    for term in fit.fixef.index:
+        est, se = fit.fixef[term], fit.se[term]
+        rows.append({
+            **base, "effect": "fixed", "group": None, "level": None, "term": term, "estimate": est,
+            "std_error": se, "conf_low": est - z * se, "conf_high": est + z * se,
+            "statistic": fit.t[term], "df": fit.df[term], "p_value": fit.p[term],
+        })
+    for r in (fit.varcorr if fit.varcorr is not None else pd.DataFrame()).itertuples():
+        rows.append({
+            **base, "effect": "ran_pars", "group": r.group, "level": None, "term": r.term, "estimate": r.sd,
+            "std_error": nan, "conf_low": nan, "conf_high": nan,
+        })
+    for g, modes in fit.ranef.items():
+        for coef in modes.columns:
+            for level, est in modes[coef].items():
+                se = fit.ranef_sd[g].at[level, coef]
+                rows.append({
+                    **base, "effect": "ran_vals", "group": g, "level": level, "term": coef, "estimate": est,
+                    "std_error": se, "conf_low": est - z * se, "conf_high": est + z * se,
+                })
+    return pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+
+
+def lrt(reduced: FreqFit, full: FreqFit) -> dict:
+    """Likelihood-ratio test of nested ML fits, as R's ``anova(reduced, full)``.
+
+    Both fits must be ML: method ``ml``, or ``ols`` (whose logLik is the ML one, so an ``lm``
+    can be the reduced model as in ``anova(lmer_fit, lm_fit)``).
+
+    Returns
+    -------
+    dict
+        ``chisq``, ``df``, ``p`` and ``AIC``, ``BIC``, ``logLik``, each a dict with keys
+        ``reduced`` and ``full``.
+
+    Raises
+    ------
+    OptionsError
+        If a fit is REML (refit with ``method="ml"``, as lme4's ``anova`` does), the fits have
+        different numbers of rows, or ``reduced`` has no fewer parameters than ``full``.
+    """
+    for label, f in (("reduced", reduced), ("full", full)):
+        if f.method == "reml":
+            raise OptionsError(
+                f"the {label} model is a REML fit; a likelihood-ratio test needs ML fits (method='ml')"
+            )
+    if reduced.nobs != full.nobs:
+        raise OptionsError(f"the models were fitted to different rows ({reduced.nobs} and {full.nobs})")
+    if reduced.npar >= full.npar:
+        raise OptionsError(
+            f"the reduced model has {reduced.npar} parameters, the full one {full.npar}; swap them"
+        )
+    chisq = max(0.0, 2 * (full.loglik - reduced.loglik))
+    df = full.npar - reduced.npar
+    return {
+        "chisq": chisq,
+        "df": df,
+        "p": float(stats.chi2.sf(chisq, df)),
+        "AIC": {"reduced": reduced.aic, "full": full.aic},
+        "BIC": {"reduced": reduced.bic, "full": full.bic},
+        "logLik": {"reduced": reduced.loglik, "full": full.loglik},
+    }
+
+
+def variance_partition(fit: FreqFit) -> dict[str, float]:
+    """Share of each variance in the total: group -> var_g / (sum of variances + residual).
+
+    Only random-intercept variances count (a slope's contribution depends on the covariate; the
+    shares are those at covariate value 0). For one grouping factor the share is the ICC.
+    The residual's share is under ``"Residual"``.
+    """
+    vc = fit.varcorr
+    keep = vc[(vc.term == "sd__(Intercept)") | (vc.group == "Residual")]
+    var = keep.groupby("group", sort=False)["variance"].sum()
+    return {str(g): float(v / var.sum()) for g, v in var.items()}
