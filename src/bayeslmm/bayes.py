@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm.errors import OptionsError
+from bayeslmm.checks import NaAction, sampler_warnings, validate
+from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.formula import Formula, to_bambi
 
 Sampler = Literal["pymc", "nutpie"]
@@ -87,7 +88,9 @@ class BayesFit:
     key : str
         Content hash of everything that determines the posterior.
     notes : tuple of str
-        Warnings raised while building or fitting (shown in the report).
+        Warnings about the data and the design (shown in the CLI and the report).
+    sampler_notes : tuple of str
+        Sampler trouble: divergences, r_hat > 1.01, low ESS, tree depth (``--strict`` fails on these).
     """
 
     name: str
@@ -101,6 +104,7 @@ class BayesFit:
     cached: bool
     key: str
     notes: tuple[str, ...] = field(default=())
+    sampler_notes: tuple[str, ...] = field(default=())
 
     def fixef(self) -> pd.DataFrame:
         """Posterior summary of the fixed effects (lme4's ``fixef``)."""
@@ -139,10 +143,14 @@ def build_model(formula: Formula, data: pd.DataFrame):
     """The Bambi model of ``formula`` with Bambi's default (weakly informative) priors."""
     import bambi as bmb
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = bmb.Model(to_bambi(formula), data)
-    model.build()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = bmb.Model(to_bambi(formula), data)
+        model.build()
+    except Exception as exc:  # formulae/Bambi raise many types for terms they cannot build
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise FormulaError(f"cannot build the model of {formula.text!r}: {msg}") from exc
     return model
 
 
@@ -267,6 +275,7 @@ def fit(
     save_dir: str | Path | None = None,
     refit: bool = False,
     progress: bool = True,
+    na: NaAction = "drop",
 ) -> BayesFit:
     """Fit the Bayesian mixed model of an lmer formula.
 
@@ -288,20 +297,29 @@ def fit(
         Ignore a cached posterior.
     progress : bool
         Show the sampler's progress bar.
+    na : {"drop", "fail"}
+        Rows with missing values in used columns: drop them with a warning, or refuse.
 
     Returns
     -------
     BayesFit
+        ``notes`` holds every warning: data, design and sampler diagnostics.
+
+    Raises
+    ------
+    BayeslmmError
+        For data or a formula that cannot be fitted (see :mod:`bayeslmm.checks`).
     """
     from bayeslmm.formula import correlation_note
 
     options = options or SamplerOptions()
     name = name or "fit"
-    data = model_data(formula, df)
+    rows, checks_notes = validate(formula, df, na)
+    data = model_data(formula, rows)
     model = build_model(formula, data)
     priors = prior_table(model)
     key = cache_key(formula, data, priors, options)
-    notes = tuple(n for n in [correlation_note(formula)] if n)
+    notes = (*checks_notes, *(n for n in [correlation_note(formula)] if n))
     save_dir = save_dir if save_dir is not None else cache_dir
     target = cache_path(Path(save_dir), name, key) if save_dir is not None else None
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
@@ -313,10 +331,20 @@ def fit(
             if target is not None and target != path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
-            return BayesFit(name, formula, data, tree, options, priors, "bambi", 0.0, True, key, notes)
+            return _with_diagnostics(BayesFit(name, formula, data, tree, options, priors, "bambi", 0.0, True, key,
+                                              notes))
     start = time.perf_counter()
     tree = sample(model, options, progress=progress)
     seconds = time.perf_counter() - start
     if target is not None:
         save(tree, target)
-    return BayesFit(name, formula, data, tree, options, priors, "bambi", seconds, False, key, notes)
+    return _with_diagnostics(BayesFit(name, formula, data, tree, options, priors, "bambi", seconds, False, key, notes))
+
+
+def _with_diagnostics(fit: BayesFit) -> BayesFit:
+    """Add the sampler's warnings (divergences, r_hat, ESS, tree depth) to the fit's notes."""
+    from dataclasses import replace
+
+    from bayeslmm.tables import diagnostics
+
+    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit))))

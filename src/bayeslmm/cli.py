@@ -13,6 +13,7 @@ from pathlib import Path
 from bayeslmm.errors import BayeslmmError, OptionsError
 
 EXIT_USER = 2
+EXIT_SAMPLER = 3
 
 
 def _positive_int(text: str) -> int:
@@ -60,6 +61,10 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", choices=["pymc", "nutpie"], default="pymc", help="NUTS implementation (pymc)")
     g.add_argument("--ci", type=_prob, default=0.95, help="credible interval mass (0.95)")
     g.add_argument("--refit", action="store_true", help="ignore cached posteriors")
+    g.add_argument("--na", choices=["drop", "fail"], default="drop",
+                   help="rows with missing values in used columns: drop with a warning (default) or refuse")
+    g.add_argument("--strict", action="store_true",
+                   help="exit with code 3 when the sampler's diagnostics fail (divergences, r_hat, ESS)")
     g.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bars")
 
 
@@ -103,9 +108,17 @@ def _cmd_run(args) -> int:
 
     study = load(args.study)
     result = run_study(study, data=args.data, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
-                       refit=args.refit, progress=not args.no_progress)
-    for note in result.notes:
-        print(f"warning: {note}", file=sys.stderr)
+                       refit=args.refit, progress=not args.no_progress, na=args.na)
+    return _strict(args, result)
+
+
+def _strict(args, result) -> int:
+    """Under --strict, sampler trouble is an error (after the report is written)."""
+    trouble = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
+    if args.strict and trouble:
+        print(f"error: sampler diagnostics failed (--strict): {trouble[0]}"
+              + (f" (and {len(trouble) - 1} more)" if len(trouble) > 1 else ""), file=sys.stderr)
+        return EXIT_SAMPLER
     return 0
 
 
@@ -114,14 +127,12 @@ def _cmd_fit(args) -> int:
     from bayeslmm.tables import format_table
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
-                         refit=args.refit, progress=not args.no_progress)
+                         refit=args.refit, progress=not args.no_progress, na=args.na)
     t = result.tidy[result.tidy["effect"].isin(["fixed", "ran_pars"])]
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
     print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
     print(format_table(t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}), 2))
-    for note in result.notes:
-        print(f"warning: {note}", file=sys.stderr)
-    return 0
+    return _strict(args, result)
 
 
 def _cmd_simulate(args) -> int:

@@ -28,8 +28,8 @@ def model_section(spec, fit, tidy: pd.DataFrame, diag: dict) -> list[Block]:
         f"max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
         f"min tail ESS {diag['min_ess_tail']:.0f}."))
     blocks.append(Bullets(tuple(f"`{k}` ~ {v}" for k, v in fit.priors.items())))
-    for note in fit.notes:
-        blocks.append(Para(f"**Note.** {note}"))
+    for note in (*fit.notes, *fit.sampler_notes):
+        blocks.append(Para(f"**Warning.** {note}"))
     return blocks
 
 
@@ -69,15 +69,20 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "") -> object:
                  f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd")),
     ]
     diag_table = pd.DataFrame([{"model": k, **v} for k, v in diags.items()])
-    problems = [f"{k}: {v['divergences']} divergent transitions" for k, v in diags.items() if v["divergences"]]
-    problems += [f"{k}: max r_hat {v['max_r_hat']:.3f} > 1.01" for k, v in diags.items() if v["max_r_hat"] > 1.01]
+    problems = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
+    advice = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.notes]
+    if problems or advice:
+        blocks += [Heading("Warnings", 2),
+                   Para("What the checks found in the data, the formulas and the sampler's diagnostics. Each says "
+                        "what to do."),
+                   Bullets(tuple(dict.fromkeys(problems + advice)))]
     blocks += [Heading("Models", 2)]
     for spec in study.models:
         blocks += model_section(spec, result.fits[spec.name], tidy, diags[spec.name])
     blocks += [Heading("Figures", 2), *figures]
     blocks += [Heading("Sampler diagnostics", 2), Table(diag_table, digits=3)]
-    blocks.append(Para("All models sampled without divergences and with r_hat <= 1.01." if not problems else
-                       "**Warnings.** " + "; ".join(problems) + ". Raise --target-accept or --draws."))
+    blocks.append(Para("Every model passed the sampler checks (no divergences, r_hat <= 1.01, ESS >= 400)."
+                       if not problems else "**Sampler warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
     return dataclasses.replace(result, tidy=tidy, notes=tuple(problems))

@@ -13,6 +13,7 @@ import pandas as pd
 from bayeslmm import bayes
 from bayeslmm import data as data_mod
 from bayeslmm.bayes import BayesFit, SamplerOptions
+from bayeslmm.checks import NaAction
 from bayeslmm.formula import Formula, parse
 from bayeslmm.study import ModelSpec, Study
 
@@ -51,15 +52,30 @@ def fit_models(
     refit: bool = False,
     echo: Callable[[str], None] = _stderr,
     progress: bool = True,
+    na: NaAction = "drop",
 ) -> dict[str, BayesFit]:
-    """Fit each model in turn, saying which one and how many are left."""
+    """Fit each model in turn, saying which one and how many are left.
+
+    Every model is checked against the data first, so a mistake in the last model stops the
+    run before any sampling.
+    """
+    from bayeslmm.checks import validate
+    from bayeslmm.errors import BayeslmmError
+
+    for spec in models:
+        try:
+            validate(spec.formula, df, na)
+        except BayeslmmError as exc:
+            raise type(exc)(f"model {spec.name!r}: {exc}") from exc
     fits: dict[str, BayesFit] = {}
     for i, spec in enumerate(models, 1):
         echo(f"[{i}/{len(models)}] {spec.name}: {spec.formula.text}")
         fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
-                        refit=refit, progress=progress)
+                        refit=refit, progress=progress, na=na)
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
         echo(f"      {how}; {len(models) - i} model(s) left")
+        for note in (*fit.notes, *fit.sampler_notes):
+            echo(f"warning: {spec.name}: {note}")
         fits[spec.name] = fit
     return fits
 
@@ -75,6 +91,7 @@ def run_study(
     refit: bool = False,
     echo: Callable[[str], None] = _stderr,
     progress: bool = True,
+    na: NaAction = "drop",
 ) -> RunResult:
     """Run a study end to end and write its report folder (atomically).
 
@@ -96,6 +113,8 @@ def run_study(
         Where progress lines go (stderr by default).
     progress : bool
         Show the sampler's own progress bars.
+    na : {"drop", "fail"}
+        What to do with rows that have missing values in a model's columns.
     """
     from bayeslmm import report
     from bayeslmm.output import staged_folder
@@ -106,7 +125,7 @@ def run_study(
     out_dir = Path(out) if out is not None else Path("out") / study.name
     with staged_folder(out_dir) as stage:
         fits = fit_models(study.models, df, options, cache_dir=out_dir / "fits", save_dir=stage / "fits",
-                          refit=refit, echo=echo, progress=progress)
+                          refit=refit, echo=echo, progress=progress, na=na)
         echo("writing report ...")
         result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
         result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
@@ -126,6 +145,7 @@ def fit_formula(
     refit: bool = False,
     echo: Callable[[str], None] = _stderr,
     progress: bool = True,
+    na: NaAction = "drop",
 ) -> RunResult:
     """Fit one formula to a data file; with ``out``, write the same kind of report folder."""
     formula = parse(formula) if isinstance(formula, str) else formula
@@ -134,10 +154,10 @@ def fit_formula(
         source=str(data), data_object=obj, models=(ModelSpec("model", formula),),
     )
     if out is not None:
-        return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress)
+        return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress, na=na)
     from bayeslmm.tables import tidy_bayes
 
     df = prepared_data(study)
-    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress)
+    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na)
     tidy = pd.concat([tidy_bayes(f, ci) for f in fits.values()], ignore_index=True)
     return RunResult(study, df, fits, tidy, None, 0.0)
