@@ -300,7 +300,8 @@ def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFram
         ``effect`` is ``fixed`` (with statistic, df, p_value), ``ran_pars`` (sd and correlation
         of each grouping factor, then group ``Residual`` term ``sd__Observation``; OLS fits get
         this row too; std_error and conf NaN) or ``ran_vals`` (conditional modes, std_error =
-        conditional sd from ``condVar``).
+        conditional sd from ``condVar``). Empty ``group``/``level`` are ``""``, as in the
+        Bayesian rows, so both sides join on ``(effect, group, term)``.
     """
     if not 0 < conf_level < 1:
         raise OptionsError(f"conf_level must be between 0 and 1, not {conf_level}")
@@ -311,13 +312,13 @@ def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFram
     for term in fit.fixef.index:
         est, se = fit.fixef[term], fit.se[term]
         rows.append({
-            **base, "effect": "fixed", "group": None, "level": None, "term": term, "estimate": est,
+            **base, "effect": "fixed", "group": "", "level": "", "term": term, "estimate": est,
             "std_error": se, "conf_low": est - z * se, "conf_high": est + z * se,
             "statistic": fit.t[term], "df": fit.df[term], "p_value": fit.p[term],
         })
     for r in (fit.varcorr if fit.varcorr is not None else pd.DataFrame()).itertuples():
         rows.append({
-            **base, "effect": "ran_pars", "group": r.group, "level": None, "term": r.term, "estimate": r.sd,
+            **base, "effect": "ran_pars", "group": r.group, "level": "", "term": r.term, "estimate": r.sd,
             "std_error": nan, "conf_low": nan, "conf_high": nan,
         })
     for g, modes in fit.ranef.items():

@@ -1,86 +1,179 @@
-"""Write a report folder: tidy.csv, figures/, report.md and a self-contained report.html."""
+"""Write a report folder: CSV tables, exported tables, figures, report.md and report.html."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from bayeslmm import analysis
 from bayeslmm.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
-from bayeslmm.figures import make_figures
-from bayeslmm.tables import diagnostics, tidy_bayes
+from bayeslmm.export import SUFFIX, compact_side, render
+from bayeslmm.figures import focus_term, make_figures
+from bayeslmm.tables import diagnostics
+
+_LME4_LABEL = {"reml": "REML", "ml": "ML", "ols": "OLS"}
 
 
-def model_section(spec, fit, tidy: pd.DataFrame, diag: dict) -> list[Block]:
-    """Heading, question, formula, parameter table, diagnostics and priors of one model."""
-    rows = tidy[(tidy["model"] == spec.name) & tidy["effect"].isin(["fixed", "ran_pars"])]
-    table = rows[["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat",
-                  "ess_bulk"]].rename(columns={"estimate": "mean", "std_error": "sd", "conf_low": "2.5%",
-                                               "conf_high": "97.5%"})
+def _interval(lo: float, hi: float, d: int = 2) -> str:
+    return f"[{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+
+
+def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float]) -> list[Block]:
+    """The study's headline: the focus term in every model, lme4 beside the posterior, P(> 0)."""
+    rows = []
+    for spec in study.models:
+        r = side[(side["model"] == spec.name) & (side["effect"] == "fixed") & (side["term"] == term)]
+        if r.empty:
+            continue
+        r = r.iloc[0]
+        rows.append({"model": spec.name, "lme4 estimate": f"{r['lme4_estimate']:.2f}",
+                     "lme4 95% CI": _interval(r["lme4_conf_low"], r["lme4_conf_high"]),
+                     "posterior mean": f"{r['post_mean']:.2f}",
+                     "95% interval": _interval(r["post_conf_low"], r["post_conf_high"]),
+                     f"P({term} > 0)": f"{p_pos.get(spec.name, np.nan):.3f}"})
+    if not rows:
+        return []
+    return [Heading(f"Summary: {term} across the models", 2),
+            Para(f"lme4's estimate with its 95% Wald CI beside the posterior mean with its 95% interval, and the "
+                 f"posterior probability that the effect of `{term}` is positive: the Bayesian answer to the "
+                 "question a p-value is usually asked to settle."),
+            Table(pd.DataFrame(rows))]
+
+
+def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq) -> list[Block]:
+    """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model."""
+    method = analysis.lme4_method(spec)
     blocks: list[Block] = [Heading(spec.name, 3)]
     if spec.question:
         blocks.append(Para(f"**Question.** {spec.question}"))
-    blocks += [Code(spec.formula.text), Table(table, "Posterior mean, sd and 95% equal-tailed interval")]
+    caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, 95% equal-tailed interval)"
+    blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
+    if method in ("reml", "ml"):
+        f = freq[(spec.name, method)]
+        dfs = ", ".join(f"{t}: df {f.df[t]:.1f}, p {f.p[t]:.3g}" for t in f.fixef.index if np.isfinite(f.df[t]))
+        if dfs:
+            blocks.append(Para(f"lmerTest's Satterthwaite tests ({_LME4_LABEL[method]} fit): {dfs}."))
+    mine = parts[parts["model"] == spec.name] if not parts.empty else parts
+    if not mine.empty:
+        share = "; ".join(
+            f"{r['group']}: lme4 {r['lme4_share']:.1%}, posterior {r['post_mean']:.1%} "
+            f"{_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 1)}%"
+            for _, r in mine.iterrows() if r["group"] != "Residual")
+        blocks.append(Para(f"**Share of variance** (intercept variances over their sum with the residual's): {share}."))
     how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
     blocks.append(Para(
-        f"Sampler: {diag['chains']} chains x {diag['draws']} draws ({how}); divergences: {diag['divergences']}; "
-        f"max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
+        f"Sampler ({fit.engine}): {diag['chains']} chains x {diag['draws']} draws ({how}); divergences "
+        f"{diag['divergences']}; max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
         f"min tail ESS {diag['min_ess_tail']:.0f}."))
-    blocks.append(Bullets(tuple(f"`{k}` ~ {v}" for k, v in fit.priors.items())))
+    blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}" for k, v in fit.priors.items()) + "."))
     for note in (*fit.notes, *fit.sampler_notes):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
 
 
-def write(result, root: Path, *, ci: float = 0.95, source: str = "") -> object:
-    """Write the report files into ``root`` and return ``result`` with its tidy table.
+def comparison_section(study, table: pd.DataFrame) -> list[Block]:
+    """Each comparison: LOO beside the LRT and AIC/BIC, and a plain-language reading."""
+    from bayeslmm.compare import reading
+
+    if table.empty:
+        return []
+    blocks: list[Block] = [Heading("Model comparisons", 2),
+                           Para("PSIS-LOO (expected log predictive density; higher is better) of the Bayesian fits "
+                                "beside the likelihood-ratio test and AIC/BIC of the ML fits, as lme4's "
+                                "`anova()` reports them.")]
+    for comp in study.comparisons:
+        t = table[table["comparison"] == comp.name]
+        show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
+                  "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
+        blocks += [Heading(comp.name, 3)]
+        if comp.question:
+            blocks.append(Para(f"**Question.** {comp.question}"))
+        blocks += [Table(show, digits=3), Para(reading(t))]
+    return blocks
+
+
+def write_tables(root: Path, side: pd.DataFrame, study) -> None:
+    """The side-by-side table of every model in every export format, under ``tables/``."""
+    folder = root / "tables"
+    folder.mkdir(exist_ok=True)
+    for spec in study.models:
+        compact = compact_side(side[side["model"] == spec.name])
+        for fmt, suffix in SUFFIX.items():
+            (folder / f"{spec.name}.{suffix}").write_text(
+                render(compact, fmt, caption=f"{spec.name}: {spec.formula.text}"), encoding="utf-8")
+
+
+def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> object:
+    """Write the report files into ``root``; return ``result`` with its tables filled in.
 
     Parameters
     ----------
     result : RunResult
-        Fits of the study (``tidy`` may be empty; it is computed here).
+        Bayesian fits of the study.
     root : Path
         The (staged) report folder.
     ci : float
-        Mass of the equal-tailed credible intervals.
+        Mass of the intervals.
     source : str
-        Where the data came from, for the report.
+        Where the data came from.
+    profiles : dict, optional
+        lme4-style profile intervals per model (see :func:`analysis.side_by_side_all`).
     """
     root.mkdir(parents=True, exist_ok=True)
-    tidy = pd.concat([tidy_bayes(f, ci) for f in result.fits.values()], ignore_index=True)
+    study, fits = result.study, result.fits
+    freq = analysis.frequentist_fits(fits)
+    tidy = analysis.tidy_all(fits, freq, ci)
+    side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+    parts = analysis.variance_partitions(study, fits, freq, ci)
+    comparison = analysis.comparisons(study, fits, freq)
     tidy.to_csv(root / "tidy.csv", index=False)
-    diags = {name: diagnostics(fit, tidy[tidy["model"] == name]) for name, fit in result.fits.items()}
+    side.to_csv(root / "sidebyside.csv", index=False)
+    if not parts.empty:
+        parts.to_csv(root / "variance_partition.csv", index=False)
+    if not comparison.empty:
+        comparison.to_csv(root / "comparison.csv", index=False)
+    write_tables(root, side, study)
+    bayes_tidy = tidy[tidy["method"] == "bayes"]
+    diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
     figures = make_figures(result, root, tidy)
-    study = result.study
-    opts = next(iter(result.fits.values())).options
+    opts = next(iter(fits.values())).options
+
     blocks: list[Block] = [Heading(study.title, 1)]
     if study.description:
         blocks.append(Para(study.description))
+    term = focus_term(result)
+    if term is not None:
+        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term))
+    problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes]
+    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes]
+    if problems or advice:
+        blocks += [Heading("Warnings", 2),
+                   Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
+                        "what to do."),
+                   Bullets(tuple(dict.fromkeys(problems + advice)))]
     prep = [f"`{k}` = `{v}` standardised (mean 0, sd 1 with n - 1, as R's `scale()`)" for k, v in study.scale.items()]
     prep += [f"`{k}` = `{':'.join(v)}` (explicit nesting, as R's `factor(a:b)`)" for k, v in study.nest.items()]
     blocks += [
         Heading("Data and settings", 2),
-        Bullets((f"data: `{source}`, {len(result.data)} rows",
-                 *prep,
-                 f"sampler: Bambi + PyMC NUTS ({opts.sampler}), {opts.chains} chains x {opts.draws} draws "
-                 f"after {opts.tune} tuning steps, target_accept {opts.target_accept}, seed {opts.seed}",
+        Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
+                 f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
+                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults (listed per model)",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
-                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd")),
+                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd",
+                 "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
+                 "as the tutorial does for the likelihood-ratio test); fixed-effect CIs are Wald intervals, "
+                 "standard deviations' CIs are profile-likelihood intervals where available")),
+        Heading("Models", 2),
     ]
-    diag_table = pd.DataFrame([{"model": k, **v} for k, v in diags.items()])
-    problems = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
-    advice = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.notes]
-    if problems or advice:
-        blocks += [Heading("Warnings", 2),
-                   Para("What the checks found in the data, the formulas and the sampler's diagnostics. Each says "
-                        "what to do."),
-                   Bullets(tuple(dict.fromkeys(problems + advice)))]
-    blocks += [Heading("Models", 2)]
     for spec in study.models:
-        blocks += model_section(spec, result.fits[spec.name], tidy, diags[spec.name])
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq)
+    blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
-    blocks += [Heading("Sampler diagnostics", 2), Table(diag_table, digits=3)]
+    blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]),
+                                                         digits=3)]
     blocks.append(Para("Every model passed the sampler checks (no divergences, r_hat <= 1.01, ESS >= 400)."
                        if not problems else "**Sampler warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")

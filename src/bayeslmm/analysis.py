@@ -1,0 +1,95 @@
+"""The frequentist side of a study and the tables that put both sides together."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bayeslmm import frequentist
+from bayeslmm.compare import compare_models
+from bayeslmm.formula import model_frame
+from bayeslmm.sidebyside import side_by_side, variance_partition_table
+from bayeslmm.tables import fixed_draws, tidy_bayes, variance_partition_draws
+
+
+def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
+    """lme4's fits of every model, on the same rows as its Bayesian fit.
+
+    OLS (``ols``) for models without random terms; REML (``reml``) and ML (``ml``) otherwise.
+    Keyed ``(model name, method)``.
+    """
+    out = {}
+    for name, fit in fits.items():
+        frame = model_frame(fit.formula, fit.data)
+        methods = ("reml", "ml") if fit.formula.is_mixed else ("ols",)
+        for method in methods:
+            out[(name, method)] = frequentist.fit(frame, method)
+    return out
+
+
+def lme4_method(spec) -> str:
+    """Which frequentist fit stands beside a model: OLS, or the study's REML/ML choice."""
+    return spec.lme4_method if spec.formula.is_mixed else "ols"
+
+
+def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
+    """Every fit's tidy rows (Bayesian and frequentist) in one broom.mixed table."""
+    parts = [tidy_bayes(fit, ci) for fit in fits.values()]
+    parts += [frequentist.tidy(f, name, conf_level=ci) for (name, _), f in freq.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: dict | None = None) -> pd.DataFrame:
+    """The side-by-side table of every model of the study.
+
+    ``profiles`` maps a model name to lme4-style profile intervals (``effect, group, term,
+    conf_low, conf_high``) that replace the Wald intervals (and fill the standard deviations').
+    """
+    tables = []
+    for spec in study.models:
+        fit = fits[spec.name]
+        method = lme4_method(spec)
+        f = freq[(spec.name, method)]
+        rows = frequentist.tidy(f, spec.name, conf_level=ci)
+        kind = pd.Series(np.where(rows["effect"] == "fixed", "Wald", ""), index=rows.index)
+        if profiles and spec.name in profiles:
+            prof = profiles[spec.name].set_index(["effect", "group", "term"])
+            for i, r in rows.iterrows():
+                key = (r["effect"], r["group"], r["term"])
+                if key in prof.index:
+                    rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
+                    kind[i] = "profile"
+        ngroups = {b.term.group: len(b.levels) for b in model_frame(fit.formula, fit.data).blocks}
+        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, ngroups, kind))
+    return pd.concat(tables, ignore_index=True)
+
+
+def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
+    """Variance partition of every mixed model: REML point values beside the posterior."""
+    tables = []
+    for spec in study.models:
+        if not spec.formula.is_mixed:
+            continue
+        point = frequentist.variance_partition(freq[(spec.name, "reml")])
+        tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
+    tables = []
+    for comp in study.comparisons:
+        ml = {m: freq.get((m, "ml")) or freq.get((m, "ols")) for m in comp.models}
+        tables.append(compare_models(comp.name, comp.models, fits, ml))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def probability_positive(fits: dict, term: str) -> dict[str, float]:
+    """P(term > 0 | data) in every model that has the term: the Bayesian answer to its p-value."""
+    out = {}
+    for name, fit in fits.items():
+        try:
+            out[name] = float(np.mean(fixed_draws(fit, term) > 0))
+        except KeyError:
+            continue
+    return out

@@ -1,0 +1,107 @@
+"""Tables as text, Markdown, LaTeX or HTML (the tutorial's stargazer step)."""
+
+from __future__ import annotations
+
+import html
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+
+from bayeslmm.errors import OptionsError
+
+Format = Literal["text", "markdown", "latex", "html"]
+SUFFIX = {"text": "txt", "markdown": "md", "latex": "tex", "html": "html"}
+
+
+def compact_side(side: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The side-by-side table of one model, formatted to read on one screen.
+
+    Columns: parameter, lme4 (estimate, SE), its 95% CI, posterior mean, median, sd, the
+    95% interval, and where the two disagree.
+    """
+    def num(v: float) -> str:
+        return "" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+    def interval(lo: float, hi: float) -> str:
+        return "" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    rows = []
+    for _, r in side.iterrows():
+        name = r["term"] if r["effect"] == "fixed" else f"{r['term']} ({r['group']})"
+        se = f" ({num(r['lme4_std_error'])})" if np.isfinite(r["lme4_std_error"]) else ""
+        rows.append({
+            "parameter": name,
+            f"lme4 {r['lme4_method']} (SE)": f"{num(r['lme4_estimate'])}{se}",
+            "lme4 95% CI": interval(r["lme4_conf_low"], r["lme4_conf_high"])
+            + (f" {r['lme4_ci']}" if r["lme4_ci"] and np.isfinite(r["lme4_conf_low"]) else ""),
+            "posterior mean": num(r["post_mean"]),
+            "median": num(r["post_median"]),
+            "sd": num(r["post_sd"]),
+            "95% interval": interval(r["post_conf_low"], r["post_conf_high"]),
+            "agreement": r["agreement"],
+        })
+    out = pd.DataFrame(rows)
+    if not out.empty:  # one method per model: give the column one name
+        lme4_cols = [c for c in out.columns if c.startswith("lme4 ") and c.endswith("(SE)")]
+        out["lme4 (SE)"] = out[lme4_cols].bfill(axis=1).iloc[:, 0]
+        out = out.drop(columns=lme4_cols)
+        out = out[["parameter", "lme4 (SE)", "lme4 95% CI", "posterior mean", "median", "sd", "95% interval",
+                   "agreement"]]
+    return out
+
+
+def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: int = 3) -> str:
+    """Render a table in one of the formats.
+
+    Parameters
+    ----------
+    df : DataFrame
+    fmt : {"text", "markdown", "latex", "html"}
+    caption : str
+        Title of the table (a caption in LaTeX and HTML, a line above it otherwise).
+    digits : int
+        Decimals of float cells.
+    """
+    if fmt not in get_args(Format):
+        raise OptionsError(f"--format must be one of {', '.join(get_args(Format))}, not {fmt!r}")
+    cells = [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]
+    cols = [str(c) for c in df.columns]
+    if fmt == "text":
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+        return (caption + "\n" if caption else "") + "\n".join(lines) + "\n"
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        lines += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in cells]
+        return (f"*{caption}*\n\n" if caption else "") + "\n".join(lines) + "\n"
+    if fmt == "latex":
+        esc = _latex_escape
+        lines = ["\\begin{table}[ht]", "\\centering"]
+        if caption:
+            lines.append(f"\\caption{{{esc(caption)}}}")
+        lines += [f"\\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}", "\\toprule",
+                  " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
+        lines += [" & ".join(esc(v) for v in r) + " \\\\" for r in cells]
+        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        return "\n".join(lines) + "\n"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in cells)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+
+
+def _cell(v, digits: int) -> str:
+    if isinstance(v, float | np.floating):
+        return "" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return "" if v is None else str(v)
+
+
+def _latex_escape(s: str) -> str:
+    s = s.replace("\\", "\0")
+    for a, b in (("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
+                 ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\^{}")):
+        s = s.replace(a, b)
+    return s.replace("\0", "\\textbackslash{}")
