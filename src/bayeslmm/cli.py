@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="also write a report folder here")
     _sampler_args(fit)
 
+    tab = sub.add_parser("table", help="print a table of a report folder as text, markdown, LaTeX or HTML")
+    tab.add_argument("report", help="report folder written by 'bayeslmm run' (e.g. out/dragons)")
+    tab.add_argument("--what", choices=["sidebyside", "comparison", "variance", "tidy"], default="sidebyside",
+                     help="which table (sidebyside)")
+    tab.add_argument("--model", help="only this model (default: every model)")
+    tab.add_argument("--format", choices=["text", "markdown", "latex", "html"], default="text", help="(text)")
+
     sim = sub.add_parser("simulate", help="write the built-in data set")
     sim.add_argument("design", choices=["dragons"], help="which design")
     sim.add_argument("--seed", type=_seed, default=None, help="random seed (the built-in default)")
@@ -135,6 +142,33 @@ def _cmd_fit(args) -> int:
     return _strict(args, result)
 
 
+def _cmd_table(args) -> int:
+    import pandas as pd
+
+    from bayeslmm.export import compact_side, render
+
+    files = {"sidebyside": "sidebyside.csv", "comparison": "comparison.csv", "variance": "variance_partition.csv",
+             "tidy": "tidy.csv"}
+    path = Path(args.report) / files[args.what]
+    if not path.is_file():
+        raise OptionsError(f"{str(path)!r} not found; give a folder written by 'bayeslmm run'")
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for col in ("group", "level", "lme4_ci", "lrt_against"):
+        if col in df:
+            df[col] = df[col].fillna("")
+    if args.model is not None:
+        if args.model not in set(df["model"]):
+            models = ", ".join(dict.fromkeys(df["model"]))
+            raise OptionsError(f"no model {args.model!r} in {path.name}; models: {models}")
+        df = df[df["model"] == args.model]
+    if args.what == "sidebyside":
+        for model, rows in df.groupby("model", sort=False):
+            print(render(compact_side(rows), args.format, caption=str(model), digits=2))
+    else:
+        print(render(df, args.format, digits=3))
+    return 0
+
+
 def _cmd_simulate(args) -> int:
     from bayeslmm.simulate import simulate_dragons
 
@@ -160,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        handler = {"run": _cmd_run, "fit": _cmd_fit, "simulate": _cmd_simulate}[args.command]
+        handler = {"run": _cmd_run, "fit": _cmd_fit, "table": _cmd_table, "simulate": _cmd_simulate}[args.command]
         return handler(args)
     except BayeslmmError as exc:
         if debug:

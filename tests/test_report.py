@@ -1,0 +1,106 @@
+"""The report of the real-data study: lme4 beside the posterior, comparisons, exported tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslmm import report
+from bayeslmm.cli import main
+from bayeslmm.runner import RunResult
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def written(study, dragons, real_fits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    result = report.write(RunResult(study, dragons, real_fits, pd.DataFrame(), root, 0.0), root,
+                          source="dragons.RData")
+    return root, result
+
+
+def _csv(root, name):
+    df = pd.read_csv(root / name, keep_default_na=False, na_values=[""])
+    for col in ("group", "level", "lme4_ci", "lrt_against"):
+        if col in df:
+            df[col] = df[col].fillna("")
+    return df
+
+
+def test_files(written):
+    root, _ = written
+    for name in ("tidy.csv", "sidebyside.csv", "comparison.csv", "variance_partition.csv", "report.md",
+                 "report.html"):
+        assert (root / name).is_file(), name
+    for fmt in ("txt", "md", "tex", "html"):
+        assert (root / "tables" / f"mixed.lmer2.{fmt}").is_file()
+
+
+def test_tidy_has_every_method(written):
+    tidy = _csv(written[0], "tidy.csv")
+    methods = tidy.groupby("model")["method"].agg(lambda m: set(m)).to_dict()
+    assert methods["basic.lm"] == {"bayes", "ols"}
+    assert methods["mixed.lmer2"] == {"bayes", "reml", "ml"}
+
+
+def test_side_by_side_matches_tidy_and_lme4(written, reference):
+    root, _ = written
+    side = _csv(root, "sidebyside.csv")
+    tidy = _csv(root, "tidy.csv")
+    rows = side[side["model"] == "mixed.lmer2"].set_index(["effect", "group", "term"])
+    # lme4 column: the REML fit, i.e. R's numbers
+    assert rows.loc[("fixed", "", "bodyLength2"), "lme4_estimate"] == pytest.approx(
+        reference["mixed.lmer2"]["fixef"]["bodyLength2"], rel=1e-4)
+    assert rows.loc[("ran_pars", "mountainRange", "sd__(Intercept)"), "lme4_estimate"] == pytest.approx(
+        reference["mixed.lmer2"]["sd"]["mountainRange"], rel=1e-4)
+    # posterior columns: exactly the Bayesian rows of tidy.csv
+    bayes = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["method"] == "bayes")].set_index(["effect", "group", "term"])
+    for key, row in rows.iterrows():
+        assert row["post_mean"] == pytest.approx(bayes.loc[key, "estimate"], rel=1e-12)
+        assert row["post_conf_low"] == pytest.approx(bayes.loc[key, "conf_low"], rel=1e-12)
+    assert len(rows) == 5  # one screen: 2 fixed effects, 3 standard deviations
+
+
+def test_disagreement_is_flagged_where_it_exists(written):
+    side = _csv(written[0], "sidebyside.csv").set_index(["model", "effect", "group", "term"])
+    # basic.lm: pooled regression, the posterior reproduces OLS
+    assert side.loc[("basic.lm", "fixed", "", "bodyLength2"), "agreement"] == "agree"
+    # mixed.WRONG's site sd: 3 levels, a right-skewed posterior far above lme4's 3.2
+    assert side.loc[("mixed.WRONG", "ran_pars", "site", "sd__(Intercept)"), "agreement"] != "agree"
+
+
+def test_lrt_reproduces_the_tutorial(written, reference):
+    comp = _csv(written[0], "comparison.csv")
+    full = comp[(comp["comparison"] == "body length (fixed effect)") & (comp["model"] == "full.lmer")].iloc[0]
+    ref = reference["anova_reduced_vs_full"]
+    assert full["lrt_chisq"] == pytest.approx(ref["chisq"], rel=1e-4)
+    assert full["lrt_df"] == ref["df"]
+    assert full["lrt_p"] == pytest.approx(ref["p"], rel=1e-4)
+    assert np.isfinite(full["elpd_loo"]) and np.isfinite(full["elpd_diff_se"])
+    weights = comp.groupby("comparison")["stacking_weight"].sum()
+    assert np.allclose(weights, 1.0, atol=1e-6)
+
+
+def test_variance_partition(written, reference):
+    vp = _csv(written[0], "variance_partition.csv")
+    row = vp[(vp["model"] == "mixed.lmer") & (vp["group"] == "mountainRange")].iloc[0]
+    assert row["lme4_share"] == pytest.approx(reference["icc_mixed.lmer"], rel=1e-4)
+    assert row["post_conf_low"] < row["lme4_share"] < row["post_conf_high"]
+
+
+def test_report_reads_the_comparison(written):
+    md = (written[0] / "report.md").read_text()
+    assert "chisq = 0.287 on 1 df" in md
+    assert "P(bodyLength2 > 0)" in md
+    assert "LOO and the LRT agree" in md
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "latex", "html"])
+def test_table_command(written, capsys, fmt):
+    assert main(["table", str(written[0]), "--model", "mixed.lmer2", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "bodyLength2" in out
+    if fmt == "latex":
+        assert "\\begin{tabular}" in out and "sd\\_\\_(Intercept)" in out
+    if fmt == "html":
+        assert out.startswith("<table>")
