@@ -37,7 +37,7 @@ COMPARED = {
 NOT_COMPARED = {
     "formula": "input, not output",
     "REML": "decides the method we fit with",
-    "profile_ci95": "profile-likelihood intervals (confint(method='profile')) are not implemented",
+    "profile_ci95": "compared in tests/test_profile.py",
 }
 
 

@@ -64,6 +64,27 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
     return pd.concat(tables, ignore_index=True)
 
 
+def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[str, pd.DataFrame]:
+    """lme4's profile-likelihood intervals of each mixed model (as ``confint(method = "profile")``).
+
+    Models whose random terms the profiler does not handle (three or more correlated
+    coefficients) keep Wald intervals for fixed effects and none for standard deviations.
+    """
+    from bayeslmm.profile import profile_ci
+
+    out = {}
+    for spec in study.models:
+        if not spec.formula.is_mixed:
+            continue
+        fit = fits[spec.name]
+        try:
+            prof = profile_ci(model_frame(fit.formula, fit.data), freq[(spec.name, lme4_method(spec))], ci)
+        except NotImplementedError:
+            continue
+        out[spec.name] = prof.assign(group=prof["group"].fillna(""))
+    return out
+
+
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
     """Variance partition of every mixed model: REML point values beside the posterior."""
     tables = []

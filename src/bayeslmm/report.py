@@ -120,12 +120,14 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
     source : str
         Where the data came from.
     profiles : dict, optional
-        lme4-style profile intervals per model (see :func:`analysis.side_by_side_all`).
+        lme4-style profile intervals per model; computed here when ``None``.
     """
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
     freq = analysis.frequentist_fits(fits)
     tidy = analysis.tidy_all(fits, freq, ci)
+    if profiles is None:
+        profiles = analysis.profile_intervals(study, fits, freq, ci)
     side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
     parts = analysis.variance_partitions(study, fits, freq, ci)
     comparison = analysis.comparisons(study, fits, freq)
@@ -164,8 +166,9 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
                  f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd",
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
-                 "as the tutorial does for the likelihood-ratio test); fixed-effect CIs are Wald intervals, "
-                 "standard deviations' CIs are profile-likelihood intervals where available")),
+                 "as the tutorial does for the likelihood-ratio test); lme4's 95% CIs are profile-likelihood "
+                 "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for mixed models, "
+                 "Wald intervals for lm")),
         Heading("Models", 2),
     ]
     for spec in study.models:
