@@ -243,7 +243,7 @@ def test_sampler_trouble_is_reported_and_strict_fails(csv, capsys, tmp_path):
     assert code == 3
     assert "warning: model: effective sample size as low as" in err
     assert err.strip().splitlines()[-1].startswith("error: sampler diagnostics failed (--strict)")
-    assert "Sampler warnings" in (out / "report.md").read_text()  # the report is complete and says so
+    assert "Sampler and LOO warnings" in (out / "report.md").read_text()  # the report is complete and says so
 
 
 def test_sampler_warnings_text():
@@ -255,3 +255,18 @@ def test_sampler_warnings_text():
     clean = {"divergences": 0, "max_r_hat": 1.001, "min_ess_bulk": 2000.0, "min_ess_tail": 2000.0,
              "max_treedepth_hits": 0}
     assert checks.sampler_warnings(clean) == []
+
+
+def test_pareto_k_warning_text():
+    from bayeslmm.compare import pareto_warnings
+
+    table = pd.DataFrame({"model": ["a", "b", "b"], "pareto_k_bad": [0, 3, 3]})
+    notes = pareto_warnings(table)
+    assert notes == ["b: 3 observation(s) with Pareto k > 0.7: PSIS-LOO is unreliable for them; use K-fold "
+                     "cross-validation or moment matching"]
+
+
+def test_correlated_slope_is_announced(builtin):
+    fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2|mountainRange)"), builtin,
+                    SamplerOptions(draws=20, tune=20, chains=1), progress=False)
+    assert any("no correlation" in n for n in fit.notes)

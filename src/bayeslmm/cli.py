@@ -122,6 +122,7 @@ def _cmd_run(args) -> int:
 def _strict(args, result) -> int:
     """Under --strict, sampler trouble is an error (after the report is written)."""
     trouble = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
+    trouble += list(result.notes)  # LOO's Pareto-k warnings
     if args.strict and trouble:
         print(f"error: sampler diagnostics failed (--strict): {trouble[0]}"
               + (f" (and {len(trouble) - 1} more)" if len(trouble) > 1 else ""), file=sys.stderr)

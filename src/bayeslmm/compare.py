@@ -116,6 +116,16 @@ def _lrt(a: FreqFit, b: FreqFit) -> dict | None:
         return None
 
 
+def pareto_warnings(table: pd.DataFrame) -> list[str]:
+    """One warning per model whose LOO has observations with Pareto k > 0.7, with what to do."""
+    out = []
+    for _, r in table.drop_duplicates("model").iterrows():
+        if r["pareto_k_bad"] > 0:
+            out.append(f"{r['model']}: {int(r['pareto_k_bad'])} observation(s) with Pareto k > {PARETO_K_BAD}: "
+                       "PSIS-LOO is unreliable for them; use K-fold cross-validation or moment matching")
+    return out
+
+
 def _loo_verdict(diff: float, se: float) -> str:
     """Whether an elpd difference is clear: larger than 4 and than 2 SE (Sivula et al. 2022)."""
     return "clear" if abs(diff) > 4 and abs(diff) > 2 * se else "unclear"

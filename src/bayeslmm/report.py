@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm import analysis
+from bayeslmm.compare import pareto_warnings
 from bayeslmm.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.export import SUFFIX, compact_side, render
 from bayeslmm.figures import focus_term, make_figures
@@ -107,7 +108,9 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
 
 
 def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> object:
-    """Write the report files into ``root``; return ``result`` with its tables filled in.
+    """Write the report files into ``root``; return ``result`` with its tidy table and run-level notes.
+
+    The notes are the warnings that belong to no single fit (LOO's Pareto k).
 
     Parameters
     ----------
@@ -149,7 +152,8 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
     term = focus_term(result)
     if term is not None:
         blocks += summary_section(study, side, term, analysis.probability_positive(fits, term))
-    problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes]
+    loo_problems = pareto_warnings(comparison) if not comparison.empty else []
+    problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
     advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes]
     if problems or advice:
         blocks += [Heading("Warnings", 2),
@@ -178,7 +182,7 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
     blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]),
                                                          digits=3)]
     blocks.append(Para("Every model passed the sampler checks (no divergences, r_hat <= 1.01, ESS >= 400)."
-                       if not problems else "**Sampler warnings.** " + "; ".join(problems)))
+                       if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
-    return dataclasses.replace(result, tidy=tidy, notes=tuple(problems))
+    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems))

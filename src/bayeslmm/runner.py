@@ -24,7 +24,7 @@ def _stderr(msg: str) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run produced: the fits, their tidy table and the report folder."""
+    """What a run produced: the fits, their tidy table, the report folder and run-level warnings."""
 
     study: Study
     data: pd.DataFrame
@@ -130,6 +130,8 @@ def run_study(
         result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
         result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
     seconds = time.perf_counter() - start
+    for note in result.notes:
+        echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
     return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes)
 
