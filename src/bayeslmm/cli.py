@@ -16,34 +16,23 @@ EXIT_USER = 2
 EXIT_SAMPLER = 3
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
-    return value
+def _checked(convert, ok, wanted: str):
+    """An argparse type: ``convert`` the text, then require ``ok(value)``; else say what is wanted."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative whole number, not {text!r}")
-    return value
-
-
-def _prob(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), not {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive whole number")
+_seed = _checked(int, lambda v: v >= 0, "a non-negative whole number")
+_prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
 
 
 class _Parser(argparse.ArgumentParser):
