@@ -36,9 +36,11 @@ def test_tidy_schema(report_dir):
     assert set(tidy["effect"]) == {"fixed", "ran_pars", "ran_vals"}
     assert set(tidy["model"]) == {"basic.lm", "mountain.lm", "mixed.lmer", "mixed.WRONG", "mixed.lmer2",
                                   "full.lmer", "reduced.lmer"}
-    res = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["group"] == "Residual")]
-    assert list(res["term"]) == ["sd__Observation"]
-    mr = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["effect"] == "ran_vals") & (tidy["group"] == "mountainRange")]
+    assert set(tidy["method"]) == {"bayes", "ols", "reml", "ml"}
+    lmer2 = tidy[(tidy["model"] == "mixed.lmer2")]
+    res = lmer2[lmer2["group"] == "Residual"]
+    assert sorted(res["method"]) == ["bayes", "ml", "reml"] and set(res["term"]) == {"sd__Observation"}
+    mr = lmer2[(lmer2["effect"] == "ran_vals") & (lmer2["group"] == "mountainRange") & (lmer2["method"] == "bayes")]
     assert len(mr) == 8 and set(mr["term"]) == {"(Intercept)"}
 
 

@@ -1,16 +1,29 @@
-"""Which figures a report shows, drawn with :mod:`bayeslmm.plots` into ``figures/``."""
+"""Which figures a report shows, drawn with the plotting modules into ``figures/``.
+
+The report keeps to one figure per question. Per-model checks (residuals against fitted values,
+QQ plot, posterior predictive check) are one grid figure per kind with a panel for every
+distinct posterior, so models can be compared at a glance without a dozen near-identical
+images; the partial-pooling figures (shrinkage, group effects, prior against posterior) are drawn
+for one mixed model, :func:`main_model`, the one with the most detailed random structure.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from bayeslmm import plots
+from bayeslmm import plots, plots_checks, plots_pooling
 from bayeslmm.document import Image
+from bayeslmm.plots import levels_of
 from bayeslmm.tables import fixed_draws
+
+#: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
+MAX_COLOURS, MAX_FACETS = len(plots.PALETTE), 30
 
 
 def focus_term(result) -> str | None:
@@ -30,42 +43,173 @@ def focus_group(result) -> str | None:
     return None
 
 
-def _save(fig: plt.Figure, root: Path, name: str, caption: str, figures: list[Image]) -> None:
-    (root / "figures").mkdir(exist_ok=True)
-    fig.savefig(root / "figures" / f"{name}.png", bbox_inches="tight")
-    plt.close(fig)
-    figures.append(Image(f"figures/{name}.png", caption))
+def distinct_fits(result) -> list:
+    """One fit per distinct posterior, in study order; a fit shared by several models is named
+    after all of them (``mixed.lmer2 = full.lmer``: the same formula, data and priors)."""
+    names: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for spec in result.study.models:
+        fit = result.fits.get(spec.name)
+        if fit is None:
+            continue
+        names.setdefault(fit.key, []).append(spec.name)
+        first.setdefault(fit.key, fit)
+    return [dataclasses.replace(first[k], name=" = ".join(v)) for k, v in names.items()]
 
 
-def _pooled_draws(result, x: str) -> dict[str, np.ndarray] | None:
-    """Draws of the simplest model with ``x`` and an intercept and no random terms."""
+def main_model(result, x: str | None = None) -> str | None:
+    """The mixed model the partial-pooling figures are drawn for.
+
+    Among models with random effects (and ``x`` as a fixed term, when given): the one whose
+    grouping factors have the most levels in all (the most detailed random structure, e.g.
+    sites nested in ranges rather than ranges alone or three crossed site labels); ties go to
+    the model listed first.
+    """
+    best, score = None, -1
+    for spec in result.study.models:
+        f = spec.formula
+        if not f.random or spec.name not in result.fits or (x is not None and x not in f.fixed):
+            continue
+        data = result.fits[spec.name].data
+        n = sum(data.groupby(list(r.group_columns), observed=True).ngroups for r in f.random)
+        if n > score:
+            best, score = spec.name, n
+    if best is None and x is not None:
+        return main_model(result)
+    return best
+
+
+def _pooled_fit(result, x: str):
+    """The simplest model with ``x`` and an intercept and no random terms."""
     for spec in result.study.models:
         f = spec.formula
         if not f.random and f.fixed == (x,) and f.intercept and spec.name in result.fits:
-            fit = result.fits[spec.name]
-            return {"(Intercept)": fixed_draws(fit, "(Intercept)"), x: fixed_draws(fit, x)}
+            return result.fits[spec.name]
     return None
 
 
+def _pooled_draws(result, x: str) -> dict[str, np.ndarray] | None:
+    fit = _pooled_fit(result, x)
+    if fit is None:
+        return None
+    return {"(Intercept)": fixed_draws(fit, "(Intercept)"), x: fixed_draws(fit, x)}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _nesting(result, group: str) -> tuple[str, str | None]:
+    """Facet and colour columns for the fitted lines of ``group``: (range, site) for a nested factor."""
+    cols = tuple(result.study.nest.get(group, ())) or tuple(group.split(":"))
+    if len(cols) >= 2 and all(c in result.data.columns for c in cols[:2]):
+        return cols[0], cols[-1]
+    return group, None
+
+
 def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
-    """Draw every figure of the report into ``root/figures``."""
+    """Draw every figure of the report into ``root/figures`` and return them in reading order."""
     df, figures = result.data, []
+    (root / "figures").mkdir(parents=True, exist_ok=True)
+
+    def save(make: Callable[[], Figure], name: str, caption: str) -> None:
+        fig = make()
+        fig.savefig(root / "figures" / f"{_safe(name)}.png")
+        figures.append(Image(f"figures/{_safe(name)}.png", caption))
+
+    order = [m.name for m in result.study.models]
     response = result.study.models[0].formula.response
     x, group = focus_term(result), focus_group(result)
-    _save(plots.response_histogram(df, response), root, "response_histogram",
-          f"Distribution of {response}.", figures)
+    simple_group = group is not None and ":" not in group
+    n_levels = len(levels_of(df, group)) if simple_group else 0
+    fits = distinct_fits(result)
+    main = main_model(result, x)
+    main_fit = result.fits[main] if main else None
+
+    # The data.
+    save(lambda: plots.response_histogram(df, response), "response_histogram",
+         f"Distribution of {response}: the response of every model.")
     if x is not None:
-        _save(plots.pooled_regression(df, x, response, _pooled_draws(result, x)), root, "pooled_regression",
-              f"{response} against {x} with the pooled regression (posterior mean and 95% band): "
-              "every observation treated as independent.", figures)
-    if group is not None and ":" not in group:
-        _save(plots.group_boxplot(df, response, group), root, f"boxplot_{group}",
-              f"{response} by {group}: groups differ in their typical {response}.", figures)
-        if x is not None:
-            _save(plots.group_facets(df, x, response, group), root, f"facets_{group}",
-                  f"A separate regression in each {group} (no pooling).", figures)
-    if x is not None:
-        order = [m.name for m in result.study.models]
-        _save(plots.forest(tidy, x, models=order), root, f"forest_{x}",
-              f"The estimate of {x} in every model, with its 95% interval.", figures)
+        save(lambda: plots.pooled_regression(df, x, response, _pooled_draws(result, x)), "pooled_regression",
+             f"{response} against {x} with the pooled regression (posterior mean and 95% band): every "
+             "observation treated as independent.")
+    if simple_group:
+        save(lambda: plots.group_boxplot(df, response, group), f"boxplot_{group}",
+             f"{response} by {group}: the levels differ in their typical {response}.")
+        if x is not None and n_levels <= MAX_COLOURS:
+            save(lambda: plots.group_scatter(df, x, response, group), f"scatter_{group}",
+                 f"{response} against {x}, coloured by {group}: each {group} occupies its own region, so "
+                 f"a pooled slope mixes differences between {group}s with the effect of {x}.")
+        if x is not None and n_levels <= MAX_FACETS:
+            save(lambda: plots.group_facets(df, x, response, group), f"facets_{group}",
+                 f"A separate regression in each {group} (no pooling): within each, the slope of {x}.")
+
+    # What the models say about the question.
+    pooled = _pooled_fit(result, x) if x is not None else None
+    if x is not None and main_fit is not None and tuple(main_fit.formula.fixed) == (x,):
+        lines = [f for f in (pooled, main_fit) if f is not None]
+        save(lambda: plots_checks.population_lines(lines, df, x), f"population_lines_{x}",
+             f"The slope of {x} without groups and in {main}'s population line (fixed effects only, for an "
+             "average group): posterior means and 95% credible bands.")
+    if x is not None and (tidy["term"] == x).any():
+        save(lambda: plots.forest(tidy, x, models=order), f"forest_{x}",
+             f"The estimate of {x} in every model, with its 95% interval: the answer to the study's question.")
+    if (tidy["effect"] == "ran_pars").any():
+        save(lambda: plots.forest_sd(tidy, models=order, response=response), "forest_sd",
+             "Standard deviations of the group effects and of the residual in every model (95% intervals).")
+
+    # Checks of every distinct posterior, one grid figure per kind.
+    same_rows = all(len(f.data) == len(df) for f in fits)  # no rows dropped for missing values
+    colour_by = group if simple_group and n_levels <= MAX_COLOURS and same_rows else None
+    save(lambda: plots_checks.residuals_vs_fitted(fits, colour_by=colour_by, data=df), "residuals_fitted",
+         "Residuals against posterior-mean fitted values for every model (lme4's plot(model))"
+         + (f", coloured by {group}: same-coloured bands mean the model ignores {group}." if colour_by else "."))
+    save(lambda: plots_checks.qq_residuals(fits), "qq_residuals",
+         "Normal QQ plots of every model's residuals (qqnorm(resid(model))): points on the line mean "
+         "normal residuals.")
+    save(lambda: plots_checks.ppc(fits), "ppc",
+         f"Posterior predictive checks: the observed distribution of {response} (black) against 50 data sets "
+         "replicated from each posterior; the observed curve should look like one of the replicates.")
+
+    # Partial pooling in the main mixed model.
+    if main_fit is not None:
+        if x is not None and x in main_fit.formula.fixed:
+            data = main_fit.data
+            finest = max(main_fit.formula.random,
+                         key=lambda t: data.groupby(list(t.group_columns), observed=True).ngroups)
+            facet, colour_by = _nesting(result, finest.group)
+            if facet in df.columns and len(levels_of(df, facet)) <= MAX_FACETS and (
+                    colour_by is None or len(levels_of(df, colour_by)) <= MAX_COLOURS):
+                save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by), f"fitted_lines_{main}",
+                     f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
+                     "mean, 95% band) over the observations: the tutorial's last figure.")
+        for term in main_fit.formula.random:
+            if term.intercept and main_fit.formula.intercept:
+                save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g), f"shrinkage_{term.group}",
+                     f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
+                     "the model expects of it (the population, or for a nested level its parent) in the mixed "
+                     "model (partial pooling); levels with little data or far from the rest move most.")
+        save(lambda: plots_pooling.caterpillar(main_fit), f"caterpillar_{main}",
+             f"Every group effect of {main}, sorted, with 50% and 95% intervals.")
+    for fit in fits:
+        for term in fit.formula.random:
+            if term.intercept and term.slopes and fit.formula.intercept:
+                save(lambda f=fit, t=term: plots_pooling.shrinkage_2d(f, t.group, t.slopes[0]),
+                     f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}",
+                     f"Intercept and slope of each {term.group} in {fit.name}: own regressions (no pooling) "
+                     "pulled towards the population (partial pooling).")
+    mixed = [f for f in fits if f.formula.is_mixed]
+    if mixed:
+        save(lambda: plots_pooling.variance_partition(mixed), "variance_partition",
+             "Posterior share of the total variance for each grouping factor and the residual, in every "
+             "mixed model (drawn from the posterior sds).")
+    if main_fit is not None:
+        try:
+            prior = plots_pooling.prior_sd_draws(main_fit)
+        except ValueError:
+            prior = None
+        if prior is not None:
+            save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior), "prior_posterior_sd",
+                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}: few levels "
+                 "leave a wide posterior.")
     return figures

@@ -1,33 +1,48 @@
-"""Figures. Each function returns a matplotlib Figure and never calls ``show()``."""
+"""Figures of the data and of estimates across models; the shared style.
+
+Each function returns a :class:`matplotlib.figure.Figure` and never calls ``show()``. Figures
+are built without pyplot's global state, so a notebook shows each once (the returned value)
+and a report saves and drops them without ``plt.close``. Model checks live in
+:mod:`bayeslmm.plots_checks`, the partial-pooling figures in :mod:`bayeslmm.plots_pooling`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 #: Okabe-Ito: distinguishable with every common form of colour blindness.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 BAYES, FREQ, NEUTRAL = PALETTE[0], PALETTE[3], "#555555"
+#: Colour and legend text of each estimation method of the tidy table.
+METHODS = {
+    "bayes": (BAYES, "Bayesian: posterior mean, 95% interval"),
+    "reml": (FREQ, "lme4 REML: estimate, 95% Wald CI"),
+    "ml": (PALETTE[1], "lme4 ML: estimate, 95% Wald CI"),
+    "ols": (PALETTE[2], "lm (OLS): estimate, 95% CI"),
+}
 
-plt.rcParams.update(
-    {
-        "figure.dpi": 110,
-        "savefig.dpi": 110,
-        "font.size": 11,
-        "axes.titlesize": 13,
-        "axes.titleweight": "bold",
-        "axes.labelsize": 11,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.grid": True,
-        "grid.alpha": 0.25,
-        "legend.frameon": False,
-    }
-)
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "legend.frameon": False,
+    "figure.titlesize": 14,
+    "figure.titleweight": "bold",
+}
+mpl.rcParams.update(STYLE)
 
 
 def colour(i: int) -> str:
@@ -35,19 +50,104 @@ def colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def response_histogram(df: pd.DataFrame, response: str, bins: int = 30) -> plt.Figure:
+def level_colours(levels: Sequence[str]) -> dict[str, str]:
+    """One palette colour per level (up to 8 levels; more levels cycle, so prefer facets)."""
+    return {lv: colour(i) for i, lv in enumerate(levels)}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure with constrained layout (a margin all round), outside pyplot's state."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)
+    return fig
+
+
+def levels_of(df: pd.DataFrame, column: str) -> list[str]:
+    """Levels of a column in display order (categorical order if it has one, else sorted)."""
+    s = df[column]
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        present = set(s.astype(str).unique())
+        return [str(c) for c in s.cat.categories if str(c) in present]
+    return sorted(s.astype(str).unique())
+
+
+def panel_grid(n: int, ncol: int, panel: tuple[float, float], *, sharex: bool = False, sharey: bool = False,
+               extra_width: float = 0.6, extra_height: float = 0.9) -> tuple[Figure, list]:
+    """A figure with ``n`` panels in rows of ``ncol``; unused cells are hidden."""
+    ncol = max(1, min(ncol, n))
+    nrow = math.ceil(n / ncol)
+    fig = new_figure(panel[0] * ncol + extra_width, panel[1] * nrow + extra_height)
+    axes = fig.subplots(nrow, ncol, sharex=sharex, sharey=sharey, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def label_outer(axes: list, ncol: int, xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """Label the x-axis of the lowest panel in each column and the y-axis of the first column."""
+    n, ncol = len(axes), max(1, min(ncol, len(axes)))
+    for i, ax in enumerate(axes):
+        if xlabel is not None and i + ncol >= n:
+            ax.set_xlabel(xlabel)
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if ylabel is not None and i % ncol == 0:
+            ax.set_ylabel(ylabel)
+
+
+def place_labels(ax, xs: np.ndarray, ys: np.ndarray, labels: list[str], avoid: np.ndarray, fontsize: float = 9,
+                 **text) -> list:
+    """Label points without overlaps: for each, the first of eight offsets whose box is clear.
+
+    Boxes are estimated in display units (text width ~0.6 em per character) and checked
+    against labels already placed and against the markers at ``avoid`` (data coordinates).
+    """
+    ax.autoscale_view()
+    to_px = ax.transData.transform
+    dpi = ax.figure.dpi
+    em = fontsize * dpi / 72
+    markers = [(x - 0.55 * em, y - 0.55 * em, x + 0.55 * em, y + 0.55 * em) for x, y in to_px(avoid)]
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    gap = 0.7 * em
+    for (px, py), label in zip(to_px(np.column_stack([xs, ys])), labels, strict=True):
+        w, h = 0.6 * em * len(label), em
+        options = [(gap, gap), (gap, -gap - h), (-gap - w, gap), (-gap - w, -gap - h),
+                   (-w / 2, gap), (-w / 2, -gap - h), (gap, -h / 2), (-gap - w, -h / 2)]
+        best = options[0]
+        for dx, dy in options:
+            box = (px + dx, py + dy, px + dx + w, py + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed + markers):
+                best = (dx, dy)
+                break
+        dx, dy = best
+        placed.append((px + dx, py + dy, px + dx + w, py + dy + h))
+        pts = 72 / dpi
+        out.append(ax.annotate(label, ax.transData.inverted().transform((px, py)), xytext=(dx * pts, dy * pts),
+                               textcoords="offset points", fontsize=fontsize, ha="left", va="bottom", zorder=6,
+                               **text))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The data
+# ---------------------------------------------------------------------------------------
+
+
+def response_histogram(df: pd.DataFrame, response: str, bins: int = 30) -> Figure:
     """Histogram of the response (the tutorial's first look at the data)."""
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig = new_figure(8.5, 5)
+    ax = fig.subplots()
     y = pd.to_numeric(df[response], errors="coerce").dropna()
     ax.hist(y, bins=bins, color=BAYES, alpha=0.85, edgecolor="white")
     ax.axvline(y.mean(), color=FREQ, lw=2, ls="--", label=f"mean {y.mean():.1f}")
-    ax.set(title=f"Distribution of {response} (n = {len(y)})", xlabel=response, ylabel="Number of observations")
-    ax.legend()
+    ax.set(title=f"Distribution of {response} (n = {len(y)})", xlabel=response, ylabel="number of observations")
+    ax.legend(loc="upper right")
     return fig
 
 
 def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, np.ndarray] | None = None,
-                      ci: float = 0.95) -> plt.Figure:
+                      ci: float = 0.95) -> Figure:
     """Response against one predictor with the pooled (complete-pooling) regression line.
 
     Parameters
@@ -58,26 +158,32 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
     draws : dict, optional
         Posterior draws ``{"(Intercept)": ..., x: ...}`` of the pooled model; the line is the
         posterior mean and the band the ``ci`` credible band of the regression line.
+    ci : float
+        Mass of the band.
     """
-    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    fig = new_figure(8.5, 5.5)
+    ax = fig.subplots()
     ax.scatter(df[x], df[response], s=14, alpha=0.45, color=NEUTRAL, edgecolor="none", label="observations")
     grid = np.linspace(float(df[x].min()), float(df[x].max()), 100)
     if draws is not None:
         lines = draws["(Intercept)"][:, None] + draws[x][:, None] * grid[None, :]
         lo, hi = np.quantile(lines, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
-        ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.25, label=f"{ci:.0%} credible band")
+        slope = draws[x]
+        s_lo, s_hi = np.quantile(slope, [(1 - ci) / 2, (1 + ci) / 2])
+        ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{ci:.0%} credible band of the line")
         ax.plot(grid, lines.mean(axis=0), color=BAYES, lw=2.5,
-                label=f"pooled fit: slope {draws[x].mean():.2f}")
-    ax.set(title=f"{response} against {x}, all groups pooled", xlabel=x, ylabel=response)
+                label=f"pooled fit (posterior mean): slope {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
+    ax.set(title=f"{response} against {x}, all observations pooled", xlabel=x, ylabel=response)
     ax.legend(loc="upper left")
     return fig
 
 
-def group_boxplot(df: pd.DataFrame, response: str, group: str) -> plt.Figure:
+def group_boxplot(df: pd.DataFrame, response: str, group: str) -> Figure:
     """Boxplot of the response per level of a grouping factor."""
-    levels = sorted(df[group].astype(str).unique())
-    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(levels) + 3), 5.5), layout="constrained")
-    data = [df.loc[df[group].astype(str) == lv, response].to_numpy() for lv in levels]
+    levels = levels_of(df, group)
+    fig = new_figure(max(8.5, 0.8 * len(levels) + 3), 5.5)
+    ax = fig.subplots()
+    data = [df.loc[df[group].astype(str) == lv, response].to_numpy(dtype=float) for lv in levels]
     bp = ax.boxplot(data, patch_artist=True, widths=0.6)
     ax.set_xticks(range(1, len(levels) + 1), levels)
     for i, box in enumerate(bp["boxes"]):
@@ -85,43 +191,118 @@ def group_boxplot(df: pd.DataFrame, response: str, group: str) -> plt.Figure:
     for med in bp["medians"]:
         med.set(color="black", lw=1.5)
     ax.set(title=f"{response} by {group}", xlabel=group, ylabel=response)
-    if len(levels) > 8:
+    ax.grid(axis="x", visible=False)
+    if len(levels) > 8 or max(map(len, levels)) * len(levels) > 90:
         ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     return fig
 
 
-def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> plt.Figure:
-    """One panel per group level, each with its own least-squares line (no pooling)."""
-    levels = sorted(df[group].astype(str).unique())
-    ncol = min(4, len(levels))
-    nrow = math.ceil(len(levels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol + 1, 2.8 * nrow + 1), sharex=True, sharey=True,
-                             layout="constrained", squeeze=False)
-    for i, (ax, lv) in enumerate(zip(axes.flat, levels, strict=False)):
+def group_scatter(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
+    """Response against a predictor, points coloured by the level of a grouping factor."""
+    levels = levels_of(df, group)
+    cols = level_colours(levels)
+    fig = new_figure(10, 6)
+    ax = fig.subplots()
+    markers = "osD^vphX"
+    for i, lv in enumerate(levels):
         sub = df[df[group].astype(str) == lv]
-        ax.scatter(sub[x], sub[response], s=10, alpha=0.6, color=colour(i), edgecolor="none")
-        if len(sub) > 2 and np.ptp(sub[x].to_numpy(dtype=float)) > 0:
-            b1, b0 = np.polyfit(sub[x].to_numpy(dtype=float), sub[response].to_numpy(dtype=float), 1)
-            g = np.linspace(sub[x].min(), sub[x].max(), 20)
-            ax.plot(g, b0 + b1 * g, color="black", lw=1.8)
-            ax.text(0.03, 0.95, f"slope {b1:.2f}", transform=ax.transAxes, va="top", fontsize=9)
-        ax.set_title(lv, fontsize=11)
-    for ax in list(axes.flat)[len(levels):]:
-        ax.set_visible(False)
-    fig.supxlabel(x)
-    fig.supylabel(response)
-    fig.suptitle(f"{response} against {x}, a separate regression per {group} (no pooling)", fontweight="bold")
+        ax.scatter(sub[x], sub[response], s=26, alpha=0.8, color=cols[lv], marker=markers[i % len(markers)],
+                   edgecolor="#333333", linewidths=0.3, label=lv)
+    ax.set(title=f"{response} against {x}, coloured by {group}", xlabel=x, ylabel=response)
+    ax.legend(title=group, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=1.6, alignment="left")
     return fig
+
+
+def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
+    """One panel per group level, each with its own least-squares line (no pooling)."""
+    levels = levels_of(df, group)
+    fig, axes = panel_grid(len(levels), 4, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.2)
+    for i, (ax, lv) in enumerate(zip(axes, levels, strict=True)):
+        sub = df[df[group].astype(str) == lv]
+        xs, ys = sub[x].to_numpy(dtype=float), sub[response].to_numpy(dtype=float)
+        ax.scatter(xs, ys, s=12, alpha=0.6, color=colour(i), edgecolor="none")
+        if len(sub) > 2 and np.ptp(xs) > 0:
+            b1, b0 = np.polyfit(xs, ys, 1)
+            g = np.linspace(xs.min(), xs.max(), 20)
+            ax.plot(g, b0 + b1 * g, color="black", lw=1.8, label="own least-squares line")
+            ax.text(0.03, 0.96, f"slope {b1:.2f}", transform=ax.transAxes, va="top", fontsize=10,
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+        ax.set_title(f"{lv} (n = {len(sub)})", fontsize=11)
+    label_outer(axes, 4, x, response)
+    fig.suptitle(f"{response} against {x}: a separate regression in each {group} (no pooling)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Estimates across models (tidy rows of any method)
+# ---------------------------------------------------------------------------------------
+
+
+def _forest_rows(ax, rows: pd.DataFrame, labels: list[tuple[str, str]], reference: float | None,
+                 annotate: bool = True) -> dict[str, bool]:
+    """Dot-and-whisker rows on ``ax``: one row per (model, term) label, one dot per method.
+
+    The methods present in a row are spread evenly around it; each dot gets its number (and
+    interval) as text right of the axes. Returns ``{method: whether it had intervals}`` for
+    the legend.
+    """
+    known = [m for m in METHODS if m in set(rows["method"])]
+    methods = known + sorted(set(rows["method"]) - set(METHODS))
+    drawn: dict[str, bool] = {}
+    n = len(labels)
+    for i, (model, term) in enumerate(labels):
+        hits = [(m, rows[(rows["method"] == m) & (rows["model"] == model) & (rows["term"] == term)]) for m in methods]
+        hits = [(m, h.iloc[0]) for m, h in hits if not h.empty]
+        step = min(0.3, 0.8 / max(len(hits), 1))
+        for j, (method, r) in enumerate(hits):
+            col = METHODS.get(method, (colour(methods.index(method) + 4), method))[0]
+            y = n - 1 - i + ((len(hits) - 1) / 2 - j) * step
+            lo, hi = float(r["conf_low"]), float(r["conf_high"])
+            has_ci = bool(np.isfinite(lo) and np.isfinite(hi))
+            drawn[method] = drawn.get(method, False) or has_ci
+            if has_ci:
+                ax.plot([lo, hi], [y, y], color=col, lw=2.2, solid_capstyle="butt")
+            ax.plot([float(r["estimate"])], [y], "o", color=col, ms=7, zorder=3)
+            if annotate:
+                text = f"{r['estimate']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if has_ci else "")
+                ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=9,
+                            color=col, annotation_clip=False)
+    ax.set_yticks(range(n), [m if not t else f"{m}: {t}" for m, t in labels][::-1])
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.grid(axis="y", visible=False)
+    if reference is not None:
+        ax.axvline(reference, color=NEUTRAL, ls="--", lw=1, zorder=0)
+    return drawn
+
+
+def _row_height(rows: pd.DataFrame) -> float:
+    """Inches per forest row: room for the most methods any one row shows."""
+    k = int(rows.groupby(["model", "term"], dropna=False)["method"].nunique().max()) if len(rows) else 1
+    return 0.3 + 0.2 * k
+
+
+def _method_legend(fig: Figure, drawn: dict[str, bool]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles, labels = [], []
+    for m, has_ci in drawn.items():
+        col, text = METHODS.get(m, (NEUTRAL, m))
+        handles.append(Line2D([], [], color=col, marker="o", lw=2.2 if has_ci else 0, ms=7))
+        labels.append(text if has_ci else text.split(",")[0])
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2), fontsize=10)
 
 
 def forest(tidy: pd.DataFrame, term: str, effect: str = "fixed", group: str | None = None,
-           models: Sequence[str] | None = None, reference: float | None = 0.0) -> plt.Figure:
+           models: Sequence[str] | None = None, reference: float | None = 0.0) -> Figure:
     """Dot-and-whisker plot of one term across models, every method side by side.
 
     Parameters
     ----------
     tidy : DataFrame
-        Tidy rows of several models (broom.mixed schema), any mix of methods.
+        Tidy rows of several models (broom.mixed schema), any mix of methods (``bayes``,
+        ``reml``, ``ml``, ``ols``); a method without intervals gets a dot only.
     term : str
         The term to show (``bodyLength2``, ``sd__(Intercept)``).
     effect, group : str
@@ -136,27 +317,48 @@ def forest(tidy: pd.DataFrame, term: str, effect: str = "fixed", group: str | No
         rows = rows[rows["group"] == group]
     order = list(models) if models is not None else list(dict.fromkeys(rows["model"]))
     order = [m for m in order if m in set(rows["model"])]
-    methods = list(dict.fromkeys(rows["method"]))
-    fig, ax = plt.subplots(figsize=(8.5, 0.6 * max(len(order), 2) * max(1, len(methods) / 1.5) + 1.8),
-                           layout="constrained")
-    step = 0.6 / max(len(methods), 1)
-    labels = {"bayes": "Bayesian posterior mean, 95% interval", "reml": "lme4 REML, 95% Wald CI",
-              "ml": "lme4 ML, 95% Wald CI", "ols": "lm (OLS), 95% CI"}
-    for j, method in enumerate(methods):
-        sub = rows[rows["method"] == method].set_index("model")
-        ys = [len(order) - 1 - i + (j - (len(methods) - 1) / 2) * step for i, m in enumerate(order) if m in sub.index]
-        ms = [m for m in order if m in sub.index]
-        col = BAYES if method == "bayes" else colour(j + 2)
-        est = sub.loc[ms, "estimate"].to_numpy(dtype=float)
-        lo = sub.loc[ms, "conf_low"].to_numpy(dtype=float)
-        hi = sub.loc[ms, "conf_high"].to_numpy(dtype=float)
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        ax.hlines(np.array(ys)[ok], lo[ok], hi[ok], color=col, lw=2.2)
-        ax.plot(est, ys, "o", color=col, ms=7, label=labels.get(method, method))
-    ax.set_yticks(range(len(order)), order[::-1])
-    if reference is not None:
-        ax.axvline(reference, color=NEUTRAL, ls="--", lw=1)
+    if not order:
+        raise ValueError(f"no {effect} rows for term {term!r}" + (f" in group {group!r}" if group else ""))
+    fig = new_figure(10, _row_height(rows) * len(order) + 2.0)
+    ax = fig.subplots()
+    methods = _forest_rows(ax, rows.assign(term=""), [(m, "") for m in order], reference)
     what = f"{term} ({group})" if group else term
-    ax.set(title=f"{what} across models", xlabel=f"estimate of {what}", ylabel="model")
-    ax.legend(loc="best", fontsize=9)
+    ax.set(title=f"{what} in every model", xlabel=f"estimate of {what}", ylabel="model")
+    _method_legend(fig, methods)
+    return fig
+
+
+def forest_sd(tidy: pd.DataFrame, models: Sequence[str] | None = None, response: str | None = None) -> Figure:
+    """Standard deviations across models: one panel per grouping factor, the residual last.
+
+    Rows are models (``model: term`` when a group has several coefficients); every method of
+    the tidy table side by side, as in :func:`forest`. ``response`` names the unit of the x-axis.
+    """
+    rows = tidy[(tidy["effect"] == "ran_pars") & tidy["term"].astype(str).str.startswith("sd__")]
+    order = list(models) if models is not None else list(dict.fromkeys(rows["model"]))
+    groups = [g for g in dict.fromkeys(rows["group"].astype(str)) if g != "Residual"]
+    groups += ["Residual"] if (rows["group"] == "Residual").any() else []
+    panels = []
+    for g in groups:
+        sub = rows[rows["group"].astype(str) == g]
+        terms = list(dict.fromkeys(sub["term"]))
+        several = len(terms) > 1
+        labels = [(m, t if several else "") for m in order for t in terms
+                  if ((sub["model"] == m) & (sub["term"] == t)).any()]
+        panels.append((g, sub if several else sub.assign(term=""), terms, labels))
+    if not panels:
+        raise ValueError("no standard deviations (ran_pars rows) in the table")
+    heights = [_row_height(p[1]) * len(p[3]) + 0.8 for p in panels]
+    fig = new_figure(10, sum(heights) + 1.6)
+    axes = fig.subplots(len(panels), 1, height_ratios=heights, squeeze=False).ravel()
+    methods: dict[str, bool] = {}
+    for ax, (g, sub, terms, labels) in zip(axes, panels, strict=True):
+        for m, has_ci in _forest_rows(ax, sub, labels, reference=None).items():
+            methods[m] = methods.get(m, False) or has_ci
+        what = "residual sd (sd__Observation)" if g == "Residual" else f"sd of the {g} effects ({', '.join(terms)})"
+        ax.set_title(what, fontsize=11, loc="left")
+        ax.set_xlim(left=0)
+    axes[-1].set_xlabel("standard deviation" + (f" (units of {response})" if response else ""))
+    fig.suptitle("Standard deviations in every model")
+    _method_legend(fig, methods)
     return fig

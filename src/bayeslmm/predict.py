@@ -1,0 +1,238 @@
+"""Linear predictor, fitted values, residuals and predictive draws of a Bayesian fit.
+
+The posterior holds the parameters under Bambi's names, not the linear predictor; these
+functions rebuild it draw by draw: ``X @ beta`` (formulae's design of the fixed part, the same
+columns Bambi used) plus, for every random term, each row's group effect times its covariate
+(:func:`bayeslmm.formula.group_codes` for the level of each row). All arrays are numpy, draws
+first: ``(draws, rows)``; chains are pooled (chain-major).
+
+``max_draws`` keeps an evenly spaced subset of the draws (every k-th), which is enough for
+means and bands and keeps the arrays small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from bayeslmm.formula import RandomTerm, bambi_term_name, group_codes, lme4_name
+from bayeslmm.tables import fixed_draws
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def n_draws(fit) -> int:
+    """Number of posterior draws of a fit (chains times draws per chain)."""
+    post = fit.idata["posterior"]
+    return int(post.sizes["chain"] * post.sizes["draw"])
+
+
+def draw_index(fit, max_draws: int | None = None) -> np.ndarray:
+    """Indices of the pooled draws to use: all, or ``max_draws`` evenly spaced ones."""
+    total = n_draws(fit)
+    if max_draws is None or max_draws >= total:
+        return np.arange(total)
+    if max_draws < 1:
+        raise ValueError(f"max_draws must be at least 1, not {max_draws}")
+    return np.unique(np.linspace(0, total - 1, int(max_draws)).round().astype(int))
+
+
+def param_draws(fit, var: str, max_draws: int | None = None) -> np.ndarray:
+    """Draws of one posterior variable (Bambi's name), chains pooled: shape ``(draws, ...)``."""
+    post = fit.idata["posterior"]
+    if var not in post:
+        raise KeyError(f"{var!r} is not in the posterior of {fit.name!r}; it holds {', '.join(post.data_vars)}")
+    da = post[var]
+    extra = [d for d in da.dims if d not in SAMPLE_DIMS]
+    arr = np.asarray(da.transpose(*SAMPLE_DIMS, *extra).values, dtype=float)
+    arr = arr.reshape(-1, *arr.shape[2:])
+    return arr[draw_index(fit, max_draws)]
+
+
+def response(fit) -> np.ndarray:
+    """The observed response of the rows the model used."""
+    return np.asarray(fit.data[fit.formula.response], dtype=float)
+
+
+def fixed_design(fit, newdata: pd.DataFrame | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Fixed-effect design matrix (rows of ``newdata``, or of the fit's data) and lme4's column names.
+
+    New data is encoded with the fit's own design (formulae's ``evaluate_new_data``), so factor
+    levels get the same dummy columns as in the fit.
+    """
+    import formulae
+
+    dm = formulae.design_matrices(fit.formula.fixed_formula, fit.data, na_action="error")
+    names = tuple(lme4_name(str(n)) for n in dm.common.as_dataframe().columns)
+    if newdata is None:
+        x = np.asarray(dm.common.design_matrix, dtype=float)
+    else:
+        x = np.asarray(dm.common.evaluate_new_data(newdata)).astype(float)
+    return x, names
+
+
+def fixed_effect_draws(fit, max_draws: int | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+    """lme4's names of the fixed effects and their draws, shape ``(draws, p)``."""
+    _, names = fixed_design(fit, fit.data.iloc[:1])
+    idx = draw_index(fit, max_draws)
+    if not names:
+        return names, np.zeros((idx.size, 0))
+    return names, np.column_stack([fixed_draws(fit, n)[idx] for n in names])
+
+
+def random_coefs(fit) -> list[tuple[RandomTerm, str]]:
+    """Every (random term, coefficient) pair of a fit, in formula order."""
+    return [(term, coef) for term in fit.formula.random for coef in term.coefs]
+
+
+def _find_term(fit, group: str, coef: str) -> RandomTerm:
+    for term, c in random_coefs(fit):
+        if term.group == group and c == coef:
+            return term
+    have = ", ".join(f"{c}|{t.group}" for t, c in random_coefs(fit)) or "none"
+    raise KeyError(f"{fit.name!r} has no random coefficient {coef!r} for {group!r}; it has: {have}")
+
+
+def group_effect_draws(fit, group: str, coef: str = "(Intercept)",
+                       max_draws: int | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+    """Levels of a grouping factor and the draws of their effects (deviations from the fixed part).
+
+    Returns
+    -------
+    levels : tuple of str
+        In the posterior's order.
+    draws : ndarray, shape (draws, levels)
+    """
+    term = _find_term(fit, group, coef)
+    var = bambi_term_name(term, coef)
+    da = fit.idata["posterior"][var]
+    (dim,) = [d for d in da.dims if d not in SAMPLE_DIMS]
+    levels = tuple(str(v) for v in da[dim].values)
+    return levels, param_draws(fit, var, max_draws)
+
+
+def row_labels(df: pd.DataFrame, group: str) -> np.ndarray:
+    """Level label of every row for a grouping factor (``a`` or ``a:b``), as in the posterior."""
+    levels, codes = group_codes(df, group)
+    return np.asarray(levels, dtype=object)[codes]
+
+
+def covariate_values(df: pd.DataFrame, coef: str) -> np.ndarray:
+    """Values of a random coefficient's covariate per row (ones for ``(Intercept)``)."""
+    if coef == "(Intercept)":
+        return np.ones(len(df))
+    if coef in df.columns:
+        return np.asarray(df[coef], dtype=float)
+    return np.asarray(df.eval(coef), dtype=float)
+
+
+def level_positions(levels: tuple[str, ...], labels: np.ndarray, group: str) -> np.ndarray:
+    """Position of each row label among ``levels``; ValueError names labels not among them."""
+    where = {lv: i for i, lv in enumerate(levels)}
+    unknown = sorted({str(lb) for lb in labels if lb not in where})
+    if unknown:
+        raise ValueError(f"level(s) {', '.join(unknown[:5])} of {group!r} were not in the fitted data")
+    return np.fromiter((where[lb] for lb in labels), dtype=np.int64, count=len(labels))
+
+
+def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
+         groups: Iterable[str] | None) -> np.ndarray:
+    """Linear predictor of the draws ``idx`` at the rows of ``df`` (the fit's data or ``newdata``)."""
+    x, names = fixed_design(fit, newdata)
+    eta = np.zeros((idx.size, x.shape[0]))
+    for j, name in enumerate(names):
+        eta += fixed_draws(fit, name)[idx][:, None] * x[None, :, j]
+    keep = None if groups is None else set(groups)
+    for term, coef in random_coefs(fit):
+        if keep is not None and term.group not in keep:
+            continue
+        levels, u = group_effect_draws(fit, term.group, coef)
+        pos = level_positions(levels, row_labels(df, term.group), term.group)
+        eta += u[idx][:, pos] * covariate_values(df, coef)[None, :]
+    return eta
+
+
+def linear_predictor(fit, newdata: pd.DataFrame | None = None, *, groups: Iterable[str] | None = None,
+                     max_draws: int | None = None) -> np.ndarray:
+    """Draws of the linear predictor (the conditional mean of the response).
+
+    Parameters
+    ----------
+    fit : BayesFit
+    newdata : DataFrame, optional
+        Rows to predict (the columns the formula uses; the response is not needed). The fit's
+        own rows by default.
+    groups : iterable of str, optional
+        Grouping factors whose effects to include; all by default, ``()`` for the
+        population-level prediction (fixed part only).
+    max_draws : int, optional
+        Use this many evenly spaced draws.
+
+    Returns
+    -------
+    ndarray, shape (draws, rows)
+
+    Raises
+    ------
+    ValueError
+        If ``newdata`` has a level of an included grouping factor that the fit never saw.
+    """
+    df = fit.data if newdata is None else newdata
+    return _eta(fit, df, newdata, draw_index(fit, max_draws), groups)
+
+
+def fitted(fit, newdata: pd.DataFrame | None = None, *, groups: Iterable[str] | None = None,
+           max_draws: int | None = None) -> np.ndarray:
+    """Posterior mean of the linear predictor per row (lme4's ``fitted``/``predict``)."""
+    return linear_predictor(fit, newdata, groups=groups, max_draws=max_draws).mean(axis=0)
+
+
+def residuals(fit, max_draws: int | None = None) -> np.ndarray:
+    """Observed response minus the posterior-mean fitted value, per row (lme4's ``resid``)."""
+    return response(fit) - fitted(fit, max_draws=max_draws)
+
+
+def posterior_predictive(fit, n: int = 50, *, seed: int = 0) -> np.ndarray:
+    """``n`` replicated data sets from ``n`` random posterior draws: shape ``(n, rows)``.
+
+    Each replicate is the linear predictor of one draw plus normal noise with that draw's
+    residual sd (the Gaussian likelihood of the model).
+    """
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n_draws(fit), size=min(n, n_draws(fit)), replace=False))
+    mu = _eta(fit, fit.data, None, pick, None)
+    sigma = param_draws(fit, "sigma")[pick]
+    return mu + sigma[:, None] * rng.standard_normal(mu.shape)
+
+
+def _in_formula_order(fit, draws: dict, key) -> dict:
+    """``draws`` re-keyed in formula order (grouping factors as written), the residual last."""
+    order = {g: i for i, g in enumerate(fit.formula.grouping_factors)}
+    return dict(sorted(draws.items(), key=lambda kv: order.get(key(kv[0]), len(order))))
+
+
+def sd_draws(fit, max_draws: int | None = None) -> dict[tuple[str, str], np.ndarray]:
+    """Draws of every standard deviation (:func:`bayeslmm.tables.sd_draws`), keyed ``(group, term)``.
+
+    Group sds first in formula order (``("mountainRange", "sd__(Intercept)")``), then the
+    residual ``("Residual", "sd__Observation")``.
+    """
+    from bayeslmm.tables import sd_draws as all_sds
+
+    idx = draw_index(fit, max_draws)
+    return {k: v[idx] for k, v in _in_formula_order(fit, all_sds(fit), lambda k: k[0]).items()}
+
+
+def variance_shares(fit, max_draws: int | None = None) -> dict[str, np.ndarray]:
+    """Draws of each variance's share of the total: group -> var_g / (sum of variances + residual).
+
+    :func:`bayeslmm.tables.variance_partition_draws` (only random-intercept variances count; for
+    one grouping factor the share is the intraclass correlation), in formula order with the
+    residual's share last, under ``"Residual"``.
+    """
+    from bayeslmm.tables import variance_partition_draws
+
+    idx = draw_index(fit, max_draws)
+    return {k: v[idx] for k, v in _in_formula_order(fit, variance_partition_draws(fit), lambda k: k).items()}
