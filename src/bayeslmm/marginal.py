@@ -1,0 +1,589 @@
+"""The marginal engine: exact, fast posterior sampling for Gaussian mixed models.
+
+For a Gaussian model with identity link the random effects integrate out exactly:
+``y ~ N(X b, sigma^2 I + sum_k s_k^2 Z_k Z_k')``.  NUTS (nutpie) then samples only the
+fixed effects and the standard deviations -- a few well-conditioned dimensions, no
+funnel -- and the random effects are drawn afterwards from their exact conditional
+normal given each posterior draw.  The posterior is the Bambi model's posterior: the
+priors are read from the Bambi model object, and the fixed-effect design is centred and
+the intercept reported exactly as Bambi does it.  The returned ``DataTree`` has Bambi's
+variable names, dims and coords, and a pointwise log-likelihood conditional on the random
+effects as ``bambi.Model.compute_log_likelihood`` gives it, so LOO compares across engines.
+
+The numerical kernels (sparse Cholesky, selected inverse, gradient) are numba functions
+in :mod:`bayeslmm.marginal_lik`, cached across processes.  nutpie samples: its Rust threads
+call the C entry point of the kernel directly (nutpie's internal ``CompiledPyMCModel``, as
+``nutpie.compile_pymc_model`` builds it; tested with the versions in
+:data:`NUTPIE_TESTED`), or, on another nutpie, through its public python-function
+interface ``nutpie.compiled_pyfunc.from_pyfunc``.  ``options.sampler`` is ignored.
+
+Public functions: :func:`supports` and :func:`sample`; :func:`spec` raises
+:class:`Unsupported` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from bayeslmm import marginal_lik as ml
+from bayeslmm.formula import Formula, ModelFrame, bambi_term_name
+
+_STAT_NAMES = {
+    "diverging": "diverging",
+    "depth": "tree_depth",
+    "maxdepth_reached": "reached_max_treedepth",
+    "logp": "lp",
+    "energy": "energy",
+    "energy_error": "energy_error",
+    "step_size": "step_size",
+    "step_size_bar": "step_size_bar",
+    "n_steps": "n_steps",
+    "mean_tree_accept": "acceptance_rate",
+    "index_in_trajectory": "index_in_trajectory",
+}
+
+
+class Unsupported(Exception):
+    """The model is outside what the marginal engine handles (the message says why)."""
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    name: str
+    index: slice  # into the internal coefficient vector
+    dims: tuple[str, ...]
+    coords: dict
+
+
+@dataclass(frozen=True)
+class _Random:
+    name: str  # Bambi's name, e.g. "1|mountainRange"
+    sigma_name: str  # e.g. "1|mountainRange_sigma"
+    factor: int
+    slot: int  # coefficient within the factor
+    order: np.ndarray  # frame level index of each of Bambi's groups
+    dim: str
+    groups: np.ndarray
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything the engine needs, read from the Bambi model and the model frame."""
+
+    response: str
+    y: np.ndarray
+    X: np.ndarray  # internal design: [1, centred columns] (or as Bambi has it)
+    shift: float  # subtracted from y internally (mean of y when there is an intercept)
+    x_mean: np.ndarray  # column means removed from the non-intercept columns (zeros if none)
+    intercept: str | None
+    fixed: tuple[_Fixed, ...]
+    random: tuple[_Random, ...]
+    factors: tuple[ml.Factor, ...]
+    bcode: np.ndarray
+    bpar: np.ndarray
+    scode: np.ndarray
+    spar: np.ndarray
+
+    @property
+    def n_dim(self) -> int:
+        return self.X.shape[1] + len(self.random) + 1
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the Bambi model
+# ---------------------------------------------------------------------------------------
+
+
+def _arg(prior, *names):
+    for name in names:
+        if name in prior.args:
+            return prior.args[name]
+    raise Unsupported(f"prior {prior} has none of the arguments {', '.join(names)}")
+
+
+def _number(value, what: str) -> np.ndarray:
+    if hasattr(value, "args"):
+        raise Unsupported(f"{what} has a hyperprior; the marginal engine needs fixed prior arguments")
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise Unsupported(f"{what} has a non-numeric argument {value!r}") from exc
+
+
+def _location_prior(prior, size: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and parameters (size, 3) of a fixed-effect prior."""
+    if not hasattr(prior, "args") or getattr(prior, "dist", None) is not None:
+        raise Unsupported(f"prior of {what} ({prior}) is not a named distribution")
+    par = np.zeros((size, 3))
+    if prior.name == "Normal":
+        code = ml.NORMAL
+        par[:, 0] = _number(_arg(prior, "mu"), what)
+        par[:, 1] = _number(_arg(prior, "sigma"), what)
+    elif prior.name == "StudentT":
+        code = ml.STUDENT_T
+        par[:, 0] = _number(prior.args.get("mu", 0.0), what)
+        par[:, 1] = _number(_arg(prior, "sigma"), what)
+        par[:, 2] = _number(_arg(prior, "nu"), what)
+    elif prior.name == "Cauchy":
+        code = ml.STUDENT_T
+        par[:, 0] = _number(_arg(prior, "alpha"), what)
+        par[:, 1] = _number(_arg(prior, "beta"), what)
+        par[:, 2] = 1.0
+    else:
+        raise Unsupported(f"{prior.name} prior on {what} is not supported by the marginal engine")
+    if set(prior.args) - {"mu", "sigma", "nu", "alpha", "beta"}:
+        raise Unsupported(f"prior of {what} ({prior}) has arguments the marginal engine does not know")
+    if not np.all(np.isfinite(par)) or np.any(par[:, 1] <= 0) or (code == ml.STUDENT_T and np.any(par[:, 2] <= 0)):
+        raise Unsupported(f"prior of {what} ({prior}) has invalid arguments")
+    return np.full(size, code, dtype=np.int64), par
+
+
+def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
+    """Code and parameters (3,) of a prior on a standard deviation."""
+    if not hasattr(prior, "args") or getattr(prior, "dist", None) is not None:
+        raise Unsupported(f"prior of {what} ({prior}) is not a named distribution")
+    par = np.zeros(3)
+    name, args = prior.name, prior.args
+
+    def get(*names):
+        v = _number(_arg(prior, *names), what)
+        if v.size != 1:
+            raise Unsupported(f"prior of {what} has a vector argument")
+        return float(v.reshape(()))
+
+    if name == "HalfNormal":
+        code, par[0] = ml.HALF_NORMAL, get("sigma")
+        known = {"sigma"}
+    elif name == "HalfStudentT":
+        code, par[0], par[1] = ml.HALF_STUDENT_T, get("sigma"), get("nu")
+        known = {"sigma", "nu"}
+    elif name == "HalfCauchy":
+        code, par[0] = ml.HALF_CAUCHY, get("beta")
+        known = {"beta"}
+    elif name == "Exponential":
+        code = ml.EXPONENTIAL
+        par[0] = get("lam") if "lam" in args else 1.0 / get("scale")
+        known = {"lam", "scale"}
+    elif name in ("Gamma", "InverseGamma"):
+        code = ml.GAMMA if name == "Gamma" else ml.INVERSE_GAMMA
+        par[0], par[1] = get("alpha"), get("beta")
+        known = {"alpha", "beta"}
+    else:
+        raise Unsupported(f"{name} prior on {what} is not supported by the marginal engine")
+    if set(args) - known:
+        raise Unsupported(f"prior of {what} ({prior}) has arguments the marginal engine does not know")
+    if not np.all(np.isfinite(par)) or par[0] <= 0:
+        raise Unsupported(f"prior of {what} ({prior}) has invalid arguments")
+    return code, par
+
+
+def _name(term) -> str:
+    return term.alias or term.name
+
+
+def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
+    """Read the engine's inputs from the Bambi model and the model frame.
+
+    Raises
+    ------
+    Unsupported
+        With a one-line reason when the marginal engine does not apply.
+    """
+    family = model.family
+    if family.name != "gaussian":
+        raise Unsupported(f"non-Gaussian family ({family.name})")
+    if family.link["mu"].name != "identity":
+        raise Unsupported(f"non-identity link ({family.link['mu'].name})")
+    corr = [r for r in formula.random if r.correlated]
+    if corr:
+        r = corr[0]
+        coefs = " + ".join("1" if c == "(Intercept)" else c for c in r.coefs)
+        raise Unsupported(f"correlated random effects ({coefs}|{r.group}); the marginal engine fits (x||g) only")
+    cond = model.conditional_parameters
+    if set(cond) != {"mu"}:
+        raise Unsupported("distributional sub-models (a formula for sigma)")
+    marg = model.marginal_parameters
+    if set(marg) != {"sigma"}:
+        raise Unsupported(f"auxiliary parameters {sorted(marg)} besides sigma")
+    mu = cond["mu"]
+    if mu.offset_terms or getattr(mu, "hsgp_terms", None):
+        raise Unsupported("offset or HSGP terms")
+    y = np.asarray(frame.y, dtype=float)
+    n = y.size
+    response = np.asarray(model.response_term.data, dtype=float).reshape(-1)
+    if response.size != n or not np.array_equal(response, y):
+        raise Unsupported("the Bambi model and the model frame have different rows")
+
+    # fixed effects, as Bambi builds them (centred when there is an intercept)
+    columns, fixed, codes, pars = [], [], [], []
+    start = 1 if mu.intercept_term is not None else 0
+    at = start
+    for term in mu.common_terms.values():
+        data = np.asarray(term.data, dtype=float).reshape(n, -1)
+        k = data.shape[1]
+        coords = {d: np.asarray(v) for d, v in term.coords.items()}
+        if term.alias and coords:
+            coords = {f"{term.alias}_dim": v for v in coords.values()}
+        fixed.append(_Fixed(_name(term), slice(at, at + k), tuple(coords), coords))
+        c, p_ = _location_prior(term.prior, k, _name(term))
+        codes.append(c)
+        pars.append(p_)
+        columns.append(data)
+        at += k
+    Xc = np.column_stack(columns) if columns else np.zeros((n, 0))
+    x_mean = np.zeros(Xc.shape[1])
+    shift = 0.0
+    intercept = None
+    if mu.intercept_term is not None:
+        intercept = _name(mu.intercept_term)
+        if model.center_predictors and columns:
+            x_mean = Xc.mean(0)
+            Xc = Xc - x_mean
+        shift = float(y.mean())
+        c, p_ = _location_prior(mu.intercept_term.prior, 1, intercept)
+        p_[0, 0] -= shift  # the prior is on the (centred) intercept; y is shifted internally
+        codes.insert(0, c)
+        pars.insert(0, p_)
+        Xc = np.column_stack([np.ones(n), Xc])
+    bcode = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+    bpar = np.concatenate(pars) if pars else np.zeros((0, 3))
+
+    # random effects: the frame's blocks (lme4's layout), matched to Bambi's terms
+    blocks = {}
+    for block in frame.blocks:
+        for j, coef in enumerate(block.term.coefs):
+            blocks[bambi_term_name(block.term, coef)] = (block, j)
+    group_names: list[str] = []
+    factor_cols: dict[str, list] = {}
+    random, scodes, spars = [], [], []
+    for term in mu.group_specific_terms.values():
+        name = _name(term)
+        if name not in blocks:
+            raise Unsupported(f"random term {name} not found in the model frame")
+        if term.categorical or np.asarray(term.predictor).reshape(n, -1).shape[1] != 1:
+            raise Unsupported(f"categorical random slopes ({name})")
+        prior = term.prior
+        if prior.name != "Normal" or not hasattr(prior.args.get("sigma"), "args"):
+            raise Unsupported(f"prior of {name} ({prior}) is not Normal(0, sigma) with a prior on sigma")
+        if np.any(_number(prior.args.get("mu", 0.0), name) != 0):
+            raise Unsupported(f"prior of {name} has a non-zero mean")
+        if set(prior.args) - {"mu", "sigma"}:
+            raise Unsupported(f"prior of {name} ({prior}) has arguments the marginal engine does not know")
+        code, par = _scale_prior(prior.args["sigma"], f"{name}_sigma")
+        block, j = blocks[name]
+        group = block.term.group
+        if group not in factor_cols:
+            group_names.append(group)
+            factor_cols[group] = []
+        level_pos = {lab: i for i, lab in enumerate(block.levels)}
+        groups = np.asarray(term.groups)
+        try:
+            order = np.array([level_pos[str(g)] for g in groups], dtype=np.int64)
+        except KeyError as exc:
+            raise Unsupported(f"levels of {name} differ between Bambi and the model frame") from exc
+        if order.size != len(block.levels):
+            raise Unsupported(f"levels of {name} differ between Bambi and the model frame")
+        comp = len(random)
+        slot = len(factor_cols[group])
+        factor_cols[group].append((block, j, comp))
+        dim = next(d for d in term.coords if d.endswith("__factor_dim"))
+        if term.alias:
+            dim = f"{term.alias}__factor_dim"
+        hyper = term.hyperprior_alias.get("sigma", "sigma")
+        random.append(_Random(name, f"{name}_{hyper}", group_names.index(group), slot, order, dim, groups))
+        scodes.append(code)
+        spars.append(par)
+    factors = []
+    for group in group_names:
+        entries = factor_cols[group]
+        block0 = entries[0][0]
+        for block, _, _ in entries:
+            if not np.array_equal(block.index, block0.index):
+                raise Unsupported(f"random terms on {group} have different levels")
+        values = np.column_stack([block.values[:, j] for block, j, _ in entries])
+        factors.append(ml.Factor(len(block0.levels), block0.index, values, tuple(c for _, _, c in entries)))
+    if len(frame.blocks) and sum(b.values.shape[1] for b in frame.blocks) != len(random):
+        raise Unsupported("random terms of the formula and of the Bambi model differ")
+
+    sigma_prior = marg["sigma"].prior
+    if isinstance(sigma_prior, int | float):
+        raise Unsupported("residual sigma fixed to a constant")
+    code, par = _scale_prior(sigma_prior, "sigma")
+    scodes.append(code)
+    spars.append(par)
+    return Spec(
+        response=_name(model.response_term),
+        y=y,
+        X=np.ascontiguousarray(Xc),
+        shift=shift,
+        x_mean=x_mean,
+        intercept=intercept,
+        fixed=tuple(fixed),
+        random=tuple(random),
+        factors=tuple(factors),
+        bcode=np.ascontiguousarray(bcode, dtype=np.int64),
+        bpar=np.ascontiguousarray(bpar),
+        scode=np.asarray(scodes, dtype=np.int64),
+        spar=np.ascontiguousarray(np.vstack(spars)),
+    )
+
+
+def supports(formula: Formula, frame: ModelFrame, model) -> str | None:
+    """``None`` when the marginal engine applies to this model, else a one-line reason.
+
+    It applies to Gaussian models with identity link, random intercepts and uncorrelated
+    (numeric) random slopes, nested or crossed, with the priors Bambi uses by default
+    (Normal/StudentT on fixed effects; HalfNormal, HalfStudentT, HalfCauchy, Exponential,
+    Gamma or InverseGamma on standard deviations).
+    """
+    try:
+        spec(formula, frame, model)
+    except Unsupported as exc:
+        return str(exc)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------
+
+
+#: nutpie versions whose compiled-model internals the fast path was tested against.
+NUTPIE_TESTED = ("0.16.",)
+
+
+def compile_model(sp: Spec, stats: ml.Stats, fast: bool = True):
+    """The nutpie model of the marginal posterior.
+
+    With ``fast`` (and a nutpie version in :data:`NUTPIE_TESTED`) the log density is the
+    numba C function :func:`marginal_lik.c_logp`, called by nutpie's Rust threads without
+    Python or the GIL (nutpie's internal ``CompiledPyMCModel``, as
+    ``nutpie.compile_pymc_model`` builds it).  Otherwise nutpie's public python-function
+    interface ``nutpie.compiled_pyfunc.from_pyfunc`` calls :func:`marginal_lik.logp_grad`
+    from Python (same numbers, about 10 microseconds more per gradient).
+    """
+    ndim = sp.n_dim
+    center = initial_point(sp)
+
+    def make_initial_point(seed):
+        rng = np.random.default_rng(seed)
+        return center + rng.uniform(-1.0, 1.0, ndim)
+
+    if fast:
+        model = _compile_fast(sp, stats, make_initial_point)
+        if model is not None:
+            return model
+    from nutpie.compiled_pyfunc import from_pyfunc
+
+    args = (*stats.arrays(), sp.bcode, sp.bpar, sp.scode, sp.spar)
+    kernel = ml.logp_grad
+
+    def make_logp_fn():
+        def logp(x, **_shared):
+            grad = np.empty(ndim)
+            return kernel(x, grad, *args), grad
+
+        return logp
+
+    def make_expand_fn(seed1, seed2, chain):
+        def expand(x, **_shared):
+            return {"theta": x}
+
+        return expand
+
+    return from_pyfunc(
+        ndim=ndim,
+        make_logp_fn=make_logp_fn,
+        make_expand_fn=make_expand_fn,
+        expanded_dtypes=[np.dtype("float64")],
+        expanded_shapes=[(ndim,)],
+        expanded_names=["theta"],
+        make_initial_point_fn=make_initial_point,
+    )
+
+
+_FAST_FIELDS = {
+    "dims", "compiled_logp_func", "compiled_expand_func", "initial_point_func", "shared_data",
+    "shared_var_keys", "user_data", "n_expanded", "shape_info", "logp_func", "expand_func",
+    "_n_dim", "_shapes", "_coords",
+}  # fmt: skip
+
+
+def _compile_fast(sp: Spec, stats: ml.Stats, make_initial_point):
+    """nutpie's ``CompiledPyMCModel`` around the C kernels, or ``None`` if nutpie differs."""
+    import dataclasses
+
+    import nutpie
+
+    try:
+        from nutpie.compile_pymc import CompiledPyMCModel
+    except ImportError:
+        return None
+    if not nutpie.__version__.startswith(NUTPIE_TESTED):
+        return None
+    if not _FAST_FIELDS <= {f.name for f in dataclasses.fields(CompiledPyMCModel)}:
+        return None
+    ndim = sp.n_dim
+    buffer = ml.pack(stats, sp.bcode, sp.bpar, sp.scode, sp.spar)
+    buffer.flags.writeable = False
+    return CompiledPyMCModel(
+        dims={},
+        _n_dim=ndim,
+        _coords={},
+        _shapes={"theta": (ndim,)},
+        compiled_logp_func=ml.c_logp,
+        compiled_expand_func=ml.c_expand,
+        initial_point_func=make_initial_point,
+        shared_data={},
+        shared_var_keys={},
+        user_data=buffer,  # nutpie passes user_data.ctypes.data to both C functions
+        n_expanded=ndim,
+        shape_info=(["theta"], [slice(0, ndim)], [(ndim,)]),
+        logp_func=None,
+        expand_func=None,
+    )
+
+
+def initial_point(sp: Spec) -> np.ndarray:
+    """Centre of the initial points: prior means of the coefficients, sds at half sd(y)."""
+    p = sp.X.shape[1]
+    sd_y = float(np.std(sp.y)) or 1.0
+    theta = np.empty(sp.n_dim)
+    theta[:p] = sp.bpar[:, 0]
+    theta[p : p + len(sp.random)] = np.log(0.5 * sd_y)
+    theta[-1] = np.log(0.5 * sd_y)
+    return theta
+
+
+def sample(model, frame: ModelFrame, options, progress: bool = True) -> xr.DataTree:
+    """Sample the posterior of a Gaussian mixed model with the random effects integrated out.
+
+    Parameters
+    ----------
+    model : bambi.Model
+        The Bambi model of the formula (priors, names and dims are read from it).
+    frame : ModelFrame
+        :func:`bayeslmm.formula.model_frame` of the same formula on the same data.
+    options : SamplerOptions
+        ``draws``, ``tune``, ``chains``, ``seed`` and ``target_accept`` are used.
+    progress : bool
+        Show nutpie's progress bar.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data`` with
+        Bambi's variable names and dims.
+
+    Raises
+    ------
+    Unsupported
+        If :func:`supports` would return a reason.
+    """
+    import nutpie
+
+    start = time.perf_counter()
+    sp = spec(frame.formula, frame, model)
+    stats = ml.sufficient_stats(sp.y - sp.shift, sp.X, list(sp.factors), len(sp.random))
+    compiled = compile_model(sp, stats)
+    cores = min(options.chains, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    trace = nutpie.sample(
+        compiled,
+        draws=options.draws,
+        tune=options.tune,
+        chains=options.chains,
+        cores=cores,
+        seed=int(options.seed),
+        target_accept=float(options.target_accept),
+        progress_bar=progress,
+        save_warmup=False,
+    )
+    sampling_time = time.perf_counter() - t0
+    theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
+    stats_ds = trace["sample_stats"].to_dataset()
+    tree = _to_datatree(sp, stats, theta, stats_ds, options)
+    for group in tree.children:
+        tree[group].attrs.update(
+            {
+                "inference_library": "nutpie",
+                "inference_library_version": nutpie.__version__,
+                "modeling_interface": "bayeslmm.marginal",
+                "sampling_time": sampling_time,
+                "fit_time": time.perf_counter() - start,
+                "tuning_steps": options.tune,
+            }
+        )
+    return tree
+
+
+def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options) -> xr.DataTree:
+    chains, draws, ndim = theta.shape
+    S = chains * draws
+    flat = np.ascontiguousarray(theta.reshape(S, ndim))
+    p = sp.X.shape[1]
+    K = len(sp.random)
+    beta = np.ascontiguousarray(flat[:, :p])
+    sds = np.exp(flat[:, p : p + K])
+    sigma = np.exp(flat[:, p + K])
+
+    rng = np.random.default_rng([int(options.seed), 7])
+    z = rng.standard_normal((S, stats.q))
+    u = ml.draw_effects(flat, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
+                        stats.Rk, stats.Rpos, stats.comp)  # fmt: skip
+    loglik = ml.pointwise_loglik(sp.y - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
+
+    n = sp.y.size
+    cd = ("chain", "draw")
+    coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws)}
+    post: dict = {"sigma": (cd, sigma.reshape(chains, draws))}
+    start = 0
+    if sp.intercept is not None:
+        b_rest = beta[:, 1:]
+        icpt = beta[:, 0] + sp.shift - b_rest @ sp.x_mean
+        post[sp.intercept] = (cd, icpt.reshape(chains, draws))
+        start = 1
+    for f in sp.fixed:
+        vals = beta[:, f.index]
+        coords.update(f.coords)
+        if f.dims:
+            post[f.name] = (cd + f.dims, vals.reshape(chains, draws, -1))
+        else:
+            post[f.name] = (cd, vals[:, 0].reshape(chains, draws))
+    assert start + sum(f.index.stop - f.index.start for f in sp.fixed) == p
+    for k, r in enumerate(sp.random):
+        post[r.sigma_name] = (cd, sds[:, k].reshape(chains, draws))
+    for r in sp.random:
+        cols = stats.columns[r.factor][r.order, r.slot]
+        coords[r.dim] = r.groups
+        post[r.name] = ((*cd, r.dim), u[:, cols].reshape(chains, draws, -1))
+    coords["__obs__"] = np.arange(n)
+    posterior = xr.Dataset(post, coords=coords)
+
+    ss = {}
+    for old, new in _STAT_NAMES.items():
+        if old in stats_ds:
+            values = np.asarray(stats_ds[old].values).reshape(chains, draws)
+            if values.dtype.kind == "u":
+                values = values.astype(np.int64)
+            ss[new] = (cd, values)
+    sample_stats = xr.Dataset(ss, coords={"chain": coords["chain"], "draw": coords["draw"]})
+    obs = {"__obs__": np.arange(n)}
+    log_likelihood = xr.Dataset(
+        {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
+        coords={"chain": coords["chain"], "draw": coords["draw"], **obs},
+    )
+    observed = xr.Dataset({sp.response: (("__obs__",), sp.y)}, coords=obs)
+    return xr.DataTree.from_dict(
+        {
+            "posterior": posterior,
+            "sample_stats": sample_stats,
+            "log_likelihood": log_likelihood,
+            "observed_data": observed,
+        }
+    )
