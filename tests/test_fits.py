@@ -1,4 +1,4 @@
-"""Real seeded NUTS fits of every tutorial model, checked against lme4 and the simulator's truth.
+"""Real seeded NUTS fits of every tutorial model (default engine), checked against lme4 and the truth.
 
 Tolerances are in posterior sd: with n = 480 and weak default priors the posterior mean of a
 fixed effect should sit within a fraction of a posterior sd of lme4's estimate; the Monte Carlo
@@ -61,7 +61,8 @@ def test_standard_deviations_cover_lme4(real_fits, reference, name):
             assert row.conf_low < sd < row.conf_high
 
 
-@pytest.mark.parametrize("name", ["basic.lm", "mountain.lm", "mixed.lmer", "mixed.lmer2", "reduced.lmer"])
+@pytest.mark.parametrize("name", ["basic.lm", "mountain.lm", "mixed.lmer", "mixed.WRONG", "mixed.lmer2", "full.lmer",
+                                  "reduced.lmer"])
 def test_converged(real_fits, name):
     d = diagnostics(real_fits[name])
     assert d["max_r_hat"] <= 1.01

@@ -47,7 +47,10 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chains", type=_positive_int, default=4, help="chains (4)")
     g.add_argument("--seed", type=_seed, default=20260401, help="random seed (20260401)")
     g.add_argument("--target-accept", type=_prob, default=0.95, help="NUTS target acceptance (0.95)")
-    g.add_argument("--sampler", choices=["pymc", "nutpie"], default="pymc", help="NUTS implementation (pymc)")
+    g.add_argument("--engine", choices=["auto", "marginal", "bambi"], default="auto",
+                   help="auto (default): the exact marginal engine where it applies, else Bambi's NUTS")
+    g.add_argument("--sampler", choices=["pymc", "nutpie"], default="pymc",
+                   help="NUTS implementation of the Bambi engine (pymc)")
     g.add_argument("--ci", type=_prob, default=0.95, help="credible interval mass (0.95)")
     g.add_argument("--refit", action="store_true", help="ignore cached posteriors")
     g.add_argument("--na", choices=["drop", "fail"], default="drop",
@@ -95,7 +98,7 @@ def _options(args):
     from bayeslmm.bayes import SamplerOptions
 
     return SamplerOptions(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                          target_accept=args.target_accept, sampler=args.sampler)
+                          target_accept=args.target_accept, sampler=args.sampler, engine=args.engine)
 
 
 def _cmd_run(args) -> int:

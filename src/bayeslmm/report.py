@@ -167,6 +167,10 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
                  f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
                  f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults (listed per model)",
+                 "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
+                 "(nutpie) on the fixed effects and standard deviations only, and draws the random effects from "
+                 "their exact conditional normal: the same posterior as Bambi's model, without its funnel; "
+                 "`bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
                  f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd",
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "

@@ -73,7 +73,7 @@ def fit_models(
         fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
                         refit=refit, progress=progress, na=na)
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
-        echo(f"      {how}; {len(models) - i} model(s) left")
+        echo(f"      {how} ({fit.engine_note}); {len(models) - i} model(s) left")
         for note in (*fit.notes, *fit.sampler_notes):
             echo(f"warning: {spec.name}: {note}")
         fits[spec.name] = fit
