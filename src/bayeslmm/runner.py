@@ -149,7 +149,11 @@ def fit_formula(
     progress: bool = True,
     na: NaAction = "drop",
 ) -> RunResult:
-    """Fit one formula to a data file; with ``out``, write the same kind of report folder."""
+    """Fit one formula to a data file; with ``out``, write the same kind of report folder.
+
+    Without ``out`` the result's tidy table holds the fixed effects and standard deviations
+    (what the console shows); ``fit.ranef()`` gives the group levels.
+    """
     formula = parse(formula) if isinstance(formula, str) else formula
     study = Study(
         name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
@@ -157,9 +161,10 @@ def fit_formula(
     )
     if out is not None:
         return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress, na=na)
-    from bayeslmm.tables import tidy_bayes
+    from bayeslmm.tables import tidy_posterior
 
     df = prepared_data(study)
     fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na)
-    tidy = pd.concat([tidy_bayes(f, ci) for f in fits.values()], ignore_index=True)
+    tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, ci, effects=("fixed", "ran_pars"))
+                      for f in fits.values()], ignore_index=True)
     return RunResult(study, df, fits, tidy, None, 0.0)

@@ -50,7 +50,8 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
     }
 
 
-def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False) -> pd.DataFrame:
+def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False,
+                   effects: tuple[str, ...] = ("fixed", "ran_pars", "ran_vals")) -> pd.DataFrame:
     """Tidy summary of a posterior Dataset with Bambi's variable names.
 
     Parameters
@@ -63,6 +64,9 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         Mass of the equal-tailed credible interval.
     median : bool
         Add a ``median`` column after broom.mixed's.
+    effects : tuple of str
+        Which rows to summarise (leaving out ``ran_vals`` saves most of the time on designs
+        with thousands of group levels).
 
     Returns
     -------
@@ -77,6 +81,8 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         if var in ("mu",) or not set(_SAMPLE_DIMS) <= set(da.dims):
             continue
         effect, group, term = parse_bambi_name(str(var))
+        if effect not in effects:
+            continue
         extra = [d for d in da.dims if d not in _SAMPLE_DIMS]
         if len(extra) > 1:
             da = da.stack(__level__=extra)
@@ -150,7 +156,8 @@ def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
         ``min_ess_tail`` over fixed effects and standard deviations, ``draws`` and ``chains``.
     """
     stats = fit.idata["sample_stats"]
-    tidy = tidy_bayes(fit) if tidy is None else tidy
+    if tidy is None:
+        tidy = tidy_posterior(fit.idata["posterior"], fit.name, effects=("fixed", "ran_pars"))
     core = tidy[tidy["effect"].isin(["fixed", "ran_pars"])]
     post = fit.idata["posterior"]
     treedepth = int(stats["reached_max_treedepth"].sum()) if "reached_max_treedepth" in stats else 0
