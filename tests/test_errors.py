@@ -241,7 +241,7 @@ def test_sampler_trouble_is_reported_and_strict_fails(csv, capsys, tmp_path):
                  "--chains", "2", "--no-progress", "--strict", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 3
-    assert "warning: model: effective sample size as low as" in err
+    assert "warning: effective sample size as low as" in err
     assert err.strip().splitlines()[-1].startswith("error: sampler diagnostics failed (--strict)")
     assert "Sampler and LOO warnings" in (out / "report.md").read_text()  # the report is complete and says so
 

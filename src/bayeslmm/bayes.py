@@ -378,4 +378,4 @@ def _with_diagnostics(fit: BayesFit) -> BayesFit:
     """Add the sampler's warnings (divergences, r_hat, ESS, tree depth) to the fit's notes."""
     from bayeslmm.tables import diagnostics
 
-    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit))))
+    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit), engine=fit.engine)))

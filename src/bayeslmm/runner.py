@@ -66,6 +66,8 @@ def fit_models(
         try:
             validate(spec.formula, df, na)
         except BayeslmmError as exc:
+            if len(models) == 1:
+                raise
             raise type(exc)(f"model {spec.name!r}: {exc}") from exc
     fits: dict[str, BayesFit] = {}
     for i, spec in enumerate(models, 1):
@@ -75,7 +77,7 @@ def fit_models(
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
         echo(f"      {how} ({fit.engine_note}); {len(models) - i} model(s) left")
         for note in (*fit.notes, *fit.sampler_notes):
-            echo(f"warning: {spec.name}: {note}")
+            echo(f"warning: {spec.name}: {note}" if len(models) > 1 else f"warning: {note}")
         fits[spec.name] = fit
     return fits
 
