@@ -190,10 +190,15 @@ def _prior_text(prior) -> str:
 
 
 def _versions() -> dict[str, str]:
+    """Versions that change a posterior: Bambi and PyMC (Bambi engine), nutpie and bayeslmm (marginal)."""
     import bambi
+    import nutpie
     import pymc
 
-    return {"bambi": bambi.__version__, "pymc": pymc.__version__}
+    import bayeslmm
+
+    return {"bambi": bambi.__version__, "pymc": pymc.__version__, "nutpie": nutpie.__version__,
+            "bayeslmm": bayeslmm.__version__}
 
 
 def cache_key(formula: Formula, data: pd.DataFrame, priors: dict[str, str], options: SamplerOptions) -> str:

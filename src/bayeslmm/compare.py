@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from bayeslmm.errors import BayeslmmError
 from bayeslmm.frequentist import FreqFit, lrt
 
 PARETO_K_BAD = 0.7
@@ -112,7 +113,7 @@ def _lrt(a: FreqFit, b: FreqFit) -> dict | None:
     reduced, full = (a, b) if a.npar < b.npar else (b, a)
     try:
         return lrt(reduced, full)
-    except Exception:  # not comparable (e.g. different rows): leave the test out
+    except BayeslmmError:  # not comparable (e.g. different rows): leave the test out
         return None
 
 
