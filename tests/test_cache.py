@@ -68,3 +68,12 @@ def test_corrupt_cache_is_refitted(builtin, cached_fit, tmp_path, damage):
 def test_bad_options(kwargs):
     with pytest.raises(OptionsError):
         SamplerOptions(**kwargs)
+
+
+@pytest.mark.parametrize("engine", ["marginal", "bambi"])
+def test_without_log_likelihood_nothing_is_cached(builtin, tmp_path, engine):
+    options = SamplerOptions(draws=50, tune=50, chains=2, seed=3, engine=engine)
+    fit = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False, log_likelihood=False)
+    assert "log_likelihood" not in fit.idata.children
+    assert "posterior" in fit.idata.children and fit.idata["posterior"]["bodyLength2"].size == 100
+    assert not list(tmp_path.glob("*.nc"))  # a cached posterior must serve LOO too

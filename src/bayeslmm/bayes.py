@@ -251,8 +251,8 @@ def save(tree: xr.DataTree, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def sample(model, options: SamplerOptions, progress: bool = True) -> xr.DataTree:
-    """Run NUTS on a built Bambi model and add the pointwise log-likelihood."""
+def sample(model, options: SamplerOptions, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
+    """Run NUTS on a built Bambi model and (by default) add the pointwise log-likelihood."""
     kwargs: dict = {}
     if options.sampler == "pymc":
         kwargs["cores"] = min(options.chains, os.cpu_count() or 1)
@@ -269,7 +269,8 @@ def sample(model, options: SamplerOptions, progress: bool = True) -> xr.DataTree
             progressbar=progress,
             **kwargs,
         )
-        model.compute_log_likelihood(idata)
+        if log_likelihood:
+            model.compute_log_likelihood(idata)
     post = idata["posterior"].to_dataset()
     if "mu" in post:  # one value per draw and row: large, and derivable from the parameters
         idata["posterior"] = post.drop_vars("mu")
@@ -287,6 +288,7 @@ def fit(
     refit: bool = False,
     progress: bool = True,
     na: NaAction = "drop",
+    log_likelihood: bool = True,
 ) -> BayesFit:
     """Fit the Bayesian mixed model of an lmer formula.
 
@@ -310,6 +312,9 @@ def fit(
         Show the sampler's progress bar.
     na : {"drop", "fail"}
         Rows with missing values in used columns: drop them with a warning, or refuse.
+    log_likelihood : bool
+        Keep the pointwise log-likelihood (draws x rows), which LOO needs. Without it the
+        fit is neither cached nor saved (a cached posterior must serve every use).
 
     Returns
     -------
@@ -335,6 +340,8 @@ def fit(
     key = cache_key(formula, data, priors, replace(options, engine=engine))
     notes = (*checks_notes, *(n for n in [correlation_note(formula)] if n))
     save_dir = save_dir if save_dir is not None else cache_dir
+    if not log_likelihood:
+        cache_dir = save_dir = None
     target = cache_path(Path(save_dir), name, key) if save_dir is not None else None
     made = dict(name=name, formula=formula, data=data, options=options, priors=priors, engine=engine, key=key,
                 notes=notes, engine_note=engine_note)
@@ -352,9 +359,9 @@ def fit(
     if engine == "marginal":
         from bayeslmm import marginal
 
-        tree = marginal.sample(model, frame, options, progress=progress)
+        tree = marginal.sample(model, frame, options, progress=progress, log_likelihood=log_likelihood)
     else:
-        tree = sample(model, options, progress=progress)
+        tree = sample(model, options, progress=progress, log_likelihood=log_likelihood)
     seconds = time.perf_counter() - start
     if target is not None:
         save(tree, target)

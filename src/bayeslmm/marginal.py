@@ -460,7 +460,7 @@ def initial_point(sp: Spec) -> np.ndarray:
     return theta
 
 
-def sample(model, frame: ModelFrame, options, progress: bool = True) -> xr.DataTree:
+def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
     """Sample the posterior of a Gaussian mixed model with the random effects integrated out.
 
     Parameters
@@ -473,12 +473,14 @@ def sample(model, frame: ModelFrame, options, progress: bool = True) -> xr.DataT
         ``draws``, ``tune``, ``chains``, ``seed`` and ``target_accept`` are used.
     progress : bool
         Show nutpie's progress bar.
+    log_likelihood : bool
+        Compute the pointwise log-likelihood (draws x rows: needed for LOO, large for big data).
 
     Returns
     -------
     xarray.DataTree
-        Groups ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data`` with
-        Bambi's variable names and dims.
+        Groups ``posterior``, ``sample_stats``, ``log_likelihood`` (if asked for) and
+        ``observed_data`` with Bambi's variable names and dims.
 
     Raises
     ------
@@ -507,7 +509,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True) -> xr.DataT
     sampling_time = time.perf_counter() - t0
     theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
     stats_ds = trace["sample_stats"].to_dataset()
-    tree = _to_datatree(sp, stats, theta, stats_ds, options)
+    tree = _to_datatree(sp, stats, theta, stats_ds, options, log_likelihood)
     for group in tree.children:
         tree[group].attrs.update(
             {
@@ -522,7 +524,8 @@ def sample(model, frame: ModelFrame, options, progress: bool = True) -> xr.DataT
     return tree
 
 
-def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options) -> xr.DataTree:
+def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options,
+                 with_loglik: bool = True) -> xr.DataTree:
     chains, draws, ndim = theta.shape
     S = chains * draws
     flat = np.ascontiguousarray(theta.reshape(S, ndim))
@@ -536,7 +539,6 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     z = rng.standard_normal((S, stats.q))
     u = ml.draw_effects(flat, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
                         stats.Rk, stats.Rpos, stats.comp)  # fmt: skip
-    loglik = ml.pointwise_loglik(sp.y - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
 
     n = sp.y.size
     cd = ("chain", "draw")
@@ -574,16 +576,12 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
             ss[new] = (cd, values)
     sample_stats = xr.Dataset(ss, coords={"chain": coords["chain"], "draw": coords["draw"]})
     obs = {"__obs__": np.arange(n)}
-    log_likelihood = xr.Dataset(
-        {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
-        coords={"chain": coords["chain"], "draw": coords["draw"], **obs},
-    )
-    observed = xr.Dataset({sp.response: (("__obs__",), sp.y)}, coords=obs)
-    return xr.DataTree.from_dict(
-        {
-            "posterior": posterior,
-            "sample_stats": sample_stats,
-            "log_likelihood": log_likelihood,
-            "observed_data": observed,
-        }
-    )
+    groups = {"posterior": posterior, "sample_stats": sample_stats}
+    if with_loglik:
+        loglik = ml.pointwise_loglik(sp.y - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
+        groups["log_likelihood"] = xr.Dataset(
+            {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
+            coords={"chain": coords["chain"], "draw": coords["draw"], **obs},
+        )
+    groups["observed_data"] = xr.Dataset({sp.response: (("__obs__",), sp.y)}, coords=obs)
+    return xr.DataTree.from_dict(groups)

@@ -53,6 +53,7 @@ def fit_models(
     echo: Callable[[str], None] = _stderr,
     progress: bool = True,
     na: NaAction = "drop",
+    log_likelihood: bool = True,
 ) -> dict[str, BayesFit]:
     """Fit each model in turn, saying which one and how many are left.
 
@@ -73,7 +74,7 @@ def fit_models(
     for i, spec in enumerate(models, 1):
         echo(f"[{i}/{len(models)}] {spec.name}: {spec.formula.text}")
         fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
-                        refit=refit, progress=progress, na=na)
+                        refit=refit, progress=progress, na=na, log_likelihood=log_likelihood)
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
         echo(f"      {how} ({fit.engine_note}); {len(models) - i} model(s) left")
         for note in (*fit.notes, *fit.sampler_notes):
@@ -154,7 +155,8 @@ def fit_formula(
     """Fit one formula to a data file; with ``out``, write the same kind of report folder.
 
     Without ``out`` the result's tidy table holds the fixed effects and standard deviations
-    (what the console shows); ``fit.ranef()`` gives the group levels.
+    (what the console shows; ``fit.ranef()`` gives the group levels), and the fit keeps no
+    pointwise log-likelihood (no LOO is computed, and for large data it is the largest cost).
     """
     formula = parse(formula) if isinstance(formula, str) else formula
     study = Study(
@@ -166,7 +168,8 @@ def fit_formula(
     from bayeslmm.tables import tidy_posterior
 
     df = prepared_data(study)
-    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na)
+    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na,
+                      log_likelihood=False)
     tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, ci, effects=("fixed", "ran_pars"))
                       for f in fits.values()], ignore_index=True)
     return RunResult(study, df, fits, tidy, None, 0.0)
