@@ -270,3 +270,20 @@ def test_correlated_slope_is_announced(builtin):
     fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2|mountainRange)"), builtin,
                     SamplerOptions(draws=20, tune=20, chains=1), progress=False)
     assert any("no correlation" in n for n in fit.notes)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "report"
+    proc = subprocess.Popen([sys.executable, "-m", "bayeslmm.cli", "run", "models/dragons.toml", "--engine", "bambi",
+                             "--out", str(out), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # imports and the first Bambi fit are under way; the whole run takes over a minute
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".report.partial-*"))
