@@ -363,9 +363,17 @@ def fit(
     else:
         tree = sample(model, options, progress=progress, log_likelihood=log_likelihood)
     seconds = time.perf_counter() - start
+    _check_complete(tree, options)
     if target is not None:
         save(tree, target)
     return _with_diagnostics(BayesFit(idata=tree, seconds=seconds, cached=False, **made))
+
+
+def _check_complete(tree: xr.DataTree, options: SamplerOptions) -> None:
+    """Refuse a truncated posterior: PyMC returns what it has when Ctrl-C stops it."""
+    sizes = tree["posterior"].sizes
+    if sizes.get("chain") != options.chains or sizes.get("draw") != options.draws:
+        raise KeyboardInterrupt("sampling was interrupted")
 
 
 def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[str, str]:

@@ -180,10 +180,28 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+_interrupted = False
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: remember it (PyMC catches KeyboardInterrupt and returns a partial trace), then raise."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bayeslmm`` command; returns the exit code."""
+    import signal
+    import warnings
+
+    global _interrupted
+    _interrupted = False
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window
+    warnings.filterwarnings("ignore", message="Cannot cache compiled function")  # pytensor's numba backend
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -195,8 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written (the previous report, if any, is intact)", file=sys.stderr)
-        return 130
+        return _interrupt_exit()
+    except Exception:
+        if _interrupted:  # a library turned our KeyboardInterrupt into another error
+            return _interrupt_exit()
+        raise
+    finally:
+        if signal.getsignal(signal.SIGINT) is _on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt_exit() -> int:
+    print("error: interrupted; nothing was written (the previous report, if any, is intact)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
