@@ -59,6 +59,19 @@ def test_fit_command_prints_a_table(builtin, tmp_path, capsys):
     assert "mountainRange:site" in out and "sd__(Intercept)" in out and "bodyLength2" in out
 
 
+def test_fit_with_out_prints_the_posterior_once(builtin, tmp_path, capsys):
+    csv = tmp_path / "d.csv"
+    builtin.to_csv(csv, index=False)
+    out = tmp_path / "one"
+    assert main(["fit", str(csv), "testScore ~ bodyLength2 + (1|mountainRange)", "--out", str(out), "--ci", "0.9",
+                 *SMALL]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.split()[:1] == ["fixed"] and "bodyLength2" in line]
+    assert len(rows) == 1  # the posterior once, not once per method
+    assert "90% interval" in (out / "report.md").read_text()
+    assert "lme4 90% CI" in (out / "tables" / "model.md").read_text()
+
+
 def test_simulate_writes_csv(tmp_path):
     out = tmp_path / "sim.csv"
     proc = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "simulate", "dragons", "--seed", "3",

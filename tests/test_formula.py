@@ -20,6 +20,8 @@ from bayeslmm.formula import correlation_note, model_frame, parse, to_bambi
         ("y ~ x + (1|a/b)", "y ~ x + (1|a) + (1|a:b)"),
         ("y ~ x + (1|a:b)", "y ~ x + (1|a:b)"),
         ("y ~ 0 + x + (1|g)", "y ~ 0 + x + (1|g)"),
+        ("y ~ x-1 + (1|g)", "y ~ 0 + x + (1|g)"),
+        ("y ~ x - 1 + (1|g)", "y ~ 0 + x + (1|g)"),
         ("y ~ 1 + (1|g)", "y ~ 1 + (1|g)"),
         ("y ~ x + f + (1|a) + (1|b)", "y ~ x + f + (1|a) + (1|b)"),
     ],

@@ -59,8 +59,7 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        ngroups = {b.term.group: len(b.levels) for b in model_frame(fit.formula, fit.data).blocks}
-        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, ngroups, kind))
+        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, f.ngroups, kind, ci))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -73,7 +73,7 @@ class BayesFit:
     Attributes
     ----------
     name : str
-        Model name (``mixed.lmer2``) or the formula for a one-off fit.
+        Model name (``mixed.lmer2``), or ``"fit"`` for a one-off fit.
     formula : Formula
     data : DataFrame
         The rows and columns the model used.
@@ -300,7 +300,7 @@ def fit(
         Prepared data (rows with missing values in used columns already handled).
     options : SamplerOptions, optional
     name : str, optional
-        Name for tables and the cache file; the formula text by default.
+        Name for tables and the cache file; ``"fit"`` by default.
     cache_dir : path, optional
         Folder of cached posteriors to reuse; ``None`` disables reuse.
     save_dir : path, optional

@@ -128,7 +128,8 @@ def _cmd_fit(args) -> int:
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
                          refit=args.refit, progress=not args.no_progress, na=args.na)
-    t = result.tidy[result.tidy["effect"].isin(["fixed", "ran_pars"])]
+    tidy = result.tidy
+    t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
     print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
     print(format_table(t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}), 2))

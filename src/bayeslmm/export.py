@@ -17,9 +17,12 @@ SUFFIX = {"text": "txt", "markdown": "md", "latex": "tex", "html": "html"}
 def compact_side(side: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """The side-by-side table of one model, formatted to read on one screen.
 
-    Columns: parameter, lme4 (estimate, SE), its 95% CI, posterior mean, median, sd, the
-    95% interval, and where the two disagree.
+    Columns: parameter, lme4 (estimate, SE), its CI and what kind it is, posterior mean,
+    median, sd, the equal-tailed interval, and where the two disagree. The interval mass is
+    read from the table's ``ci`` column (95% without one).
     """
+    level = float(side["ci"].iloc[0]) if "ci" in side and len(side) else 0.95
+
     def num(v: float) -> str:
         return "" if not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -28,27 +31,19 @@ def compact_side(side: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
     rows = []
     for _, r in side.iterrows():
-        name = r["term"] if r["effect"] == "fixed" else f"{r['term']} ({r['group']})"
         se = f" ({num(r['lme4_std_error'])})" if np.isfinite(r["lme4_std_error"]) else ""
+        kind = f" {r['lme4_ci']}" if r["lme4_ci"] and np.isfinite(r["lme4_conf_low"]) else ""
         rows.append({
-            "parameter": name,
-            f"lme4 {r['lme4_method']} (SE)": f"{num(r['lme4_estimate'])}{se}",
-            "lme4 95% CI": interval(r["lme4_conf_low"], r["lme4_conf_high"])
-            + (f" {r['lme4_ci']}" if r["lme4_ci"] and np.isfinite(r["lme4_conf_low"]) else ""),
+            "parameter": r["term"] if r["effect"] == "fixed" else f"{r['term']} ({r['group']})",
+            "lme4 (SE)": f"{num(r['lme4_estimate'])}{se}",
+            f"lme4 {level:.0%} CI": interval(r["lme4_conf_low"], r["lme4_conf_high"]) + kind,
             "posterior mean": num(r["post_mean"]),
             "median": num(r["post_median"]),
             "sd": num(r["post_sd"]),
-            "95% interval": interval(r["post_conf_low"], r["post_conf_high"]),
+            f"{level:.0%} interval": interval(r["post_conf_low"], r["post_conf_high"]),
             "agreement": r["agreement"],
         })
-    out = pd.DataFrame(rows)
-    if not out.empty:  # one method per model: give the column one name
-        lme4_cols = [c for c in out.columns if c.startswith("lme4 ") and c.endswith("(SE)")]
-        out["lme4 (SE)"] = out[lme4_cols].bfill(axis=1).iloc[:, 0]
-        out = out.drop(columns=lme4_cols)
-        out = out[["parameter", "lme4 (SE)", "lme4 95% CI", "posterior mean", "median", "sd", "95% interval",
-                   "agreement"]]
-    return out
+    return pd.DataFrame(rows)
 
 
 def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: int = 3) -> str:

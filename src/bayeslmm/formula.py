@@ -235,7 +235,7 @@ def parse(text: str) -> Formula:
             continue
         elif term in ("0", "-1"):
             intercept = False
-        elif re.fullmatch(r"[^()]*\s-\s*1", term):
+        elif re.fullmatch(r"[^()]*?\s*-\s*1", term):  # "x - 1" and "x-1" both drop the intercept
             intercept = False
             fixed.append(term.rsplit("-", 1)[0].strip())
         else:

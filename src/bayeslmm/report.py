@@ -22,7 +22,7 @@ def _interval(lo: float, hi: float, d: int = 2) -> str:
     return f"[{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
 
 
-def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float]) -> list[Block]:
+def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float], ci: float = 0.95) -> list[Block]:
     """The study's headline: the focus term in every model, lme4 beside the posterior, P(> 0)."""
     rows = []
     for spec in study.models:
@@ -31,26 +31,28 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
             continue
         r = r.iloc[0]
         rows.append({"model": spec.name, "lme4 estimate": f"{r['lme4_estimate']:.2f}",
-                     "lme4 95% CI": _interval(r["lme4_conf_low"], r["lme4_conf_high"]),
+                     f"lme4 {ci:.0%} CI": _interval(r["lme4_conf_low"], r["lme4_conf_high"]),
                      "posterior mean": f"{r['post_mean']:.2f}",
-                     "95% interval": _interval(r["post_conf_low"], r["post_conf_high"]),
+                     f"{ci:.0%} interval": _interval(r["post_conf_low"], r["post_conf_high"]),
                      f"P({term} > 0)": f"{p_pos.get(spec.name, np.nan):.3f}"})
     if not rows:
         return []
     return [Heading(f"Summary: {term} across the models", 2),
-            Para(f"lme4's estimate with its 95% Wald CI beside the posterior mean with its 95% interval, and the "
+            Para(f"lme4's estimate with its {ci:.0%} CI (profile likelihood for mixed models, Wald for lm) beside "
+                 f"the posterior mean with its {ci:.0%} equal-tailed interval, and the "
                  f"posterior probability that the effect of `{term}` is positive: the Bayesian answer to the "
                  "question a p-value is usually asked to settle."),
             Table(pd.DataFrame(rows))]
 
 
-def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq) -> list[Block]:
+def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq,
+                  ci: float = 0.95) -> list[Block]:
     """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model."""
     method = analysis.lme4_method(spec)
     blocks: list[Block] = [Heading(spec.name, 3)]
     if spec.question:
         blocks.append(Para(f"**Question.** {spec.question}"))
-    caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, 95% equal-tailed interval)"
+    caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed interval)"
     blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
     if method in ("reml", "ml"):
         f = freq[(spec.name, method)]
@@ -151,7 +153,7 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         blocks.append(Para(study.description))
     term = focus_term(result)
     if term is not None:
-        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term))
+        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
     advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes]
@@ -172,15 +174,16 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
                  "their exact conditional normal: the same posterior as Bambi's model, without its funnel; "
                  "`bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
-                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd",
+                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd; the "
+                 "figures always show 95% intervals",
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
-                 "as the tutorial does for the likelihood-ratio test); lme4's 95% CIs are profile-likelihood "
+                 f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for mixed models, "
                  "Wald intervals for lm")),
         Heading("Models", 2),
     ]
     for spec in study.models:
-        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq)
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
     blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]),

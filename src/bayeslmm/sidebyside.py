@@ -8,6 +8,7 @@ import pandas as pd
 SIDE_COLUMNS = [
     "model", "effect", "group", "term", "lme4_method", "lme4_estimate", "lme4_std_error", "lme4_conf_low",
     "lme4_conf_high", "lme4_ci", "post_mean", "post_median", "post_sd", "post_conf_low", "post_conf_high", "agreement",
+    "ci",
 ]
 #: A posterior mean this many posterior sds from lme4's estimate is reported as a difference.
 SHIFT_SD = 0.5
@@ -16,7 +17,7 @@ WIDER = 1.5
 
 
 def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dict[str, int] | None = None,
-                 ci_kind: pd.Series | None = None) -> pd.DataFrame:
+                 ci_kind: pd.Series | None = None, ci: float = 0.95) -> pd.DataFrame:
     """One row per parameter of one model: lme4's estimate and CI beside the posterior's.
 
     Parameters
@@ -29,6 +30,8 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
         Levels per grouping factor, for the explanation of wide intervals.
     ci_kind : Series, optional
         What lme4's interval is per row (e.g. ``Wald``, ``profile``), indexed like ``freq_rows``.
+    ci : float
+        Mass of both intervals (kept in the ``ci`` column, so tables made later can say it).
 
     Returns
     -------
@@ -47,6 +50,7 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
         "conf_high": "post_conf_high"})
     out = b.merge(f, on=keys, how="left")
     out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"])) for _, r in out.iterrows()]
+    out["ci"] = ci
     return out[SIDE_COLUMNS].reset_index(drop=True)
 
 
