@@ -54,8 +54,6 @@ class SamplerOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise OptionsError(f"--{name} must be a positive whole number, not {value!r}")
-        if self.tune < 1 or self.draws < 1:
-            raise OptionsError("--draws and --tune must be at least 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
             raise OptionsError(f"--seed must be a non-negative whole number, not {self.seed!r}")
         if not 0.5 <= float(self.target_accept) < 1.0:

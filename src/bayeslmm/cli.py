@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 from bayeslmm.errors import BayeslmmError, OptionsError
 
@@ -41,16 +42,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
+    from bayeslmm.bayes import Engine, Sampler, SamplerOptions
+
+    d = SamplerOptions()  # one source of truth for the defaults
     g = p.add_argument_group("sampling")
-    g.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws per chain (1000)")
-    g.add_argument("--tune", type=_positive_int, default=1000, help="tuning steps per chain (1000)")
-    g.add_argument("--chains", type=_positive_int, default=4, help="chains (4)")
-    g.add_argument("--seed", type=_seed, default=20260401, help="random seed (20260401)")
-    g.add_argument("--target-accept", type=_prob, default=0.95, help="NUTS target acceptance (0.95)")
-    g.add_argument("--engine", choices=["auto", "marginal", "bambi"], default="auto",
-                   help="auto (default): the exact marginal engine where it applies, else Bambi's NUTS")
-    g.add_argument("--sampler", choices=["pymc", "nutpie"], default="pymc",
-                   help="NUTS implementation of the Bambi engine (pymc)")
+    g.add_argument("--draws", type=_positive_int, default=d.draws, help=f"posterior draws per chain ({d.draws})")
+    g.add_argument("--tune", type=_positive_int, default=d.tune, help=f"tuning steps per chain ({d.tune})")
+    g.add_argument("--chains", type=_positive_int, default=d.chains, help=f"chains ({d.chains})")
+    g.add_argument("--seed", type=_seed, default=d.seed, help=f"random seed ({d.seed})")
+    g.add_argument("--target-accept", type=_prob, default=d.target_accept,
+                   help=f"NUTS target acceptance ({d.target_accept})")
+    g.add_argument("--engine", choices=get_args(Engine), default=d.engine,
+                   help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS")
+    g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
+                   help=f"NUTS implementation of the Bambi engine ({d.sampler})")
     g.add_argument("--ci", type=_prob, default=0.95, help="credible interval mass (0.95)")
     g.add_argument("--refit", action="store_true", help="ignore cached posteriors")
     g.add_argument("--na", choices=["drop", "fail"], default="drop",

@@ -33,19 +33,9 @@ def pair_difference(a, b) -> tuple[float, float]:
     return float(d.sum()), float(np.sqrt(d.size * d.var(ddof=1)))
 
 
-def loo_compare(fits: dict) -> pd.DataFrame:
-    """ArviZ's LOO comparison of several fits, best first.
-
-    Returns
-    -------
-    DataFrame
-        Index model; columns ``rank, elpd_loo, elpd_se, elpd_diff, elpd_diff_se, p_loo,
-        pareto_k_bad`` (observations with Pareto k > 0.7) and ``stacking_weight``.
-    """
-    return _compare_loos({name: loo(fit) for name, fit in fits.items()})
-
-
 def _compare_loos(loos: dict) -> pd.DataFrame:
+    """ArviZ's LOO comparison, best first: ``rank, elpd_loo, elpd_se, elpd_diff, elpd_diff_se,
+    p_loo, pareto_k_bad`` (observations with Pareto k > 0.7) and ``stacking_weight``, by model."""
     import arviz as az
 
     with warnings.catch_warnings():

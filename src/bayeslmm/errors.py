@@ -28,7 +28,3 @@ class OptionsError(BayeslmmError):
 
 class OutputError(BayeslmmError):
     """The output folder cannot be written."""
-
-
-class SamplerError(BayeslmmError):
-    """Sampler diagnostics failed under ``--strict``."""
