@@ -92,7 +92,7 @@ th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}th{background:#f3
 td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-style:italic;
 padding:.3em 0}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}
 figcaption{font-style:italic;color:#555}pre{background:#f6f8fa;padding:.8em;overflow-x:auto}
-.warn{color:#a04000}
+.warn{color:#a04000}td{white-space:nowrap}td.text{text-align:left;white-space:normal}
 """
 
 
@@ -112,7 +112,7 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
         elif isinstance(b, Table):
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b.frame.columns)
             body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(_fmt(v, b.digits))}</td>" for v in row) + "</tr>"
+                "<tr>" + "".join(_td(v, b.digits) for v in row) + "</tr>"
                 for row in b.frame.itertuples(index=False)
             )
             cap = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
@@ -123,6 +123,13 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
                        f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _td(value, digits: int) -> str:
+    """A table cell: numbers (and numbers with an SE or interval) right-aligned, words left-aligned."""
+    text = _fmt(value, digits)
+    wordy = any(c.isalpha() for c in text.replace("Wald", "").replace("profile", "").replace("e-", ""))
+    return f"<td class='text'>{html.escape(text)}</td>" if wordy else f"<td>{html.escape(text)}</td>"
 
 
 def _inline(text: str) -> str:
