@@ -133,12 +133,16 @@ class BayesFit:
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
-    """The columns a formula uses, grouping columns as categoricals (ids are labels)."""
-    data = df.loc[:, list(formula.variables)].copy()
+    """The columns a formula uses (and those its R expressions make, :func:`~bayeslmm.formula.materialize`),
+    grouping columns as categoricals in R's level order (ids are labels)."""
+    from bayeslmm.formula import materialize
+    from bayeslmm.rterms import as_factor
+
+    data = materialize(formula, df.loc[:, list(formula.variables)].copy())
     for r in formula.random:
         for col in r.group_columns:
             if not isinstance(data[col].dtype, pd.CategoricalDtype):
-                data[col] = pd.Categorical(data[col].astype(str))
+                data[col] = as_factor(data[col])
             data[col] = data[col].cat.remove_unused_categories()
     return data.reset_index(drop=True)
 
@@ -324,11 +328,13 @@ def fit(
     BayeslmmError
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.checks`).
     """
-    from bayeslmm.formula import correlation_note, model_frame
+    from bayeslmm.formula import correlation_note, drop_aliased, model_frame
 
     options = options or SamplerOptions()
     name = name or "fit"
     rows, checks_notes = validate(formula, df, na)
+    formula, alias_notes = drop_aliased(formula, rows)
+    checks_notes = [*alias_notes, *checks_notes]
     data = model_data(formula, rows)
     model = build_model(formula, data)
     priors = prior_table(model)

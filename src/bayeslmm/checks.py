@@ -202,7 +202,10 @@ def validate(formula: Formula, df: pd.DataFrame, na: NaAction = "drop") -> tuple
     (DataFrame, list of str)
         The rows to fit and the warnings to show.
     """
+    from bayeslmm.formula import materialize
+
     check_columns(formula, df)
     df, notes = drop_missing(formula, df, na)
+    df = materialize(formula, df)
     check_data(formula, df)
     return df, notes + design_warnings(formula, df)

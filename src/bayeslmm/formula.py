@@ -1,23 +1,24 @@
 """Parse lme4's formula syntax and translate it for Bambi.
 
 Handles ``(1|g)``, ``(x|g)``, ``(1 + x|g)``, ``(0 + x|g)``, ``(x||g)``, ``(1|a/b)`` and
-``(1|a:b)`` random terms beside ordinary fixed-effect terms (numeric or factor columns,
-interactions, ``I(...)``).  Parsing is pure string work; :func:`model_frame` builds the
+``(1|a:b)`` random terms beside ordinary fixed-effect terms: columns, interactions, and R's
+idioms (``factor(x)``, ``I(x^2)``, ``log/exp/sqrt/scale/poly``, backticked names, ``offset()``,
+a transformed response), which :func:`materialize` evaluates into columns named as R names the
+terms (:mod:`bayeslmm.rterms`). Parsing is pure string work; :func:`model_frame` builds the
 arrays (response, fixed-effect matrix, random-effect blocks) that the frequentist and
-marginal engines use.
+marginal engines use; :func:`drop_aliased` drops collinear terms as lme4 does.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from bayeslmm.errors import FormulaError
-
-_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+from bayeslmm import rterms
+from bayeslmm.errors import DataError, FormulaError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class RandomTerm:
     @property
     def coefs(self) -> tuple[str, ...]:
         """Coefficient names in lme4's order: ``(Intercept)`` first, then slopes."""
-        return (("(Intercept)",) if self.intercept else ()) + self.slopes
+        return (("(Intercept)",) if self.intercept else ()) + tuple(rterms.r_name(s) for s in self.slopes)
 
     @property
     def group_columns(self) -> tuple[str, ...]:
@@ -66,9 +67,14 @@ class Formula:
     intercept : bool
         Whether the fixed part has an intercept.
     fixed : tuple of str
-        Fixed-effect terms other than the intercept, as written (``x``, ``a:b``, ``I(x**2)``).
+        Fixed-effect terms other than the intercept and offsets, as written (``x``, ``a:b``,
+        ``I(x^2)``, ``factor(period)``, ``poly(x, 2)``).
     random : tuple of RandomTerm
         Random terms after expanding ``a/b`` and splitting ``||``.
+    offsets : tuple of str
+        ``offset(...)`` terms, as written.
+    response_expr : str
+        The response as written (``log(y)``); ``response`` is its column name (R's name).
     """
 
     text: str
@@ -76,6 +82,8 @@ class Formula:
     intercept: bool
     fixed: tuple[str, ...]
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()
+    response_expr: str = ""
 
     @property
     def is_mixed(self) -> bool:
@@ -84,23 +92,37 @@ class Formula:
 
     @property
     def fixed_formula(self) -> str:
-        """The fixed part alone, in formulae/patsy syntax."""
-        rhs = " + ".join(self.fixed) if self.fixed else ""
+        """The fixed part alone in formulae's syntax, on the columns :func:`materialize` makes."""
+        rhs = " + ".join(_formulae_term(t) for t in self.fixed) if self.fixed else ""
         if not self.intercept:
             rhs = "0" + (" + " + rhs if rhs else "")
-        return f"{self.response} ~ {rhs or '1'}"
+        return f"{rterms.quote(self.response)} ~ {rhs or '1'}"
 
     @property
     def variables(self) -> tuple[str, ...]:
-        """Every data column the formula uses, response first, without duplicates."""
-        names: list[str] = [self.response]
-        for term in self.fixed:
-            names.extend(_names_in(term))
+        """Every data column the formula reads, response first, without duplicates."""
+        names: list[str] = rterms.source_columns(self.response_expr or self.response)
+        for term in (*self.fixed, *self.offsets):
+            names.extend(rterms.source_columns(term))
         for r in self.random:
             names.extend(r.group_columns)
             for s in r.slopes:
-                names.extend(_names_in(s))
+                names.extend(rterms.source_columns(s))
         return tuple(dict.fromkeys(names))
+
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """Expressions that :func:`materialize` evaluates into columns (``log(z)``, ``factor(p)``)."""
+        exprs = [self.response_expr or self.response]
+        for term in self.fixed:
+            exprs.extend(rterms.split_operands(term))
+        exprs += [*self.offsets, *(s for r in self.random for s in r.slopes)]
+        return tuple(dict.fromkeys(e for e in exprs if not rterms.is_name(e)))
+
+    @property
+    def offset_columns(self) -> tuple[str, ...]:
+        """Column names of the offsets (R's names, ``offset(log(hours))``)."""
+        return tuple(rterms.r_name(o) for o in self.offsets)
 
     @property
     def grouping_factors(self) -> tuple[str, ...]:
@@ -108,19 +130,16 @@ class Formula:
         return tuple(dict.fromkeys(r.group for r in self.random))
 
 
-_FUNCS = {"I", "np", "log", "exp", "sqrt", "scale", "center", "C", "abs"}
-
-
-def _names_in(term: str) -> list[str]:
-    """Column names mentioned in a fixed term (skips function names and numbers)."""
-    out = []
-    for m in _NAME.finditer(term):
-        name = m.group(0)
-        end = m.end()
-        is_call = end < len(term) and term[end] == "("
-        is_attr = m.start() > 0 and term[m.start() - 1] == "."
-        if not is_call and not is_attr and name not in _FUNCS and not name.startswith("np."):
-            out.append(name)
+def _formulae_term(term: str) -> str:
+    """A fixed term on the materialized columns, as formulae reads it (backticked names)."""
+    ops = rterms.operators(term)
+    parts = []
+    for operand in rterms.split_operands(term):
+        cols = [rterms.quote(c) for c in rterms.column_names(operand)]
+        parts.append(cols[0] if len(cols) == 1 else f"({' + '.join(cols)})")
+    out = parts[0]
+    for op, part in zip(ops, parts[1:], strict=True):
+        out += f"{op}{part}"
     return out
 
 
@@ -216,12 +235,17 @@ def parse(text: str) -> Formula:
     response = lhs.strip()
     if not response:
         raise FormulaError("formula has no response before '~'; write y ~ x + (1|group)")
-    if not _NAME.fullmatch(response):
-        raise FormulaError(f"response {response!r} must be a single column name")
+    call = rterms.call_of(response)
+    if call is not None and call[0] == "cbind":
+        raise FormulaError(f"response {response!r} is a binomial response (successes, failures): binomial mixed "
+                           "models (lme4's glmer) are not supported yet; bayeslmm fits Gaussian models only")
+    if not (rterms.is_name(response) or (call is not None and call[0] in {*rterms.NUMERIC_FUNCS, "I", "scale"})):
+        raise FormulaError(f"response {response!r} must be a column name or a transformation of one "
+                           "(log(y), sqrt(y), I(y/100))")
     if not rhs.strip():
         raise FormulaError("formula has nothing after '~'; write y ~ 1 or y ~ x + (1|group)")
     where = len(lhs) + 1
-    intercept, fixed, random = True, [], []
+    intercept, fixed, random, offsets = True, [], [], []
     for raw, pos in _split_top(rhs, "+", where):
         term = raw.strip()
         pos += len(raw) - len(raw.lstrip())
@@ -235,16 +259,24 @@ def parse(text: str) -> Formula:
             continue
         elif term in ("0", "-1"):
             intercept = False
-        elif re.fullmatch(r"[^()]*?\s*-\s*1", term):  # "x - 1" and "x-1" both drop the intercept
+        elif re.fullmatch(r"[^()`]*?\s*-\s*1", term):  # "x - 1" and "x-1" both drop the intercept
             intercept = False
             fixed.append(term.rsplit("-", 1)[0].strip())
         else:
-            if term.count("(") != term.count(")"):
-                raise FormulaError(f"unbalanced parentheses in term {term!r} at position {pos + 1}")
-            if re.search(r"[^A-Za-z0-9_.:*()^ +\-/,\[\]'\"]", term):
+            if term.count("(") != term.count(")") or term.count("`") % 2:
+                raise FormulaError(f"unbalanced parentheses or backticks in term {term!r} at position {pos + 1}")
+            if re.search(r"[^A-Za-z0-9_.:*()^ +\-/,=]", re.sub(r"`[^`]*`", "x", term)):
                 raise FormulaError(f"cannot read term {term!r} at position {pos + 1}")
-            fixed.append(term)
-    return Formula(text.strip(), response, intercept, tuple(fixed), tuple(random))
+            call = rterms.call_of(term)
+            if call is not None and call[0] == "offset":
+                offsets.append(term)
+            else:
+                fixed.append(term)
+    for term in fixed:
+        for operand in rterms.split_operands(term):
+            rterms.poly_degree(operand)  # a malformed poly() is a formula error, found now
+    return Formula(text.strip(), rterms.r_name(response), intercept, tuple(fixed), tuple(random), tuple(offsets),
+                   response)
 
 
 def to_bambi(formula: Formula) -> str:
@@ -255,10 +287,11 @@ def to_bambi(formula: Formula) -> str:
     with independent intercept and slope (see :func:`correlation_note`).
     """
     parts = [formula.fixed_formula.split("~", 1)[1].strip()]
+    parts += [f"offset({rterms.quote(c)})" for c in formula.offset_columns]
     for r in formula.random:
-        coefs = (["1"] if r.intercept else ["0"]) + list(r.slopes)
+        coefs = (["1"] if r.intercept else ["0"]) + [rterms.quote(c) for c in r.coefs if c != "(Intercept)"]
         parts.append(f"({' + '.join(coefs)}|{r.group})")
-    return f"{formula.response} ~ " + " + ".join(parts)
+    return f"{rterms.quote(formula.response)} ~ " + " + ".join(parts)
 
 
 def correlation_note(formula: Formula) -> str | None:
@@ -314,23 +347,50 @@ class RandomBlock:
 
 @dataclass(frozen=True)
 class ModelFrame:
-    """Response, fixed-effect matrix and random-effect blocks of a formula on data."""
+    """Response, fixed-effect matrix and random-effect blocks of a formula on data.
+
+    ``y`` is the response minus the offsets (all a Gaussian model with identity link sees of
+    them); ``offset`` keeps their sum (zeros without offsets).
+    """
 
     formula: Formula
     y: np.ndarray
     X: np.ndarray
     x_names: tuple[str, ...]
     blocks: tuple[RandomBlock, ...]
+    offset: np.ndarray | None = None
 
 
 def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """Levels (sorted like R's factor) and integer codes of a grouping factor (``a`` or ``a:b``)."""
+    """Levels (in R's order) and integer codes of a grouping factor (``a`` or ``a:b``).
+
+    One column: R's ``factor()`` order (numbers as numbers, so ids 1, 2, ..., 10 and not
+    1, 10, 2). An interaction ``a:b``: its labels sorted as text.
+    """
     cols = group.split(":")
-    labels = df[cols[0]].astype(str)
-    for c in cols[1:]:
-        labels = labels + ":" + df[c].astype(str)
-    cat = pd.Categorical(labels)
+    if len(cols) == 1:
+        cat = rterms.as_factor(df[cols[0]])
+    else:
+        labels = df[cols[0]].astype(str)
+        for c in cols[1:]:
+            labels = labels + ":" + df[c].astype(str)
+        cat = pd.Categorical(labels)
     return tuple(str(x) for x in cat.categories), np.asarray(cat.codes, dtype=np.int64)
+
+
+def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a column for each of the formula's R expressions, named as R names the term.
+
+    ``log(z)``, ``I(x^2)``, ``factor(period)``, ``poly(x, 2)`` (two columns ``poly(x, 2)1`` and
+    ``2``), ``offset(...)`` and a transformed response become columns, so Bambi, the lme4 side
+    and the figures all read plain columns (:mod:`bayeslmm.rterms`). Existing columns are kept.
+    """
+    new: dict[str, pd.Series] = {}
+    for expr in formula.derived:
+        for name, values in rterms.evaluate(expr, df).items():
+            if name not in df.columns:
+                new[name] = values
+    return df.assign(**new) if new else df
 
 
 def lme4_name(name: str) -> str:
@@ -340,10 +400,13 @@ def lme4_name(name: str) -> str:
     return re.sub(r"\[([^\]]*)\]", r"\1", name)
 
 
-def _numeric(df: pd.DataFrame, expr: str) -> np.ndarray:
-    if expr in df.columns:
-        return np.asarray(df[expr], dtype=float)
-    return np.asarray(df.eval(expr), dtype=float)
+def offset_values(formula: Formula, df: pd.DataFrame) -> np.ndarray:
+    """Sum of the formula's offsets per row of (materialized) ``df``; zeros without offsets."""
+    df = materialize(formula, df)
+    out = np.zeros(len(df))
+    for col in formula.offset_columns:
+        out += np.asarray(df[col], dtype=float)
+    return out
 
 
 def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
@@ -354,14 +417,95 @@ def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
     """
     import formulae
 
+    df = materialize(formula, df)
     dm = formulae.design_matrices(formula.fixed_formula, df, na_action="error")
     X = np.asarray(dm.common.design_matrix, dtype=float)
     x_names = tuple(lme4_name(str(n)) for n in dm.common.as_dataframe().columns)
-    y = np.asarray(df[formula.response], dtype=float)
+    offset = offset_values(formula, df)
+    y = np.asarray(df[formula.response], dtype=float) - offset
     blocks = []
     for term in formula.random:
         levels, index = group_codes(df, term.group)
         cols = [np.ones(len(df))] if term.intercept else []
-        cols += [_numeric(df, s) for s in term.slopes]
+        cols += [np.asarray(df[c], dtype=float) for c in term.coefs if c != "(Intercept)"]
         blocks.append(RandomBlock(term, levels, index, np.column_stack(cols)))
-    return ModelFrame(formula, y, X, x_names, tuple(blocks))
+    return ModelFrame(formula, y, X, x_names, tuple(blocks), offset)
+
+
+#: A column whose residual on the columns before it is below this share of its own norm is aliased
+#: (lme4's ``chkRank.drop.cols`` uses ``qr(X, tol = 1e-7)``).
+ALIAS_TOL = 1e-7
+
+
+def aliased_columns(X: np.ndarray, tol: float = ALIAS_TOL) -> list[int]:
+    """Columns of ``X`` that are linear combinations of the columns before them.
+
+    As R's ``qr()`` (LINPACK's ``dqrdc2``, limited pivoting) decides rank: columns are taken in
+    order and one whose residual on the kept columns is tiny is moved out, so the later column
+    of a collinear set is the one dropped, as lme4 drops it.
+    """
+    kept: list[int] = []
+    out: list[int] = []
+    q = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        norm = np.linalg.norm(col)
+        resid = col - q @ (q.T @ col)
+        resid = resid - q @ (q.T @ resid)  # twice is enough (Gram-Schmidt, Kahan-Parlett)
+        rn = np.linalg.norm(resid)
+        if norm == 0 or rn <= tol * norm:
+            out.append(j)
+            continue
+        kept.append(j)
+        q = np.column_stack([q, resid / rn])
+    return out
+
+
+def drop_aliased(formula: Formula, df: pd.DataFrame) -> tuple[Formula, list[str]]:
+    """Drop fixed terms whose columns are linear combinations of earlier ones, as lme4 does.
+
+    lme4 says "fixed-effect model matrix is rank deficient so dropping 1 column / coefficient"
+    and fits without it; so does bayeslmm, before any fit and for both methods, and says which.
+    A written term can only go whole: when only some columns of a term are aliased (one level of
+    a factor, one column of an interaction), the error names them and asks for a recode.
+
+    Returns
+    -------
+    (Formula, list of str)
+        The formula without the aliased terms (its text as written) and the warnings.
+
+    Raises
+    ------
+    DataError
+        When aliased columns are part of a term that cannot be dropped whole.
+    """
+    import formulae
+
+    data = materialize(formula, df)
+    dm = formulae.design_matrices(formula.fixed_formula, data, na_action="error")
+    X = np.asarray(dm.common.design_matrix, dtype=float)
+    bad = set(aliased_columns(X))
+    if not bad:
+        return formula, []
+    names = [lme4_name(str(n)) for n in dm.common.as_dataframe().columns]
+    slices = dm.common.slices
+    drop, notes = [], []
+    for term in formula.fixed:
+        ops = rterms.split_operands(term)
+        keys = rterms.column_names(ops[0]) if len(ops) == 1 else []
+        cols = [i for k in keys if k in slices for i in range(*slices[k].indices(X.shape[1]))]
+        if cols and set(cols) <= bad:
+            drop.append(term)
+            bad -= set(cols)
+    if bad:
+        which = ", ".join(names[i] for i in sorted(bad))
+        raise DataError(f"fixed-effect columns are linearly dependent: {which} is a combination of the others; "
+                        "lme4 would drop it, but it is part of a larger term here: remove or recode that term")
+    for term in drop:
+        notes.append(f"fixed-effect model matrix is rank deficient: {rterms.r_name(term)} is a linear combination of "
+                     "the other fixed effects, so it is dropped from both fits (lme4 drops the same column); "
+                     "remove it from the formula")
+    fixed = tuple(t for t in formula.fixed if t not in drop)
+    if not fixed and not formula.intercept:
+        raise DataError("every fixed-effect column is aliased; check the predictors")
+    return replace(formula, fixed=fixed), notes

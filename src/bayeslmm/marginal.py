@@ -76,7 +76,8 @@ class Spec:
     """Everything the engine needs, read from the Bambi model and the model frame."""
 
     response: str
-    y: np.ndarray
+    y: np.ndarray  # the observed response
+    offset: np.ndarray  # sum of the offsets: the engine models y - offset
     X: np.ndarray  # internal design: [1, centred columns] (or as Bambi has it)
     shift: float  # subtracted from y internally (mean of y when there is an intercept)
     x_mean: np.ndarray  # column means removed from the non-intercept columns (zeros if none)
@@ -211,13 +212,19 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     if set(marg) != {"sigma"}:
         raise Unsupported(f"auxiliary parameters {sorted(marg)} besides sigma")
     mu = cond["mu"]
-    if mu.offset_terms or getattr(mu, "hsgp_terms", None):
-        raise Unsupported("offset or HSGP terms")
-    y = np.asarray(frame.y, dtype=float)
+    if getattr(mu, "hsgp_terms", None):
+        raise Unsupported("HSGP terms")
+    offset = np.zeros(frame.y.size) if frame.offset is None else np.asarray(frame.offset, dtype=float)
+    bambi_offset = sum((np.asarray(t.data, dtype=float).reshape(-1) for t in mu.offset_terms.values()),
+                       np.zeros(frame.y.size))
+    if not np.allclose(bambi_offset, offset):
+        raise Unsupported("the offsets of the Bambi model and of the model frame differ")
+    y = np.asarray(frame.y, dtype=float) + offset  # the observed response (the frame holds y - offset)
     n = y.size
     response = np.asarray(model.response_term.data, dtype=float).reshape(-1)
-    if response.size != n or not np.array_equal(response, y):
+    if response.size != n or not np.allclose(response, y, rtol=1e-12, atol=0.0):
         raise Unsupported("the Bambi model and the model frame have different rows")
+    y = response
 
     # fixed effects, as Bambi builds them (centred when there is an intercept)
     columns, fixed, codes, pars = [], [], [], []
@@ -244,7 +251,7 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         if model.center_predictors and columns:
             x_mean = Xc.mean(0)
             Xc = Xc - x_mean
-        shift = float(y.mean())
+        shift = float((y - offset).mean())
         c, p_ = _location_prior(mu.intercept_term.prior, 1, intercept)
         p_[0, 0] -= shift  # the prior is on the (centred) intercept; y is shifted internally
         codes.insert(0, c)
@@ -319,6 +326,7 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     return Spec(
         response=_name(model.response_term),
         y=y,
+        offset=offset,
         X=np.ascontiguousarray(Xc),
         shift=shift,
         x_mean=x_mean,
@@ -491,7 +499,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
 
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model)
-    stats = ml.sufficient_stats(sp.y - sp.shift, sp.X, list(sp.factors), len(sp.random))
+    stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     compiled = compile_model(sp, stats)
     cores = min(options.chains, os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -578,7 +586,7 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     obs = {"__obs__": np.arange(n)}
     groups = {"posterior": posterior, "sample_stats": sample_stats}
     if with_loglik:
-        loglik = ml.pointwise_loglik(sp.y - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
+        loglik = ml.pointwise_loglik(sp.y - sp.offset - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
         groups["log_likelihood"] = xr.Dataset(
             {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
             coords={"chain": coords["chain"], "draw": coords["draw"], **obs},

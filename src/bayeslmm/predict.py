@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from bayeslmm.formula import RandomTerm, bambi_term_name, group_codes, lme4_name
+from bayeslmm.formula import RandomTerm, bambi_term_name, group_codes, lme4_name, materialize, offset_values
 from bayeslmm.tables import fixed_draws
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -69,7 +69,7 @@ def fixed_design(fit, newdata: pd.DataFrame | None = None) -> tuple[np.ndarray, 
     if newdata is None:
         x = np.asarray(dm.common.design_matrix, dtype=float)
     else:
-        x = np.asarray(dm.common.evaluate_new_data(newdata)).astype(float)
+        x = np.asarray(dm.common.evaluate_new_data(materialize(fit.formula, newdata))).astype(float)
     return x, names
 
 
@@ -123,9 +123,11 @@ def covariate_values(df: pd.DataFrame, coef: str) -> np.ndarray:
     """Values of a random coefficient's covariate per row (ones for ``(Intercept)``)."""
     if coef == "(Intercept)":
         return np.ones(len(df))
-    if coef in df.columns:
-        return np.asarray(df[coef], dtype=float)
-    return np.asarray(df.eval(coef), dtype=float)
+    if coef not in df.columns:
+        from bayeslmm.rterms import evaluate
+
+        return np.asarray(next(iter(evaluate(coef, df).values())), dtype=float)
+    return np.asarray(df[coef], dtype=float)
 
 
 def level_positions(levels: tuple[str, ...], labels: np.ndarray, group: str) -> np.ndarray:
@@ -141,7 +143,7 @@ def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
          groups: Iterable[str] | None) -> np.ndarray:
     """Linear predictor of the draws ``idx`` at the rows of ``df`` (the fit's data or ``newdata``)."""
     x, names = fixed_design(fit, newdata)
-    eta = np.zeros((idx.size, x.shape[0]))
+    eta = np.zeros((idx.size, x.shape[0])) + offset_values(fit.formula, df)[None, :]
     for j, name in enumerate(names):
         eta += fixed_draws(fit, name)[idx][:, None] * x[None, :, j]
     keep = None if groups is None else set(groups)
