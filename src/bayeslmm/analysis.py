@@ -59,7 +59,7 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, f.ngroups, kind, ci))
+        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -112,4 +112,15 @@ def probability_positive(fits: dict, term: str) -> dict[str, float]:
             out[name] = float(np.mean(fixed_draws(fit, term) > 0))
         except KeyError:
             continue
+    return out
+
+
+def singular_notes(study, freq: dict) -> list[str]:
+    """lme4's "boundary (singular) fit" for each model whose lme4 fit (the one shown beside it) is singular."""
+    out = []
+    for spec in study.models:
+        f = freq.get((spec.name, lme4_method(spec)))
+        note = f.singular_note() if f is not None else None
+        if note:
+            out.append(f"{spec.name}: {note}" if len(study.models) > 1 else note)
     return out

@@ -104,6 +104,27 @@ class FreqFit:
         """Alias of ``fixef`` (R's ``coef`` of an ``lm``)."""
         return self.fixef
 
+    def boundary_terms(self) -> list[tuple[str, str]]:
+        """``(group, term)`` of each standard deviation lme4 put at 0 (what makes a fit singular).
+
+        lme4's ``isSingular`` asks whether a diagonal element of theta (an sd over sigma) is below
+        :data:`SINGULAR_TOL`; the sds in ``varcorr`` are theta times sigma.
+        """
+        if self.varcorr is None:
+            return []
+        vc = self.varcorr[(self.varcorr["group"] != "Residual") & self.varcorr["term"].str.startswith("sd__")]
+        return [(r.group, r.term) for r in vc.itertuples() if r.sd < SINGULAR_TOL * self.sigma]
+
+    def singular_note(self) -> str | None:
+        """lme4's "boundary (singular) fit" in words, with what it means; ``None`` if not singular."""
+        if not self.singular:
+            return None
+        terms = [f"({'1' if t == 'sd__(Intercept)' else t.removeprefix('sd__')}|{g})" for g, t in self.boundary_terms()]
+        what = f"the sd of {', '.join(terms)} at 0" if terms else "a correlation at +-1"
+        return (f"boundary (singular) fit: lme4's {self.method.upper()} fit puts {what}: the data show no variation "
+                "there beyond what the rest of the model explains; the posterior (never exactly 0) says how large it "
+                "could still be; consider dropping that term")
+
 
 def _check_design(frame: ModelFrame) -> None:
     X = frame.X

@@ -72,7 +72,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
         f"{diag['divergences']}; max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
         f"min tail ESS {diag['min_ess_tail']:.0f}."))
     blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}" for k, v in fit.priors.items()) + "."))
-    for note in (*fit.notes, *fit.sampler_notes):
+    singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
+    for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
 
@@ -156,7 +157,8 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
-    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes]
+    lme4_notes = analysis.singular_notes(study, freq)
+    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes] + lme4_notes
     if problems or advice:
         blocks += [Heading("Warnings", 2),
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
@@ -192,4 +194,4 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
                        if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
-    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems))
+    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems), lme4_notes=tuple(lme4_notes))

@@ -33,6 +33,7 @@ class RunResult:
     out: Path | None
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    lme4_notes: tuple[str, ...] = field(default=())
 
 
 def prepared_data(study: Study, data: str | Path | None = None, obj: str | None = None) -> pd.DataFrame:
@@ -133,10 +134,10 @@ def run_study(
         result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
         result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
     seconds = time.perf_counter() - start
-    for note in result.notes:
+    for note in (*result.lme4_notes, *result.notes):
         echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
-    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes)
+    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes, result.lme4_notes)
 
 
 def fit_formula(

@@ -17,7 +17,8 @@ WIDER = 1.5
 
 
 def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dict[str, int] | None = None,
-                 ci_kind: pd.Series | None = None, ci: float = 0.95) -> pd.DataFrame:
+                 ci_kind: pd.Series | None = None, ci: float = 0.95,
+                 boundary: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """One row per parameter of one model: lme4's estimate and CI beside the posterior's.
 
     Parameters
@@ -32,6 +33,8 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
         What lme4's interval is per row (e.g. ``Wald``, ``profile``), indexed like ``freq_rows``.
     ci : float
         Mass of both intervals (kept in the ``ci`` column, so tables made later can say it).
+    boundary : list of (group, term), optional
+        Standard deviations lme4 put at 0 (a singular fit, :meth:`FreqFit.boundary_terms`).
 
     Returns
     -------
@@ -49,17 +52,26 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
         "estimate": "post_mean", "median": "post_median", "std_error": "post_sd", "conf_low": "post_conf_low",
         "conf_high": "post_conf_high"})
     out = b.merge(f, on=keys, how="left")
-    out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"])) for _, r in out.iterrows()]
+    at_zero = set(boundary or ())
+    out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"]), (r["group"], r["term"]) in at_zero)
+                        for _, r in out.iterrows()]
     out["ci"] = ci
     return out[SIDE_COLUMNS].reset_index(drop=True)
 
 
-def agreement(row: pd.Series, ngroups: int | None = None) -> str:
-    """Where lme4 and the posterior disagree materially, in words; ``"agree"`` otherwise."""
+def agreement(row: pd.Series, ngroups: int | None = None, at_boundary: bool = False) -> str:
+    """Where lme4 and the posterior disagree materially, in words; ``"agree"`` otherwise.
+
+    An sd that lme4 put at 0 (``at_boundary``: a singular fit) is said to be so, rather than
+    "outside the posterior interval": a posterior of an sd never reaches exactly 0.
+    """
     notes = []
     est, mean, sd = row["lme4_estimate"], row["post_mean"], row["post_sd"]
     if not np.isfinite(est):
         return "no lme4 value"
+    if at_boundary:
+        return (f"lme4 at the boundary (singular fit: sd = 0); the posterior puts it between "
+                f"{row['post_conf_low']:.3g} and {row['post_conf_high']:.3g}")
     z = abs(mean - est) / sd if sd > 0 else 0.0
     if z > SHIFT_SD:
         notes.append(f"posterior mean {z:.1f} sd from lme4's estimate")
