@@ -172,6 +172,9 @@ def prior_table(model) -> dict[str, str]:
 
 
 def _prior_text(prior) -> str:
+    """A Bambi prior as text, numbers with 4 significant digits: ``Normal(mu=4.2e-05, sigma=3.1e-06)``."""
+    from bayeslmm.numbers import format_number
+
     if not hasattr(prior, "args"):
         return str(prior)
     args = []
@@ -179,10 +182,10 @@ def _prior_text(prior) -> str:
         if hasattr(v, "args"):
             v = _prior_text(v)
         elif isinstance(v, np.ndarray):
-            flat = np.round(np.ravel(v), 4)
-            v = float(flat[0]) if flat.size and np.all(flat == flat[0]) else flat.tolist()
-        elif isinstance(v, float):
-            v = round(v, 4)
+            flat = [format_number(x) for x in np.ravel(v)]
+            v = flat[0] if flat and len(set(flat)) == 1 else f"[{', '.join(flat)}]"
+        else:
+            v = format_number(v)
         args.append(f"{k}={v}")
     return f"{prior.name}({', '.join(args)})"
 
