@@ -253,11 +253,18 @@ def save(tree: xr.DataTree, path: Path) -> None:
 
 
 def sample(model, options: SamplerOptions, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
-    """Run NUTS on a built Bambi model and (by default) add the pointwise log-likelihood."""
+    """Run NUTS on a built Bambi model and (by default) add the pointwise log-likelihood.
+
+    The progress bar is drawn on stderr, and only when it is a terminal; PyMC's and Bambi's own
+    log lines are silenced (see :mod:`bayeslmm.notices`).
+    """
+    from bayeslmm.notices import progress_shown, sampler_output
+
     kwargs: dict = {}
     if options.sampler == "pymc":
         kwargs["cores"] = min(options.chains, os.cpu_count() or 1)
-    with warnings.catch_warnings():
+    progress = progress_shown(progress)
+    with warnings.catch_warnings(), sampler_output():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         idata = model.fit(

@@ -13,6 +13,7 @@ from bayeslmm.compare import pareto_warnings
 from bayeslmm.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.export import SUFFIX, compact_side, render
 from bayeslmm.figures import focus_term, make_figures
+from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.tables import diagnostics
 
@@ -112,7 +113,9 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
 def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> object:
     """Write the report files into ``root``; return ``result`` with its tidy table and run-level notes.
 
-    The notes are the warnings that belong to no single fit (LOO's Pareto k).
+    The notes are the warnings that belong to no single fit (LOO's Pareto k, in ``notes``) and
+    those of lme4's side and the report's other computations (in ``report_notes``: Python warnings
+    turned into text by :func:`bayeslmm.notices.collected`).
 
     Parameters
     ----------
@@ -129,23 +132,30 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
     """
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
-    freq = analysis.frequentist_fits(fits)
-    tidy = analysis.tidy_all(fits, freq, ci)
-    if profiles is None:
-        profiles = analysis.profile_intervals(study, fits, freq, ci)
-    side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
-    parts = analysis.variance_partitions(study, fits, freq, ci)
-    comparison = analysis.comparisons(study, fits, freq)
-    tidy.to_csv(root / "tidy.csv", index=False)
-    side.to_csv(root / "sidebyside.csv", index=False)
-    if not parts.empty:
-        parts.to_csv(root / "variance_partition.csv", index=False)
-    if not comparison.empty:
-        comparison.to_csv(root / "comparison.csv", index=False)
-    write_tables(root, side, study)
-    bayes_tidy = tidy[tidy["method"] == "bayes"]
-    diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
-    figures = make_figures(result, root, tidy)
+    freq, computed, report_notes = {}, {}, []
+    for spec in study.models:  # model by model, so that each warning names its model
+        with collected(f"{spec.name} (lme4 side): ") as caught:
+            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}))
+            if profiles is None:
+                computed.update(analysis.profile_intervals(dataclasses.replace(study, models=(spec,)), fits, freq, ci))
+        report_notes += caught
+    profiles = computed if profiles is None else profiles
+    with collected() as caught:
+        tidy = analysis.tidy_all(fits, freq, ci)
+        side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+        parts = analysis.variance_partitions(study, fits, freq, ci)
+        comparison = analysis.comparisons(study, fits, freq)
+        tidy.to_csv(root / "tidy.csv", index=False)
+        side.to_csv(root / "sidebyside.csv", index=False)
+        if not parts.empty:
+            parts.to_csv(root / "variance_partition.csv", index=False)
+        if not comparison.empty:
+            comparison.to_csv(root / "comparison.csv", index=False)
+        write_tables(root, side, study)
+        bayes_tidy = tidy[tidy["method"] == "bayes"]
+        diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
+        figures = make_figures(result, root, tidy)
+    report_notes += caught
     opts = next(iter(fits.values())).options
 
     blocks: list[Block] = [Heading(study.title, 1)]
@@ -156,7 +166,7 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
-    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes]
+    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes] + report_notes
     if problems or advice:
         blocks += [Heading("Warnings", 2),
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
@@ -191,4 +201,4 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
                        if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
-    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems))
+    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems), report_notes=tuple(report_notes))
