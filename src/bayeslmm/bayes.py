@@ -176,6 +176,9 @@ def prior_table(model) -> dict[str, str]:
 
 
 def _prior_text(prior) -> str:
+    """A Bambi prior as text, numbers with 4 significant digits: ``Normal(mu=4.2e-05, sigma=3.1e-06)``."""
+    from bayeslmm.numbers import format_number
+
     if not hasattr(prior, "args"):
         return str(prior)
     args = []
@@ -183,10 +186,10 @@ def _prior_text(prior) -> str:
         if hasattr(v, "args"):
             v = _prior_text(v)
         elif isinstance(v, np.ndarray):
-            flat = np.round(np.ravel(v), 4)
-            v = float(flat[0]) if flat.size and np.all(flat == flat[0]) else flat.tolist()
-        elif isinstance(v, float):
-            v = round(v, 4)
+            flat = [format_number(x) for x in np.ravel(v)]
+            v = flat[0] if flat and len(set(flat)) == 1 else f"[{', '.join(flat)}]"
+        else:
+            v = format_number(v)
         args.append(f"{k}={v}")
     return f"{prior.name}({', '.join(args)})"
 
@@ -254,11 +257,18 @@ def save(tree: xr.DataTree, path: Path) -> None:
 
 
 def sample(model, options: SamplerOptions, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
-    """Run NUTS on a built Bambi model and (by default) add the pointwise log-likelihood."""
+    """Run NUTS on a built Bambi model and (by default) add the pointwise log-likelihood.
+
+    The progress bar is drawn on stderr, and only when it is a terminal; PyMC's and Bambi's own
+    log lines are silenced (see :mod:`bayeslmm.notices`).
+    """
+    from bayeslmm.notices import progress_shown, sampler_output
+
     kwargs: dict = {}
     if options.sampler == "pymc":
         kwargs["cores"] = min(options.chains, os.cpu_count() or 1)
-    with warnings.catch_warnings():
+    progress = progress_shown(progress)
+    with warnings.catch_warnings(), sampler_output():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         idata = model.fit(

@@ -137,7 +137,8 @@ def _cmd_fit(args) -> int:
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
     print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
-    print(format_table(t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}), 2))
+    shown = t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}).assign(ess_bulk=t["ess_bulk"].round())
+    print(format_table(shown))
     return _strict(args, result)
 
 
@@ -162,9 +163,9 @@ def _cmd_table(args) -> int:
         df = df[df["model"] == args.model]
     if args.what == "sidebyside":
         for model, rows in df.groupby("model", sort=False):
-            print(render(compact_side(rows), args.format, caption=str(model), digits=2))
+            print(render(compact_side(rows), args.format, caption=str(model)))
     else:
-        print(render(df, args.format, digits=3))
+        print(render(df, args.format))
     return 0
 
 

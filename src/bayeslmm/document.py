@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from bayeslmm.numbers import DIGITS, format_number
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Bullets:
 class Table:
     frame: pd.DataFrame
     caption: str = ""
-    digits: int = 2
+    digits: int = DIGITS  # significant digits of numeric cells
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,6 @@ class Code:
 
 
 Block = Heading | Para | Bullets | Table | Image | Code
-
-
-def _fmt(v, digits: int) -> str:
-    if isinstance(v, float):
-        if pd.isna(v):
-            return ""
-        if abs(v) >= 1e5 or (0 < abs(v) < 10 ** -digits):
-            return f"{v:.3g}"
-        return f"{v:.{digits}f}"
-    return "" if v is None else str(v)
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -73,7 +66,7 @@ def to_markdown(blocks: list[Block]) -> str:
             cols = [str(c) for c in b.frame.columns]
             lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
             for row in b.frame.itertuples(index=False):
-                cells = [_fmt(v, b.digits).replace("|", "\\|") for v in row]
+                cells = [format_number(v, b.digits).replace("|", "\\|") for v in row]
                 lines.append("| " + " | ".join(cells) + " |")
             if b.caption:
                 out.append(f"*{b.caption}*")
@@ -125,17 +118,19 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
     return "\n".join(out)
 
 
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]\d+)?|inf)")
+
+
 def _td(value, digits: int) -> str:
     """A table cell: numbers (and numbers with an SE or interval) right-aligned, words left-aligned."""
-    text = _fmt(value, digits)
-    wordy = any(c.isalpha() for c in text.replace("Wald", "").replace("profile", "").replace("e-", ""))
+    text = format_number(value, digits)
+    bare = _NUMBER.sub("", text).replace("Wald", "").replace("profile", "")
+    wordy = any(c.isalpha() for c in bare)
     return f"<td class='text'>{html.escape(text)}</td>" if wordy else f"<td>{html.escape(text)}</td>"
 
 
 def _inline(text: str) -> str:
     """Escape text and render Markdown's `code` and **bold** spans."""
-    import re
-
     s = html.escape(text)
     s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)

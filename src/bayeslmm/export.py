@@ -9,25 +9,27 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import OptionsError
+from bayeslmm.numbers import DIGITS, format_interval, format_number
 
 Format = Literal["text", "markdown", "latex", "html"]
 SUFFIX = {"text": "txt", "markdown": "md", "latex": "tex", "html": "html"}
 
 
-def compact_side(side: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+def compact_side(side: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
     """The side-by-side table of one model, formatted to read on one screen.
 
     Columns: parameter, lme4 (estimate, SE), its CI and what kind it is, posterior mean,
-    median, sd, the equal-tailed interval, and where the two disagree. The interval mass is
-    read from the table's ``ci`` column (95% without one).
+    median, sd, the equal-tailed interval, and where the two disagree; numbers with ``digits``
+    significant digits (:func:`~bayeslmm.numbers.format_number`). The interval mass is read from the
+    table's ``ci`` column (95% without one).
     """
     level = float(side["ci"].iloc[0]) if "ci" in side and len(side) else 0.95
 
     def num(v: float) -> str:
-        return "" if not np.isfinite(v) else f"{v:.{digits}f}"
+        return format_number(v, digits)
 
     def interval(lo: float, hi: float) -> str:
-        return "" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+        return format_interval(lo, hi, digits)
 
     rows = []
     for _, r in side.iterrows():
@@ -46,7 +48,7 @@ def compact_side(side: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: int = 3) -> str:
+def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: int = DIGITS) -> str:
     """Render a table in one of the formats.
 
     Parameters
@@ -56,7 +58,7 @@ def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: in
     caption : str
         Title of the table (a caption in LaTeX and HTML, a line above it otherwise).
     digits : int
-        Decimals of float cells.
+        Significant digits of numeric cells (:func:`~bayeslmm.numbers.format_number`).
     """
     if fmt not in get_args(Format):
         raise OptionsError(f"--format must be one of {', '.join(get_args(Format))}, not {fmt!r}")
@@ -89,9 +91,7 @@ def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: in
 
 
 def _cell(v, digits: int) -> str:
-    if isinstance(v, float | np.floating):
-        return "" if not np.isfinite(v) else f"{v:.{digits}f}"
-    return "" if v is None else str(v)
+    return format_number(v, digits)
 
 
 def _latex_escape(s: str) -> str:

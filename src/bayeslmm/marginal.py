@@ -24,6 +24,7 @@ Public functions: :func:`supports` and :func:`sample`; :func:`spec` raises
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -480,7 +481,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     options : SamplerOptions
         ``draws``, ``tune``, ``chains``, ``seed`` and ``target_accept`` are used.
     progress : bool
-        Show nutpie's progress bar.
+        Show nutpie's progress bar (on stderr, and only when it is a terminal).
     log_likelihood : bool
         Compute the pointwise log-likelihood (draws x rows: needed for LOO, large for big data).
 
@@ -497,11 +498,14 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     """
     import nutpie
 
+    from bayeslmm.notices import progress_shown
+
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     compiled = compile_model(sp, stats)
     cores = min(options.chains, os.cpu_count() or 1)
+    shown = progress_shown(progress)
     t0 = time.perf_counter()
     trace = nutpie.sample(
         compiled,
@@ -511,9 +515,11 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
         cores=cores,
         seed=int(options.seed),
         target_accept=float(options.target_accept),
-        progress_bar=progress,
+        progress_bar=shown,
         save_warmup=False,
     )
+    if shown:  # nutpie leaves the cursor at the end of its last bar
+        print(file=sys.stderr, flush=True)
     sampling_time = time.perf_counter() - t0
     theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
     stats_ds = trace["sample_stats"].to_dataset()

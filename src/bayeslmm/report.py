@@ -13,13 +13,11 @@ from bayeslmm.compare import pareto_warnings
 from bayeslmm.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.export import SUFFIX, compact_side, render
 from bayeslmm.figures import focus_term, make_figures
+from bayeslmm.notices import collected
+from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.tables import diagnostics
 
 _LME4_LABEL = {"reml": "REML", "ml": "ML", "ols": "OLS"}
-
-
-def _interval(lo: float, hi: float, d: int = 2) -> str:
-    return f"[{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
 
 
 def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float], ci: float = 0.95) -> list[Block]:
@@ -30,11 +28,11 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
         if r.empty:
             continue
         r = r.iloc[0]
-        rows.append({"model": spec.name, "lme4 estimate": f"{r['lme4_estimate']:.2f}",
-                     f"lme4 {ci:.0%} CI": _interval(r["lme4_conf_low"], r["lme4_conf_high"]),
-                     "posterior mean": f"{r['post_mean']:.2f}",
-                     f"{ci:.0%} interval": _interval(r["post_conf_low"], r["post_conf_high"]),
-                     f"P({term} > 0)": f"{p_pos.get(spec.name, np.nan):.3f}"})
+        rows.append({"model": spec.name, "lme4 estimate": format_number(r["lme4_estimate"]),
+                     f"lme4 {ci:.0%} CI": format_interval(r["lme4_conf_low"], r["lme4_conf_high"]),
+                     "posterior mean": format_number(r["post_mean"]),
+                     f"{ci:.0%} interval": format_interval(r["post_conf_low"], r["post_conf_high"]),
+                     f"P({term} > 0)": format_number(p_pos.get(spec.name, np.nan), 3)})
     if not rows:
         return []
     return [Heading(f"Summary: {term} across the models", 2),
@@ -56,21 +54,24 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
     if method in ("reml", "ml"):
         f = freq[(spec.name, method)]
-        dfs = ", ".join(f"{t}: df {f.df[t]:.1f}, p {f.p[t]:.3g}" for t in f.fixef.index if np.isfinite(f.df[t]))
+        dfs = ", ".join(f"{t}: df {format_number(f.df[t])}, p {format_number(f.p[t], 3)}"
+                        for t in f.fixef.index if np.isfinite(f.df[t]))
         if dfs:
             blocks.append(Para(f"lmerTest's Satterthwaite tests ({_LME4_LABEL[method]} fit): {dfs}."))
     mine = parts[parts["model"] == spec.name] if not parts.empty else parts
     if not mine.empty:
         share = "; ".join(
-            f"{r['group']}: lme4 {r['lme4_share']:.1%}, posterior {r['post_mean']:.1%} "
-            f"{_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 1)}%"
+            f"{r['group']}: lme4 {format_number(100 * r['lme4_share'], 3)}%, "
+            f"posterior {format_number(100 * r['post_mean'], 3)}% "
+            f"{format_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 3)}%"
             for _, r in mine.iterrows() if r["group"] != "Residual")
         blocks.append(Para(f"**Share of variance** (intercept variances over their sum with the residual's): {share}."))
     how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
     blocks.append(Para(
         f"Sampler ({fit.engine}): {diag['chains']} chains x {diag['draws']} draws ({how}); divergences "
-        f"{diag['divergences']}; max r_hat {diag['max_r_hat']:.3f}; min bulk ESS {diag['min_ess_bulk']:.0f}; "
-        f"min tail ESS {diag['min_ess_tail']:.0f}."))
+        f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
+        f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
+        f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
     blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}" for k, v in fit.priors.items()) + "."))
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
@@ -95,7 +96,7 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
-        blocks += [Table(show, digits=3), Para(reading(t))]
+        blocks += [Table(show), Para(reading(t))]
     return blocks
 
 
@@ -113,7 +114,9 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
 def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> object:
     """Write the report files into ``root``; return ``result`` with its tidy table and run-level notes.
 
-    The notes are the warnings that belong to no single fit (LOO's Pareto k).
+    The notes are the warnings that belong to no single fit (LOO's Pareto k, in ``notes``) and
+    those of lme4's side and the report's other computations (in ``report_notes``: Python warnings
+    turned into text by :func:`bayeslmm.notices.collected`).
 
     Parameters
     ----------
@@ -130,23 +133,30 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
     """
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
-    freq = analysis.frequentist_fits(fits)
-    tidy = analysis.tidy_all(fits, freq, ci)
-    if profiles is None:
-        profiles = analysis.profile_intervals(study, fits, freq, ci)
-    side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
-    parts = analysis.variance_partitions(study, fits, freq, ci)
-    comparison = analysis.comparisons(study, fits, freq)
-    tidy.to_csv(root / "tidy.csv", index=False)
-    side.to_csv(root / "sidebyside.csv", index=False)
-    if not parts.empty:
-        parts.to_csv(root / "variance_partition.csv", index=False)
-    if not comparison.empty:
-        comparison.to_csv(root / "comparison.csv", index=False)
-    write_tables(root, side, study)
-    bayes_tidy = tidy[tidy["method"] == "bayes"]
-    diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
-    figures = make_figures(result, root, tidy)
+    freq, computed, report_notes = {}, {}, []
+    for spec in study.models:  # model by model, so that each warning names its model
+        with collected(f"{spec.name} (lme4 side): ") as caught:
+            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}))
+            if profiles is None:
+                computed.update(analysis.profile_intervals(dataclasses.replace(study, models=(spec,)), fits, freq, ci))
+        report_notes += caught
+    profiles = computed if profiles is None else profiles
+    with collected() as caught:
+        tidy = analysis.tidy_all(fits, freq, ci)
+        side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+        parts = analysis.variance_partitions(study, fits, freq, ci)
+        comparison = analysis.comparisons(study, fits, freq)
+        tidy.to_csv(root / "tidy.csv", index=False)
+        side.to_csv(root / "sidebyside.csv", index=False)
+        if not parts.empty:
+            parts.to_csv(root / "variance_partition.csv", index=False)
+        if not comparison.empty:
+            comparison.to_csv(root / "comparison.csv", index=False)
+        write_tables(root, side, study)
+        bayes_tidy = tidy[tidy["method"] == "bayes"]
+        diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
+        figures = make_figures(result, root, tidy)
+    report_notes += caught
     opts = next(iter(fits.values())).options
 
     blocks: list[Block] = [Heading(study.title, 1)]
@@ -157,8 +167,8 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
-    lme4_notes = analysis.singular_notes(study, freq)
-    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes] + lme4_notes
+    report_notes = [*analysis.singular_notes(study, freq), *report_notes]
+    advice = [f"{name}: {note}" for name, fit in fits.items() for note in fit.notes] + report_notes
     if problems or advice:
         blocks += [Heading("Warnings", 2),
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
@@ -188,10 +198,9 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
-    blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]),
-                                                         digits=3)]
+    blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]))]
     blocks.append(Para("Every model passed the sampler checks (no divergences, r_hat <= 1.01, ESS >= 400)."
                        if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
-    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems), lme4_notes=tuple(lme4_notes))
+    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems), report_notes=tuple(report_notes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +15,7 @@ from bayeslmm import data as data_mod
 from bayeslmm.bayes import BayesFit, SamplerOptions
 from bayeslmm.checks import NaAction
 from bayeslmm.formula import Formula, parse
+from bayeslmm.notices import collected
 from bayeslmm.study import ModelSpec, Study
 
 
@@ -24,7 +25,12 @@ def _stderr(msg: str) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run produced: the fits, their tidy table, the report folder and run-level warnings."""
+    """What a run produced: the fits, their tidy table, the report folder and run-level warnings.
+
+    ``notes`` are the run's sampler-side warnings (LOO's Pareto k: ``--strict`` fails on them);
+    ``report_notes`` the other warnings (lme4's side, the report, loading the data: Python
+    warnings turned into text by :func:`bayeslmm.notices.collected`), shown but never a failure.
+    """
 
     study: Study
     data: pd.DataFrame
@@ -33,7 +39,7 @@ class RunResult:
     out: Path | None
     seconds: float
     notes: tuple[str, ...] = field(default=())
-    lme4_notes: tuple[str, ...] = field(default=())
+    report_notes: tuple[str, ...] = field(default=())
 
 
 def prepared_data(study: Study, data: str | Path | None = None, obj: str | None = None) -> pd.DataFrame:
@@ -74,8 +80,11 @@ def fit_models(
     fits: dict[str, BayesFit] = {}
     for i, spec in enumerate(models, 1):
         echo(f"[{i}/{len(models)}] {spec.name}: {spec.formula.text}")
-        fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
-                        refit=refit, progress=progress, na=na, log_likelihood=log_likelihood)
+        with collected() as caught:  # library warnings become notes or nothing, never raw text on stderr
+            fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
+                            refit=refit, progress=progress, na=na, log_likelihood=log_likelihood)
+        if caught:
+            fit = replace(fit, notes=(*fit.notes, *caught))
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
         echo(f"      {how} ({fit.engine_note}); {len(models) - i} model(s) left")
         for note in (*fit.notes, *fit.sampler_notes):
@@ -125,19 +134,21 @@ def run_study(
 
     options = options or SamplerOptions()
     start = time.perf_counter()
-    df = prepared_data(study, data, obj)
     out_dir = Path(out) if out is not None else Path("out") / study.name
-    with staged_folder(out_dir) as stage:
-        fits = fit_models(study.models, df, options, cache_dir=out_dir / "fits", save_dir=stage / "fits",
-                          refit=refit, echo=echo, progress=progress, na=na)
-        echo("writing report ...")
-        result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
-        result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
+    with collected() as stray:  # what no inner stage turned into a note (loading the data, ...)
+        df = prepared_data(study, data, obj)
+        with staged_folder(out_dir) as stage:
+            fits = fit_models(study.models, df, options, cache_dir=out_dir / "fits", save_dir=stage / "fits",
+                              refit=refit, echo=echo, progress=progress, na=na)
+            echo("writing report ...")
+            result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
+            result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
     seconds = time.perf_counter() - start
-    for note in (*result.lme4_notes, *result.notes):
+    report_notes = (*result.report_notes, *stray)
+    for note in (*result.notes, *report_notes):
         echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
-    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes, result.lme4_notes)
+    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes, report_notes)
 
 
 def fit_formula(
@@ -168,9 +179,12 @@ def fit_formula(
         return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress, na=na)
     from bayeslmm.tables import tidy_posterior
 
-    df = prepared_data(study)
-    fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na,
-                      log_likelihood=False)
-    tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, ci, effects=("fixed", "ran_pars"))
-                      for f in fits.values()], ignore_index=True)
-    return RunResult(study, df, fits, tidy, None, 0.0)
+    with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)
+        df = prepared_data(study)
+        fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na,
+                          log_likelihood=False)
+        tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, ci, effects=("fixed", "ran_pars"))
+                          for f in fits.values()], ignore_index=True)
+    for note in stray:
+        echo(f"warning: {note}")
+    return RunResult(study, df, fits, tidy, None, 0.0, report_notes=tuple(stray))

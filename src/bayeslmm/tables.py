@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bayeslmm.numbers import DIGITS, format_number
+
 TIDY_COLUMNS = [
     "model", "method", "effect", "group", "level", "term",
     "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk", "ess_tail",
@@ -188,6 +190,6 @@ def fixed_draws(fit, term: str) -> np.ndarray:
     raise KeyError(f"no fixed effect {term!r} in the posterior")
 
 
-def format_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """Plain-text rendering for the console (no index, fixed digits)."""
-    return df.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}", na_rep="")
+def format_table(df: pd.DataFrame, digits: int = DIGITS) -> str:
+    """Plain-text rendering for the console: no index, numbers by :func:`~bayeslmm.numbers.format_number`."""
+    return df.to_string(index=False, formatters={c: lambda v: format_number(v, digits) for c in df.columns}, na_rep="")
