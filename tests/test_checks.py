@@ -1,4 +1,4 @@
-"""Data checks that teach: reused labels vs crossed factors."""
+"""Data checks that teach: reused labels vs crossed factors, counts and yes/no responses, integer predictors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bayeslmm import checks
+from bayeslmm.errors import DataError
 from bayeslmm.formula import group_codes, parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +141,71 @@ def test_labels_already_nested_are_not_questioned():
     df = pd.DataFrame({"y": rng.normal(0, 3, 30)[cask] + rng.normal(size=60), "batch": batch.astype(str),
                        "cask": cask.astype(str)})
     assert not _nesting(_warnings("y ~ 1 + (1|batch) + (1|cask)", df))
+
+
+# --- counts and yes/no responses ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def counts() -> pd.DataFrame:
+    """25 sites x 12 visits, Poisson counts with a site effect (mean 1.3, a third zeros), and a 0/1 column; seeded."""
+    rng = np.random.default_rng(2)
+    site = np.repeat(np.arange(25), 12)
+    rate = np.exp(np.log(1.2) + rng.normal(0, 0.6, 25)[site])
+    return pd.DataFrame({"birds": rng.poisson(rate), "site": site.astype(str), "temp": rng.normal(15, 5, 300),
+                         "passed01": (rng.random(300) < 0.4).astype(int)})
+
+
+def test_counts_are_warned(counts):
+    assert 0.15 < (counts["birds"] == 0).mean() < 0.5  # the shape of the issue's column
+    notes = _warnings("birds ~ temp + (1|site)", counts)
+    hits = [n for n in notes if "looks like counts" in n]
+    assert len(hits) == 1 and "glmer" in hits[0] and "poisson" in hits[0] and "Gaussian models only" in hits[0]
+
+
+def test_zero_one_response_is_warned(counts):
+    notes = _warnings("passed01 ~ temp + (1|site)", counts)
+    hits = [n for n in notes if "takes only the values 0 and 1" in n]
+    assert len(hits) == 1 and "binomial" in hits[0] and "glmer" in hits[0]
+    assert not any("looks like counts" in n for n in notes)
+
+
+def test_continuous_scores_are_not_called_counts(builtin):
+    assert checks.response_warning(builtin, "testScore") is None
+    rounded = builtin.assign(testScore=builtin["testScore"].round().clip(0, 100))  # integers, many distinct values
+    assert checks.response_warning(rounded, "testScore") is None
+
+
+def test_real_scores_are_not_called_counts(real_dragons):
+    assert checks.response_warning(real_dragons, "testScore") is None
+
+
+@pytest.mark.parametrize("values", [["yes", "no"], [True, False]])
+def test_yes_no_response_is_refused_with_the_reason(counts, values):
+    df = counts.assign(passed=np.where(counts["passed01"] == 1, values[0], values[1]))
+    with pytest.raises(DataError, match=r"is not numeric.*yes/no outcome.*binomial.*glmer.*not support"):
+        checks.validate(parse("passed ~ temp + (1|site)"), df)
+
+
+def test_yes_no_response_through_the_cli(counts, tmp_path, capsys):
+    from bayeslmm.cli import main
+
+    path = tmp_path / "passed.csv"
+    counts.assign(passed=np.where(counts["passed01"] == 1, "yes", "no")).to_csv(path, index=False)
+    code = main(["fit", str(path), "passed ~ temp + (1|site)", "--draws", "10", "--tune", "10", "--chains", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "('no', 'yes')" in lines[0] and "binomial" in lines[0], err
+
+
+# --- integer predictors ---------------------------------------------------------------------------
+
+def test_integer_predictor_gets_the_factor_hint(counts):
+    df = counts.assign(period=np.tile([1, 2, 3, 4], 75), dose=np.tile([0, 1], 150))
+    notes = _warnings("birds ~ period + dose + temp + (1|site)", df)
+    hint = [n for n in notes if "factor(" in n]
+    assert len(hint) == 1 and "'period' takes only 4 integer values (1, 2, 3, 4)" in hint[0], hint
+    assert "factor(period)" in hint[0] and "straight-line trend" in hint[0]
+    many = df.assign(period=np.tile(np.arange(1, 11), 30))
+    assert not any("factor(" in n for n in _warnings("birds ~ period + (1|site)", many))

@@ -21,6 +21,12 @@ from bayeslmm.formula import Formula, group_codes
 
 NaAction = Literal["drop", "fail"]
 FEW_LEVELS = 5
+#: A non-negative integer response with at least this share of zeros looks like counts ...
+COUNT_ZEROS = 0.05
+#: ... as does one with 0 among at most this many distinct values.
+COUNT_FEW = 10
+#: A numeric predictor with 3 to this many integer values gets the factor() hint.
+FACTOR_FEW = 6
 #: Level of the interaction F test behind the nesting warning: its false-alarm rate on truly
 #: crossed designs (exact for normal errors; see :func:`cell_tests` and benchmarks/nesting_check.py).
 NESTING_ALPHA = 0.01
@@ -76,6 +82,12 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
     """Refuse data the model cannot be fitted to (one-line :class:`DataError`)."""
     y = df[formula.response]
     if not pd.api.types.is_numeric_dtype(y) or _is_bool(y):
+        values = sorted(map(str, y.dropna().unique()))
+        if len(values) == 2:
+            raise DataError(f"response {formula.response!r} is not numeric: its two values ({values[0]!r}, "
+                            f"{values[1]!r}) make it a yes/no outcome, which needs a binomial mixed model (lme4's "
+                            "glmer(..., family = binomial)); bayeslmm fits Gaussian models only and does not "
+                            "support binary responses yet")
         raise DataError(f"response {formula.response!r} is not numeric ({y.dtype}); a Gaussian mixed model needs "
                         "a numeric response")
     for col in [formula.response, *_numeric_columns(formula, df)]:
@@ -110,8 +122,8 @@ def _count_parameters(formula: Formula, df: pd.DataFrame) -> int:
 
 
 def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
-    """Modelling advice from the data: implicit nesting, few levels, confounded terms, scaling."""
-    notes: list[str] = []
+    """Modelling advice from the data: response type, few levels, reused labels, confounding, scaling."""
+    notes = [n for n in [response_warning(df, formula.response)] if n]
     groups = formula.grouping_factors
     for g in groups:
         levels, _ = group_codes(df, g)
@@ -129,6 +141,7 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
             if s in df.columns and not varies_within(df, s, r.group):
                 notes.append(f"{s!r} does not vary within levels of {r.group!r}, so a random slope ({s}|{r.group}) "
                              "cannot be estimated from the data; drop it")
+    notes += [n for n in (integer_predictor_hint(df, t) for t in formula.fixed) if n]
     for col in _numeric_columns(formula, df):
         x = df[col].to_numpy(dtype=float)
         sd = x.std(ddof=1) if len(x) > 1 else 0.0
@@ -137,6 +150,52 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
                          "consider a scaled copy (the tutorial's scale(), prepare.scale in a study file) so "
                          "effects and default priors are on a comparable scale")
     return notes
+
+
+def response_warning(df: pd.DataFrame, response: str) -> str | None:
+    """A warning if a numeric response looks binary or like counts, which a Gaussian model misdescribes.
+
+    Binary: exactly two distinct values. Counts: non-negative integers with at least
+    :data:`COUNT_ZEROS` of them zero, or at most :data:`COUNT_FEW` distinct values including 0
+    (a Poisson count of mean 5 has about 12). A continuous response, even rounded to integers,
+    has many distinct values and few zeros (the dragons' testScore: none of this).
+    """
+    if response not in df.columns or not pd.api.types.is_numeric_dtype(df[response]) or _is_bool(df[response]):
+        return None
+    y = df[response].to_numpy(dtype=float)
+    distinct = np.unique(y)
+    glmm = "and bayeslmm fits Gaussian models only for now"
+    if distinct.size == 2:
+        lo, hi = distinct
+        return (f"response {response!r} takes only the values {lo:g} and {hi:g}: a yes/no outcome fitted as "
+                f"Gaussian gets predictions outside {lo:g}-{hi:g} and the wrong uncertainty; it needs a binomial "
+                f"mixed model (lme4's glmer(..., family = binomial)), {glmm}")
+    if distinct.size < 2 or distinct[0] < 0 or not np.all(distinct == np.round(distinct)):
+        return None
+    zeros = float(np.mean(y == 0))
+    if zeros >= COUNT_ZEROS or (distinct[0] == 0 and distinct.size <= COUNT_FEW):
+        return (f"response {response!r} looks like counts (non-negative integers: {distinct.size} distinct values, "
+                f"{zeros:.0%} zeros): a Gaussian model of counts can predict impossible negative values and assumes "
+                "the same spread at every mean; counts need a Poisson or negative-binomial mixed model (lme4's "
+                f"glmer(..., family = poisson)), {glmm}")
+    return None
+
+
+def integer_predictor_hint(df: pd.DataFrame, term: str) -> str | None:
+    """A hint if a numeric fixed effect (a plain column) takes 3 to :data:`FACTOR_FEW` integer values.
+
+    It enters as one linear trend, which may be meant; if the values are categories (periods,
+    visits, doses), ``factor(x)`` gives each its own effect. Two values are left alone: for them
+    the trend and the factor are the same model.
+    """
+    if term not in df.columns or not pd.api.types.is_numeric_dtype(df[term]) or _is_bool(df[term]):
+        return None
+    distinct = np.unique(df[term].to_numpy(dtype=float))
+    if not 3 <= distinct.size <= FACTOR_FEW or not np.all(distinct == np.round(distinct)):
+        return None
+    return (f"predictor {term!r} takes only {distinct.size} integer values ({', '.join(f'{v:g}' for v in distinct)})"
+            f": it enters as one straight-line trend across them; if that is meant, keep it, but if the values are "
+            f"categories (periods, visits, doses), factor({term}) gives each its own effect")
 
 
 def _fixed_matrix(formula: Formula, df: pd.DataFrame) -> np.ndarray:
