@@ -8,16 +8,34 @@ with one line naming the problem and the fix; warnings come back as text for the
 from __future__ import annotations
 
 import difflib
-from typing import Literal, get_args
+import functools
+from collections.abc import Callable
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
+from scipy import sparse, stats
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
 from bayeslmm.formula import Formula, group_codes
 
 NaAction = Literal["drop", "fail"]
 FEW_LEVELS = 5
+#: A non-negative integer response with at least this share of zeros looks like counts ...
+COUNT_ZEROS = 0.05
+#: ... as does one with 0 among at most this many distinct values.
+COUNT_FEW = 10
+#: A numeric predictor with 3 to this many integer values gets the factor() hint.
+FACTOR_FEW = 6
+#: Level of the interaction F test behind the nesting warning: its false-alarm rate on truly
+#: crossed designs (exact for normal errors; see :func:`cell_tests` and benchmarks/nesting_check.py).
+NESTING_ALPHA = 0.01
+#: A factor whose main effect, tested against the interaction, is significant at this level has
+#: labels that act as the same units across the other factor.
+CONSISTENT_ALPHA = 0.05
+#: Pairs of grouping factors that both have more levels than this are not checked for reused
+#: labels (the test's cross-product matrix is dense in the smaller factor).
+NESTING_MAX_LEVELS = 1000
 
 
 def check_columns(formula: Formula, df: pd.DataFrame) -> None:
@@ -64,6 +82,12 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
     """Refuse data the model cannot be fitted to (one-line :class:`DataError`)."""
     y = df[formula.response]
     if not pd.api.types.is_numeric_dtype(y) or _is_bool(y):
+        values = sorted(map(str, y.dropna().unique()))
+        if len(values) == 2:
+            raise DataError(f"response {formula.response!r} is not numeric: its two values ({values[0]!r}, "
+                            f"{values[1]!r}) make it a yes/no outcome, which needs a binomial mixed model (lme4's "
+                            "glmer(..., family = binomial)); bayeslmm fits Gaussian models only and does not "
+                            "support binary responses yet")
         raise DataError(f"response {formula.response!r} is not numeric ({y.dtype}); a Gaussian mixed model needs "
                         "a numeric response")
     for col in [formula.response, *_numeric_columns(formula, df)]:
@@ -98,22 +122,15 @@ def _count_parameters(formula: Formula, df: pd.DataFrame) -> int:
 
 
 def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
-    """Modelling advice from the data: implicit nesting, few levels, confounded terms, scaling."""
-    notes: list[str] = []
+    """Modelling advice from the data: response type, few levels, reused labels, confounding, scaling."""
+    notes = [n for n in [response_warning(df, formula.response)] if n]
     groups = formula.grouping_factors
     for g in groups:
         levels, _ = group_codes(df, g)
         if len(levels) < FEW_LEVELS:
             notes.append(f"grouping factor {g!r} has only {len(levels)} levels: its standard deviation will lean on "
                          f"the prior; with fewer than {FEW_LEVELS} levels consider it a fixed effect")
-    for a in groups:
-        for b in groups:
-            if a != b and implicitly_nested(df, inner=b, outer=a, response=formula.response):
-                notes.append(
-                    f"labels of {b!r} recur within every level of {a!r} and mean different units there (the "
-                    f"{b!r} effects differ more between {a!r} levels than between {b!r} labels): the model treats "
-                    f"them as crossed. If each {b} belongs to one {a}, nest explicitly: (1|{a}/{b}) or a "
-                    f"column {a}:{b}")
+    notes += nesting_warnings(formula, df)
     fixed_cols = {t for t in formula.fixed if t in df.columns}
     for g in groups:
         if g in fixed_cols:
@@ -124,6 +141,7 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
             if s in df.columns and not varies_within(df, s, r.group):
                 notes.append(f"{s!r} does not vary within levels of {r.group!r}, so a random slope ({s}|{r.group}) "
                              "cannot be estimated from the data; drop it")
+    notes += [n for n in (integer_predictor_hint(df, t) for t in formula.fixed) if n]
     for col in _numeric_columns(formula, df):
         x = df[col].to_numpy(dtype=float)
         sd = x.std(ddof=1) if len(x) > 1 else 0.0
@@ -134,45 +152,306 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def response_warning(df: pd.DataFrame, response: str) -> str | None:
+    """A warning if a numeric response looks binary or like counts, which a Gaussian model misdescribes.
+
+    Binary: exactly two distinct values. Counts: non-negative integers with at least
+    :data:`COUNT_ZEROS` of them zero, or at most :data:`COUNT_FEW` distinct values including 0
+    (a Poisson count of mean 5 has about 12). A continuous response, even rounded to integers,
+    has many distinct values and few zeros (the dragons' testScore: none of this).
+    """
+    if response not in df.columns or not pd.api.types.is_numeric_dtype(df[response]) or _is_bool(df[response]):
+        return None
+    y = df[response].to_numpy(dtype=float)
+    distinct = np.unique(y)
+    glmm = "and bayeslmm fits Gaussian models only for now"
+    if distinct.size == 2:
+        lo, hi = distinct
+        return (f"response {response!r} takes only the values {lo:g} and {hi:g}: a yes/no outcome fitted as "
+                f"Gaussian gets predictions outside {lo:g}-{hi:g} and the wrong uncertainty; it needs a binomial "
+                f"mixed model (lme4's glmer(..., family = binomial)), {glmm}")
+    if distinct.size < 2 or distinct[0] < 0 or not np.all(distinct == np.round(distinct)):
+        return None
+    zeros = float(np.mean(y == 0))
+    if zeros >= COUNT_ZEROS or (distinct[0] == 0 and distinct.size <= COUNT_FEW):
+        return (f"response {response!r} looks like counts (non-negative integers: {distinct.size} distinct values, "
+                f"{zeros:.0%} zeros): a Gaussian model of counts can predict impossible negative values and assumes "
+                "the same spread at every mean; counts need a Poisson or negative-binomial mixed model (lme4's "
+                f"glmer(..., family = poisson)), {glmm}")
+    return None
+
+
+def integer_predictor_hint(df: pd.DataFrame, term: str) -> str | None:
+    """A hint if a numeric fixed effect (a plain column) takes 3 to :data:`FACTOR_FEW` integer values.
+
+    It enters as one linear trend, which may be meant; if the values are categories (periods,
+    visits, doses), ``factor(x)`` gives each its own effect. Two values are left alone: for them
+    the trend and the factor are the same model.
+    """
+    if term not in df.columns or not pd.api.types.is_numeric_dtype(df[term]) or _is_bool(df[term]):
+        return None
+    distinct = np.unique(df[term].to_numpy(dtype=float))
+    if not 3 <= distinct.size <= FACTOR_FEW or not np.all(distinct == np.round(distinct)):
+        return None
+    return (f"predictor {term!r} takes only {distinct.size} integer values ({', '.join(f'{v:g}' for v in distinct)})"
+            f": it enters as one straight-line trend across them; if that is meant, keep it, but if the values are "
+            f"categories (periods, visits, doses), factor({term}) gives each its own effect")
+
+
+def _fixed_matrix(formula: Formula, df: pd.DataFrame) -> np.ndarray:
+    """The fixed-effect matrix (as :func:`~bayeslmm.formula.model_frame` builds it, without the
+    random blocks); the intercept alone where it cannot be built (the fit then says why)."""
+    import formulae
+
+    try:
+        return np.asarray(formulae.design_matrices(formula.fixed_formula, df, na_action="error").common.design_matrix,
+                          dtype=float)
+    except Exception:  # advice only: building the model for the fit reports the real problem
+        return np.ones((len(df), 1))
+
+
+def nesting_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
+    """Advice from :func:`label_reuse` for each pair of the formula's grouping factors."""
+    groups = [g for g in formula.grouping_factors if ":" not in g]
+    notes: list[str] = []
+    fixed = functools.cache(lambda: _fixed_matrix(formula, df))
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            others = tuple(g for g in formula.grouping_factors if g not in (a, b))
+            verdict = label_reuse(df, a, b, formula.response, fixed, others)
+            if verdict is None:
+                continue
+            t = verdict.test
+            ftest = f"F = {t.f:.2f} on {t.df_num} and {t.df_den} df, p = {t.p:.2g}"
+            if verdict.inner is None:
+                notes.append(f"{a!r} and {b!r} are crossed and each has consistent effects, but their {a}:{b} cells "
+                             f"differ beyond them ({ftest}): consider adding (1|{a}:{b})")
+                continue
+            outer, inner = verdict.outer, verdict.inner
+            where = "every level" if verdict.every_level else "several levels"
+            notes.append(
+                f"labels of {inner!r} recur within {where} of {outer!r} but do not act as the same units: the "
+                f"{outer}:{inner} cells differ beyond (1|{outer}) + (1|{inner}) ({ftest}) while its labels "
+                f"have no consistent effect across {outer!r}. If its labels name different units in each {outer}, "
+                f"nest them: (1|{outer}/{inner}) (or a column {outer}:{inner} as the grouping factor)")
+    return notes
+
+
 def varies_within(df: pd.DataFrame, col: str, group: str) -> bool:
     """Whether ``col`` takes more than one value inside at least one level of ``group``."""
     _, codes = group_codes(df, group)
     return bool((pd.Series(df[col].to_numpy()).groupby(codes).nunique() > 1).any())
 
 
-def implicitly_nested(df: pd.DataFrame, inner: str, outer: str, response: str) -> bool:
-    """Whether ``inner``'s labels are reused inside levels of ``outer`` for different units.
+class CellTest(NamedTuple):
+    """F tests on the cells of two grouping factors ``a`` and ``b`` (see :func:`cell_tests`).
 
-    Labels recurring across levels of ``outer`` happen in truly crossed designs too (the same
-    dragon seen in several ranges). What tells them apart is the response: if the labels are
-    the same units, an ``inner`` label has a consistent effect in every ``outer`` level; if they
-    are reused names (site "a" of each range), the ``outer:inner`` cells vary about as much
-    within a label as between labels. Decided by ANOVA (method-of-moments) variance components
-    of the two-way table of cell means: nested when var(outer:inner) > var(inner). Needs
-    replicate rows per cell; without them it says no.
+    Attributes
+    ----------
+    f, df_num, df_den, p : float, int, int, float
+        Interaction F statistic, its degrees of freedom and p-value.
+    p_a, p_b : float
+        Main effect of ``a`` (given ``b``) and of ``b`` (given ``a``), each tested against the
+        interaction mean square (1.0 where the data hold no such contrast).
     """
-    if ":" in inner or ":" in outer:
-        return False
-    tab = pd.crosstab(df[outer].astype(str), df[inner].astype(str))
-    present = tab > 0
-    reused = (present.sum(axis=0) >= 2).mean()  # share of inner labels seen in 2+ outer levels
-    if reused < 0.5 or tab.to_numpy()[present.to_numpy()].max() < 2:
-        return False
-    keys = [df[outer].astype(str), df[inner].astype(str)]
-    cells = df.groupby(keys, observed=True)[response].agg(["mean", "var", "size"])
-    ms_within = float(np.nanmean(cells["var"]))
-    n_cell = float(cells["size"].mean())
-    means = cells["mean"].unstack()
-    a, b = means.shape
-    centred = means.sub(means.mean(axis=1), axis=0)
-    inner_eff = centred.mean(axis=0)
-    interaction = centred.sub(inner_eff, axis=1)
-    # ANOVA mean squares of the two-way table of cell means (outer levels as blocks)
-    ms_inter = n_cell * float(np.nansum(interaction.to_numpy() ** 2)) / max((a - 1) * (b - 1), 1)
-    ms_inner = a * n_cell * float(np.nansum(inner_eff.to_numpy() ** 2)) / max(b - 1, 1)
-    var_inter = max((ms_inter - ms_within) / n_cell, 0.0)
-    var_inner = max((ms_inner - ms_inter) / (a * n_cell), 0.0)
-    return var_inter > var_inner
+
+    f: float
+    df_num: int
+    df_den: int
+    p: float
+    p_a: float
+    p_b: float
+
+
+class LabelReuse(NamedTuple):
+    """Verdict of :func:`label_reuse`: ``inner``'s labels look reused within ``outer``.
+
+    ``outer`` and ``inner`` are ``None`` when both factors' labels act consistently: a truly
+    crossed design whose cells still differ (an interaction).
+    """
+
+    outer: str | None
+    inner: str | None
+    every_level: bool
+    test: CellTest
+
+
+def _demean(v: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Columns of ``v`` minus their group means: the residuals after the group dummies."""
+    counts = np.bincount(codes, minlength=n_groups)
+    sums = np.stack([np.bincount(codes, col, n_groups) for col in v.T], axis=1)
+    return v - (sums / counts[:, None])[codes]
+
+
+def _rss(gram: np.ndarray, xty: np.ndarray, yty: float) -> tuple[float, int]:
+    """Residual sum of squares and rank of a least-squares fit given its cross-products."""
+    if gram.size == 0:
+        return yty, 0
+    w, vec = np.linalg.eigh(gram)
+    keep = w > 1e-9 * max(float(w.max()), 1e-300)
+    proj = vec[:, keep].T @ xty
+    return max(yty - float(proj @ (proj / w[keep])), 0.0), int(keep.sum())
+
+
+def _absorbed(yx: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[float, int]:
+    """RSS and rank of ``y`` on ``[X, dummies of codes]`` (``yx`` = ``[y, X]``)."""
+    r = _demean(yx, codes, n_groups)
+    y, x = r[:, 0], r[:, 1:]
+    rss, rank = _rss(x.T @ x, x.T @ y, float(y @ y))
+    return rss, n_groups + rank
+
+
+def _additive(yx: np.ndarray, a: np.ndarray, na: int, b: np.ndarray, nb: int) -> tuple[float, int]:
+    """RSS and rank of ``y`` on ``[X, dummies of a, dummies of b]``: ``a`` absorbed, ``b`` explicit."""
+    r = _demean(yx, a, na)
+    y, x = r[:, 0], r[:, 1:]
+    counts = sparse.csr_matrix((np.ones(a.size), (a, b)), shape=(na, nb))
+    dtd = np.diag(np.bincount(b, minlength=nb).astype(float)) - (
+        counts.T @ sparse.diags(1.0 / np.bincount(a, minlength=na)) @ counts).toarray()
+    dtx = np.stack([np.bincount(b, col, nb) for col in x.T], axis=1).reshape(nb, x.shape[1])
+    gram = np.block([[x.T @ x, dtx.T], [dtx, dtd]])
+    rss, rank = _rss(gram, np.concatenate([x.T @ y, np.bincount(b, y, nb)]), float(y @ y))
+    return rss, na + rank
+
+
+def cell_tests(y: np.ndarray, X: np.ndarray, a: np.ndarray, b: np.ndarray) -> CellTest | None:
+    """F tests of the ``a:b`` cells beyond additive ``a`` and ``b`` effects, given fixed effects ``X``.
+
+    The interaction F compares least-squares fits of ``y`` on ``[X, a, b]`` (dummies) and on
+    ``[X, cells]``. Under any additive truth (random or fixed ``a`` and ``b`` effects, either with
+    variance 0, balanced or not) it is exactly F-distributed for independent normal errors, so
+    the false-alarm rate of ``p < alpha`` is ``alpha``. The main effects (``a`` given ``b`` and
+    vice versa) are tested against the interaction mean square, as for random factors.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Fixed-effect matrix.
+    a, b : ndarray of int, shape (n,)
+        Level codes ``0 .. levels - 1`` of the two factors.
+
+    Returns
+    -------
+    CellTest or None
+        ``None`` when the data hold no interaction contrast or no error degrees of freedom.
+    """
+    n = y.size
+    na, nb = int(a.max()) + 1, int(b.max()) + 1
+    if nb > na:  # absorb the factor with more levels, keep the other's dummies explicit
+        swapped = cell_tests(y, X, b, a)
+        return None if swapped is None else swapped._replace(p_a=swapped.p_b, p_b=swapped.p_a)
+    sd = X.std(axis=0)
+    yx = np.column_stack([(y - y.mean()) / (y.std() or 1.0), X / np.where(sd > 0, sd, 1.0)])
+    cells, cell = np.unique(a * nb + b, return_inverse=True)
+    rss_cell, r_cell = _absorbed(yx, cell, cells.size)
+    rss_add, r_add = _additive(yx, a, na, b, nb)
+    df_num, df_den = r_cell - r_add, n - r_cell
+    if df_num <= 0 or df_den <= 0 or rss_cell <= 0:
+        return None
+    ms_err = rss_cell / df_den
+    ms_int = (rss_add - rss_cell) / df_num
+
+    def main_p(rss_without: float, r_without: int) -> float:
+        df_main = r_add - r_without
+        if df_main <= 0 or ms_int <= 0:
+            return 1.0
+        return float(stats.f.sf((rss_without - rss_add) / df_main / ms_int, df_main, df_num))
+
+    f = ms_int / ms_err
+    return CellTest(f=float(f), df_num=int(df_num), df_den=int(df_den), p=float(stats.f.sf(f, df_num, df_den)),
+                    p_a=main_p(*_absorbed(yx, b, nb)), p_b=main_p(*_absorbed(yx, a, na)))
+
+
+def _reused_share(inner: np.ndarray, outer: np.ndarray) -> float:
+    """Share of ``inner``'s labels that occur in two or more levels of ``outer``."""
+    pairs = np.unique(inner * (int(outer.max()) + 1) + outer)
+    return float(np.mean(np.bincount(pairs // (int(outer.max()) + 1)) >= 2))
+
+
+def label_reuse(
+    df: pd.DataFrame, a: str, b: str, response: str, X: np.ndarray | Callable[[], np.ndarray] | None = None,
+    others: tuple[str, ...] = (),
+) -> LabelReuse | None:
+    """Whether ``(1|a) + (1|b)`` treats reused labels as the same units.
+
+    Labels recurring across levels of another factor happen in truly crossed designs too (the
+    same dragon tested in several ranges). What tells them apart is the response: equal labels
+    that are the same units have consistent effects, so the ``a:b`` cells are additive; labels
+    reused for different units in each level of the outer factor (site "a" of every range) make
+    the cells differ beyond additive effects, while the inner label itself has no consistent
+    effect. Decided by :func:`cell_tests`: warn only if the interaction F test has
+    ``p < NESTING_ALPHA``, so on crossed designs about 1% of data sets get a false alarm
+    (benchmarks/nesting_check.py: 137 of 12,400 seeded crossed data sets, 1.1%, with standard
+    deviations of 0, small and large, balanced and not). It catches 95% of Pastes-like data sets
+    (10 batches x 3 casks x 2; 2.5% get the other direction) and 76% of the dragons simulator's
+    (the rest stay silent: a site sd of 4.5 against a residual 15 is often not detectable).
+    The inner factor is the one whose main effect is not significant (``CONSISTENT_ALPHA``)
+    while the other's is; if neither is, the one with fewer labels (site a/b/c in 8 ranges). It
+    must recur within several outer levels (most of its labels in two or more): labels that each
+    lie within one outer level are nested already. If both main effects are significant the
+    design is crossed with an interaction (``outer``, ``inner`` = ``None``).
+
+    Parameters
+    ----------
+    df : DataFrame
+    a, b : str
+        Two grouping columns.
+    response : str
+    X : ndarray or callable, optional
+        Fixed-effect matrix, or a function returning it (called only if the test runs); default:
+        the intercept alone.
+    others : tuple of str
+        The model's other grouping factors: one equal to the ``a:b`` cells means the interaction
+        is modelled already (no verdict); if some are nested within the cells (animals measured
+        repeatedly), the test runs on the means of the coarsest of them.
+    """
+    if ":" in a or ":" in b:
+        return None
+    levels_a, ca = group_codes(df, a)
+    levels_b, cb = group_codes(df, b)
+    if min(len(levels_a), len(levels_b)) > NESTING_MAX_LEVELS:
+        return None
+    can_be_inner = {b: _reused_share(cb, ca) >= 0.5, a: _reused_share(ca, cb) >= 0.5}
+    if not any(can_be_inner.values()):
+        return None
+    cells = np.unique(ca * len(levels_b) + cb, return_inverse=True)[1]
+    n_cells = int(cells.max()) + 1
+    if n_cells == max(len(levels_a), len(levels_b)) or n_cells >= len(df):
+        return None  # the cells are one factor's levels, or hold one row each: no interaction to test
+    unit = None
+    for g in others:
+        _, cg = group_codes(df, g)
+        n_g = int(cg.max()) + 1
+        within_cells = len(np.unique(cells * n_g + cg)) == n_g
+        if within_cells and n_g == n_cells:
+            return None  # (1|a:b) is in the model
+        if within_cells and (unit is None or n_g < int(unit.max()) + 1):
+            unit = cg
+    y = df[response].to_numpy(dtype=float)
+    X = np.ones((len(df), 1)) if X is None else X() if callable(X) else X
+    if unit is not None:  # one row per unit: its mean response and covariates
+        size = np.bincount(unit)
+        y = np.bincount(unit, y) / size
+        X = np.stack([np.bincount(unit, col) / size for col in X.T], axis=1)
+        first = np.unique(unit, return_index=True)[1]
+        ca, cb = ca[first], cb[first]
+    test = cell_tests(y, X, ca, cb)
+    if test is None or test.p >= NESTING_ALPHA:
+        return None
+    consistent_a, consistent_b = test.p_a < CONSISTENT_ALPHA, test.p_b < CONSISTENT_ALPHA
+    if consistent_a and consistent_b:
+        return LabelReuse(None, None, False, test)
+    if consistent_a != consistent_b:
+        inner = b if consistent_a else a
+    elif len(levels_a) != len(levels_b):
+        inner = b if len(levels_b) < len(levels_a) else a
+    else:
+        inner = b if test.p_b >= test.p_a else a
+    if not can_be_inner[inner]:
+        return None
+    outer = a if inner == b else b
+    return LabelReuse(outer, inner, n_cells == len(levels_a) * len(levels_b), test)
 
 
 def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi") -> list[str]:
