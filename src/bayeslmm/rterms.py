@@ -192,9 +192,16 @@ def r_levels(values: pd.Series) -> list:
 
 
 def as_factor(values: pd.Series) -> pd.Categorical:
-    """R's ``factor(x)``: a categorical with levels in R's order, labels as text."""
+    """R's ``factor(x)``: a categorical with levels in R's order, labels as text.
+
+    Levels no row has are dropped (lme4 drops them from grouping factors; a fixed effect's empty
+    level would be an all-zero column).
+    """
+    values = pd.Series(values)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
     levels = r_levels(values)
-    labels = pd.Series(values).map(lambda v: v if pd.isna(v) else _label(v))
+    labels = values.astype(object).map(lambda v: v if pd.isna(v) else _label(v))
     return pd.Categorical(labels, categories=[_label(v) for v in levels])
 
 
