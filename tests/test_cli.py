@@ -25,8 +25,12 @@ def test_run_writes_the_report(report_dir):
     figures = {p.stem for p in (report_dir / "figures").glob("*.png")}
     assert {"response_histogram", "pooled_regression", "boxplot_mountainRange", "facets_mountainRange",
             "forest_bodyLength2"} <= figures
-    # full.lmer and mixed.lmer2 share a posterior: one fit, two files of the same content.
-    assert len(list((report_dir / "fits").glob("*.nc"))) == 7
+    # full.lmer and mixed.lmer2 share a posterior: one fit, one file, named by content in the index.
+    import json
+
+    index = json.loads((report_dir / "fits" / "index.json").read_text())
+    assert len(index) == 7 and index["full.lmer"] == index["mixed.lmer2"]
+    assert sorted(p.name for p in (report_dir / "fits").glob("*.nc")) == sorted(set(index.values()))
     assert not list(report_dir.parent.glob(".dragons.partial-*"))
 
 
