@@ -1,11 +1,18 @@
-"""The content-hash cache of posteriors: hits, misses, and corrupt files."""
+"""The content-hash cache of posteriors: hits, misses, corrupt files, one file per posterior, and
+LOO from a posterior saved without its pointwise log-likelihood."""
 
+import json
+import warnings
+from dataclasses import replace
+
+import numpy as np
 import pytest
+import xarray as xr
 
-from bayeslmm import bayes
+from bayeslmm import bayes, compare, marginal
 from bayeslmm.bayes import SamplerOptions
 from bayeslmm.errors import OptionsError
-from bayeslmm.formula import parse
+from bayeslmm.formula import model_frame, parse
 
 FORMULA = parse("testScore ~ bodyLength2 + (1|mountainRange)")
 TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)
@@ -70,10 +77,67 @@ def test_bad_options(kwargs):
         SamplerOptions(**kwargs)
 
 
+def test_marginal_file_without_the_engine_draws_is_refitted(cached_fit, tmp_path):
+    _, first = cached_fit
+    tree = first.idata.copy()
+    del tree[marginal.ENGINE_GROUP]
+    path = tmp_path / "no-engine.nc"
+    tree.to_netcdf(path, engine="h5netcdf")
+    assert bayes.load_cached(path) is not None
+    assert bayes.load_cached(path, "marginal") is None  # its log-likelihood could not be recomputed exactly
+
+
+def test_identical_posteriors_are_stored_once(builtin, tmp_path):
+    a = bayes.fit(FORMULA, builtin, TINY, name="mixed.lmer2", cache_dir=tmp_path, progress=False)
+    b = bayes.fit(FORMULA, builtin, TINY, name="full.lmer", cache_dir=tmp_path, progress=False)
+    assert not a.cached and b.cached
+    files = list(tmp_path.glob("*.nc"))
+    assert len(files) == 1
+    assert json.loads((tmp_path / bayes.INDEX).read_text()) == {"mixed.lmer2": files[0].name,
+                                                                "full.lmer": files[0].name}
+
+
 @pytest.mark.parametrize("engine", ["marginal", "bambi"])
-def test_without_log_likelihood_nothing_is_cached(builtin, tmp_path, engine):
-    options = SamplerOptions(draws=50, tune=50, chains=2, seed=3, engine=engine)
-    fit = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False, log_likelihood=False)
-    assert "log_likelihood" not in fit.idata.children
-    assert "posterior" in fit.idata.children and fit.idata["posterior"]["bodyLength2"].size == 100
-    assert not list(tmp_path.glob("*.nc"))  # a cached posterior must serve LOO too
+def test_saved_posterior_has_no_log_likelihood_and_gives_the_same_loo(builtin, tmp_path, engine):
+    options = replace(TINY, engine=engine)
+    fresh = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False)
+    again = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False)
+    assert not fresh.cached and again.cached
+    assert "log_likelihood" not in fresh.idata.children
+    saved = xr.open_datatree(bayes.find_cached(tmp_path, fresh.key))
+    assert "log_likelihood" not in saved.children and saved["posterior"]["bodyLength2"].dtype == np.float64
+    saved.close()
+    a, b = compare.loo(fresh), compare.loo(again)
+    np.testing.assert_array_equal(a.elpd_i.values, b.elpd_i.values)
+    np.testing.assert_array_equal(a.pareto_k.values, b.pareto_k.values)
+    assert (a.elpd, a.se, a.p) == (b.elpd, b.se, b.p)
+
+
+@pytest.mark.parametrize(("engine", "rows"), [("marginal", 7), ("bambi", 200)])  # Bambi compiles once a chunk
+def test_chunked_loo_is_arviz_loo_of_the_samplers_log_likelihood(builtin, engine, rows, monkeypatch):
+    """Recomputed a few rows at a time, LOO is bit for bit ArviZ's LOO of the log-likelihood the sampler computed."""
+    import arviz as az
+
+    data = bayes.model_data(FORMULA, builtin)
+    model = bayes.build_model(FORMULA, data)
+    options = replace(TINY, engine=engine)
+    if engine == "marginal":
+        tree = marginal.sample(model, model_frame(FORMULA, data), options, progress=False, log_likelihood=True)
+    else:
+        tree = bayes.sample(model, options, progress=False, log_likelihood=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = az.loo(tree, pointwise=True)
+    without = tree.copy()
+    del without["log_likelihood"]
+    fit = bayes.BayesFit("m", FORMULA, data, without, options, bayes.prior_table(model), engine, 0.0, False, "",
+                         model=model)
+    asked = []
+    recompute = bayes.log_likelihood
+    monkeypatch.setattr(bayes, "log_likelihood", lambda f, rows: asked.append(rows) or recompute(f, rows))
+    draws = options.chains * options.draws
+    ours = compare.loo(fit, chunk_bytes=rows * draws * 8)
+    assert max(r.stop - r.start for r in asked) == rows and len(asked) == -(-len(data) // rows)
+    np.testing.assert_array_equal(ours.elpd_i.values, theirs.elpd_i.values)
+    np.testing.assert_array_equal(ours.pareto_k.values, theirs.pareto_k.values)
+    assert (ours.elpd, ours.se, ours.p, ours.good_k) == (theirs.elpd, theirs.se, theirs.p, theirs.good_k)

@@ -25,8 +25,12 @@ def test_run_writes_the_report(report_dir):
     figures = {p.stem for p in (report_dir / "figures").glob("*.png")}
     assert {"response_histogram", "pooled_regression", "boxplot_mountainRange", "facets_mountainRange",
             "forest_bodyLength2"} <= figures
-    # full.lmer and mixed.lmer2 share a posterior: one fit, two files of the same content.
-    assert len(list((report_dir / "fits").glob("*.nc"))) == 7
+    # full.lmer and mixed.lmer2 share a posterior: one fit, one file, named by content in the index.
+    import json
+
+    index = json.loads((report_dir / "fits" / "index.json").read_text())
+    assert len(index) == 7 and index["full.lmer"] == index["mixed.lmer2"]
+    assert sorted(p.name for p in (report_dir / "fits").glob("*.nc")) == sorted(set(index.values()))
     assert not list(report_dir.parent.glob(".dragons.partial-*"))
 
 
@@ -87,3 +91,57 @@ def test_user_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_table_into_a_closed_pipe_exits_quietly(report_dir):
+    """'bayeslmm table ... | head': the reader leaves early; exit 141, as cut-off standard tools, no traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "table", str(report_dir), "--what", "tidy"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141
+    assert proc.stderr == ""
+
+
+def test_next_run_removes_the_stage_of_a_killed_run_and_keeps_a_live_one(builtin, tmp_path):
+    """'kill -9' while writing the report leaves a stage; the next run removes it, not a running one's."""
+    import os
+    import signal
+    import stat
+
+    csv = tmp_path / "d.csv"
+    builtin.to_csv(csv, index=False)
+    out = tmp_path / "one"
+    cmd = [sys.executable, "-m", "bayeslmm.cli", "fit", str(csv), "testScore ~ bodyLength2", "--out", str(out), *SMALL]
+    hold = ("import sys, time\nfrom bayeslmm.output import staged_folder\n"
+            "with staged_folder(sys.argv[1]) as s:\n    print(s, flush=True)\n    time.sleep(600)\n")
+    live = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        live_stage = live.stdout.readline().strip()
+        killed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in killed.stderr:
+            if line.startswith("writing report"):
+                break
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        killed.stderr.close()
+        stages = {p.name for p in tmp_path.glob(".one.partial-*")}
+        dead = {n for n in stages if n.startswith(f".one.partial-{killed.pid}-")}
+        assert len(dead) == 1 and len(stages) == 2
+        assert list((tmp_path / dead.pop() / "fits").glob("*.nc"))  # what a killed run leaves: its posterior
+        old = os.umask(0o022)
+        try:
+            assert main(cmd[3:]) == 0
+        finally:
+            os.umask(old)
+        assert {p.name for p in tmp_path.glob(".one.partial-*")} == {os.path.basename(live_stage)}
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755  # the user's umask, not mkdtemp's 0700
+    finally:
+        live.kill()
+        live.wait()
+        live.stdout.close()

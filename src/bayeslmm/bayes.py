@@ -2,7 +2,9 @@
 
 Posteriors are cached as NetCDF files named by a content hash of everything that
 determines them (formula, data, priors, sampler settings, library versions), so the same
-fit is never run twice.
+fit is never run twice and models with the same posterior share one file. A file holds only
+what cannot be recomputed: the pointwise log-likelihood (draws x rows, most of the bytes) is
+recomputed from the posterior and the data by :func:`log_likelihood` when LOO needs it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class BayesFit:
     data : DataFrame
         The rows and columns the model used.
     idata : xarray.DataTree
-        ArviZ data: ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data``.
+        ArviZ data: ``posterior``, ``sample_stats``, ``observed_data`` (and the marginal
+        engine's internal draws); no ``log_likelihood``: :func:`log_likelihood` computes it.
     options : SamplerOptions
     priors : dict
         Prior of every parameter, as text (Bambi's defaults unless set).
@@ -94,6 +97,8 @@ class BayesFit:
         Sampler trouble: divergences, r_hat > 1.01, low ESS, tree depth (``--strict`` fails on these).
     engine_note : str
         Which engine ran and why (``auto`` says so).
+    model : bambi.Model or None
+        The Bambi model (kept to recompute the log-likelihood; rebuilt when ``None``).
     """
 
     name: str
@@ -109,6 +114,7 @@ class BayesFit:
     notes: tuple[str, ...] = field(default=())
     sampler_notes: tuple[str, ...] = field(default=())
     engine_note: str = ""
+    model: object = field(default=None, repr=False, compare=False)
 
     def fixef(self) -> pd.DataFrame:
         """Posterior summary of the fixed effects (lme4's ``fixef``)."""
@@ -218,27 +224,44 @@ def cache_key(formula: Formula, data: pd.DataFrame, priors: dict[str, str], opti
     return h.hexdigest()
 
 
-def cache_path(cache_dir: Path, name: str, key: str) -> Path:
-    """Where a posterior is cached: ``<cache_dir>/<name>-<hash prefix>.nc``."""
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
-    return Path(cache_dir) / f"{safe}-{key[:16]}.nc"
+#: Which model uses which file, in every folder posteriors are saved to.
+INDEX = "index.json"
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    """Where a posterior is cached: ``<cache_dir>/<hash prefix>.nc``, one file per content hash."""
+    return Path(cache_dir) / f"{key[:16]}.nc"
 
 
 def find_cached(folder: str | Path | None, key: str) -> Path | None:
-    """A cached posterior with this content hash in ``folder`` (any model name), if any."""
-    if folder is None or not Path(folder).is_dir():
+    """The cached posterior with this content hash in ``folder``, if any."""
+    if folder is None:
         return None
-    return next(iter(sorted(Path(folder).glob(f"*-{key[:16]}.nc"))), None)
+    path = cache_path(Path(folder), key)
+    return path if path.is_file() else None
 
 
-def load_cached(path: Path) -> xr.DataTree | None:
-    """Load a cached posterior, or ``None`` if it is missing, truncated or corrupt."""
+def _required_groups(engine: str | None) -> tuple[str, ...]:
+    base = ("posterior", "sample_stats", "observed_data")
+    if engine == "marginal":
+        from bayeslmm.marginal import ENGINE_GROUP
+
+        return (*base, ENGINE_GROUP)
+    return base
+
+
+def load_cached(path: Path, engine: str | None = None) -> xr.DataTree | None:
+    """Load a cached posterior, or ``None`` if it is missing, truncated, corrupt or incomplete.
+
+    ``engine`` names the engine that must have produced it (the marginal engine's files also
+    hold its internal draws, which :func:`log_likelihood` needs).
+    """
     if not path.is_file():
         return None
     try:
         tree = xr.open_datatree(path).load()
         tree.close()
-        for group in ("posterior", "sample_stats", "log_likelihood", "observed_data"):
+        for group in _required_groups(engine):
             if group not in tree.children:
                 return None
         if tree["posterior"].sizes.get("draw", 0) == 0:
@@ -249,11 +272,34 @@ def load_cached(path: Path) -> xr.DataTree | None:
 
 
 def save(tree: xr.DataTree, path: Path) -> None:
-    """Write a posterior to NetCDF atomically (temporary file, then rename)."""
+    """Write a posterior to NetCDF atomically (temporary file, then rename), float64 as it is.
+
+    A ``log_likelihood`` group is left out: it is recomputed (:func:`log_likelihood`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".nc.part")
+    if "log_likelihood" in tree.children:
+        tree = tree.copy()
+        del tree["log_likelihood"]
     tree.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, path)
+
+
+def _record(folder: Path, name: str, path: Path) -> None:
+    """Note in ``folder``'s index that model ``name`` uses posterior file ``path``."""
+    index_path = Path(folder) / INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}
+    if index.get(name) == path.name:
+        return
+    index[name] = path.name
+    tmp = index_path.with_name(f".{INDEX}.part")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, index_path)
 
 
 def sample(model, options: SamplerOptions, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
@@ -325,8 +371,8 @@ def fit(
     na : {"drop", "fail"}
         Rows with missing values in used columns: drop them with a warning, or refuse.
     log_likelihood : bool
-        Keep the pointwise log-likelihood (draws x rows), which LOO needs. Without it the
-        fit is neither cached nor saved (a cached posterior must serve every use).
+        Ignored, kept for existing callers: no fit keeps the pointwise log-likelihood (draws x
+        rows) any more, cached or not; :func:`log_likelihood` recomputes it when LOO needs it.
 
     Returns
     -------
@@ -354,33 +400,83 @@ def fit(
     key = cache_key(formula, data, priors, replace(options, engine=engine))
     notes = (*checks_notes, *(n for n in [correlation_note(formula)] if n))
     save_dir = save_dir if save_dir is not None else cache_dir
-    if not log_likelihood:
-        cache_dir = save_dir = None
-    target = cache_path(Path(save_dir), name, key) if save_dir is not None else None
+    target = cache_path(Path(save_dir), key) if save_dir is not None else None
     made = dict(name=name, formula=formula, data=data, options=options, priors=priors, engine=engine, key=key,
-                notes=notes, engine_note=engine_note)
+                notes=notes, engine_note=engine_note, model=model)
+    # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
-    folders = (cache_dir, save_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
-    for folder in folders:
+    folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
+    for folder in dict.fromkeys(f for f in folders if f is not None):
         path = find_cached(folder, key)
-        tree = load_cached(path) if path is not None else None
+        tree = load_cached(path, engine) if path is not None else None
         if tree is not None:
             if target is not None and target != path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
+            if target is not None:
+                _record(target.parent, name, target)
             return _with_diagnostics(BayesFit(idata=tree, seconds=0.0, cached=True, **made))
     start = time.perf_counter()
     if engine == "marginal":
         from bayeslmm import marginal
 
-        tree = marginal.sample(model, frame, options, progress=progress, log_likelihood=log_likelihood)
+        tree = marginal.sample(model, frame, options, progress=progress, log_likelihood=False)
     else:
-        tree = sample(model, options, progress=progress, log_likelihood=log_likelihood)
+        tree = sample(model, options, progress=progress, log_likelihood=False)
     seconds = time.perf_counter() - start
     _check_complete(tree, options)
+    tree = _contiguous(tree)
     if target is not None:
         save(tree, target)
+        _record(target.parent, name, target)
     return _with_diagnostics(BayesFit(idata=tree, seconds=seconds, cached=False, **made))
+
+
+def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
+    """The pointwise log-likelihood of a fit, recomputed from its posterior and data.
+
+    Exactly what the engine computes after sampling (the marginal engine's kernel on its
+    saved internal draws; Bambi's ``compute_log_likelihood``), so a reloaded fit gives the
+    same LOO as a fresh one.
+
+    Parameters
+    ----------
+    fit : BayesFit
+    rows : slice, optional
+        A contiguous range of rows of ``fit.data`` (all by default): memory is draws x rows x
+        8 bytes, so large data is best taken in chunks (:func:`bayeslmm.compare.loo` does).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of ``fit.data``.
+    """
+    from bayeslmm.formula import model_frame
+
+    n = len(fit.data)
+    rows = slice(*(slice(None) if rows is None else rows).indices(n))
+    model = fit.model if fit.model is not None else build_model(fit.formula, fit.data)
+    if fit.engine == "marginal":
+        from bayeslmm import marginal
+
+        return marginal.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
+    whole = rows == slice(0, n, 1)
+    tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.compute_log_likelihood(tree, data=None if whole else fit.data.iloc[rows])
+    ll = next(iter(tree["log_likelihood"].to_dataset().data_vars.values()))
+    return ll.assign_coords(__obs__=np.arange(n)[rows])
+
+
+def _contiguous(tree: xr.DataTree) -> xr.DataTree:
+    """Every array C-contiguous, as a reloaded file gives them.
+
+    NumPy's sums depend on memory layout in the last bits, so without this a fresh fit and
+    the same fit reused from the cache would print slightly different summaries.
+    """
+    return tree.map_over_datasets(
+        lambda ds: ds.copy(data={k: np.ascontiguousarray(v.values) for k, v in ds.data_vars.items()}))
 
 
 def _check_complete(tree: xr.DataTree, options: SamplerOptions) -> None:

@@ -213,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"run": _cmd_run, "fit": _cmd_fit, "table": _cmd_table, "simulate": _cmd_simulate}[args.command]
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that left early (| head) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe_exit()
     except BayeslmmError as exc:
         if debug:
             raise
@@ -228,6 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if signal.getsignal(signal.SIGINT) is _on_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _broken_pipe_exit() -> int:
+    """The reader of stdout went away (``bayeslmm table ... | head``): stop quietly.
+
+    Exit code 141 (128 + SIGPIPE) is what the shell reports for any program cut off this
+    way (``seq 100000 | head`` under ``set -o pipefail``), so scripts see the same as with
+    standard tools; 0 would claim the whole output was delivered. Standard output is pointed
+    at /dev/null so that Python's final flush does not fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (captured): nothing to flush
+        pass
+    return 141
 
 
 def _interrupt_exit() -> int:

@@ -18,13 +18,43 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def loo(fit) -> object:
-    """PSIS-LOO of one fit (ArviZ's ``ELPDData``), from its pointwise log-likelihood."""
-    import arviz as az
+#: Largest block of pointwise log-likelihood held at once by :func:`loo` (draws x rows x 8 bytes).
+LOO_CHUNK_BYTES = 2**27
 
+
+def loo(fit, chunk_bytes: int = LOO_CHUNK_BYTES) -> object:
+    """PSIS-LOO of one fit (ArviZ's ``ELPDDataLOO``, pointwise), in bounded memory.
+
+    The pointwise log-likelihood is recomputed (:func:`bayeslmm.bayes.log_likelihood`) a
+    block of rows at a time, at most ``chunk_bytes`` of it at once. PSIS smooths each
+    observation's weights on its own, so every pointwise value is exactly what ArviZ's
+    ``loo`` gives on the whole array; the relative efficiency is ArviZ's (mean ESS of the
+    posterior over the number of draws), the totals are ArviZ's sums of the pointwise values.
+    """
+    import arviz as az
+    import xarray as xr
+
+    from bayeslmm.bayes import log_likelihood
+
+    post = fit.idata["posterior"]
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    S, n = chains * draws, len(fit.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return az.loo(fit.idata, pointwise=True)
+        if chains == 1:
+            reff = 1.0
+        else:
+            ess = post.to_dataset().azstats.ess(method="mean")
+            reff = np.hstack([ess[v].values.flatten() for v in ess.data_vars]).mean() / S
+        step = max(1, chunk_bytes // (8 * S))
+        parts = [log_likelihood(fit, slice(i, i + step)).azstats.loo(sample_dims=["chain", "draw"], r_eff=reff)
+                 for i in range(0, n, step)]
+        elpd_i, pareto_k, p_loo_i = (xr.concat([p[j] for p in parts], "__obs__") for j in range(3))
+        elpd, se, p_loo, _ = elpd_i.azstats.loo_summary(p_loo_i)
+    good_k = min(1 - 1 / np.log10(S), 0.7) if S > 1 else 0.7  # ArviZ's sample-size-dependent threshold
+    return az.ELPDDataLOO(elpd=elpd, se=se, p=p_loo, n_samples=S, n_data_points=n, scale="log",
+                          warning=bool(np.any(pareto_k.values > good_k)), good_k=good_k, elpd_i=elpd_i,
+                          pareto_k=pareto_k, approx_posterior=False, p_loo_i=p_loo_i)
 
 
 def pair_difference(a, b) -> tuple[float, float]:

@@ -17,8 +17,9 @@ call the C entry point of the kernel directly (nutpie's internal ``CompiledPyMCM
 :data:`NUTPIE_TESTED`), or, on another nutpie, through its public python-function
 interface ``nutpie.compiled_pyfunc.from_pyfunc``.  ``options.sampler`` is ignored.
 
-Public functions: :func:`supports` and :func:`sample`; :func:`spec` raises
-:class:`Unsupported` with the reason.
+Public functions: :func:`supports`, :func:`sample` and :func:`log_likelihood` (recomputes the
+pointwise log-likelihood from a saved posterior); :func:`spec` raises :class:`Unsupported` with
+the reason.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ _STAT_NAMES = {
     "mean_tree_accept": "acceptance_rate",
     "index_in_trajectory": "index_in_trajectory",
 }
+
+
+#: The group of the engine's internal draws (what the log-likelihood is recomputed from).
+ENGINE_GROUP = "marginal_engine"
+ENGINE_GROUP_DESCRIPTION = ("bayeslmm's marginal engine: coefficients of its internal, centred design; the pointwise "
+                            "log-likelihood is recomputed from these (bayeslmm.bayes.log_likelihood)")
 
 
 class Unsupported(Exception):
@@ -590,12 +597,68 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
             ss[new] = (cd, values)
     sample_stats = xr.Dataset(ss, coords={"chain": coords["chain"], "draw": coords["draw"]})
     obs = {"__obs__": np.arange(n)}
-    groups = {"posterior": posterior, "sample_stats": sample_stats}
+    # The internal coefficients (centred design): the posterior's intercept is derived from them
+    # and cannot be turned back bit for bit, and the log-likelihood is recomputed from them.
+    internal = xr.Dataset({"beta": ((*cd, "__coef__"), beta.reshape(chains, draws, p))},
+                          coords={"chain": coords["chain"], "draw": coords["draw"]})
+    internal.attrs["description"] = ENGINE_GROUP_DESCRIPTION
+    groups = {"posterior": posterior, "sample_stats": sample_stats, ENGINE_GROUP: internal}
     if with_loglik:
-        loglik = ml.pointwise_loglik(sp.y - sp.offset - sp.shift, sp.X, beta, stats.cols, stats.vals, u, sigma)
+        loglik = _pointwise(sp, stats, beta, u, sigma, slice(None))
         groups["log_likelihood"] = xr.Dataset(
             {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
             coords={"chain": coords["chain"], "draw": coords["draw"], **obs},
         )
     groups["observed_data"] = xr.Dataset({sp.response: (("__obs__",), sp.y)}, coords=obs)
     return xr.DataTree.from_dict(groups)
+
+
+def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice) -> np.ndarray:
+    """Log-likelihood (draws, rows) of ``rows``: one kernel for the fit and the recomputation."""
+    y = (sp.y - sp.offset - sp.shift)[rows]
+    return ml.pointwise_loglik(y, sp.X[rows], beta, stats.cols[rows], stats.vals[rows], u, sigma)
+
+
+def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None)) -> xr.DataArray:
+    """The pointwise log-likelihood of ``rows`` of the data, recomputed from a saved posterior.
+
+    Bit for bit what :func:`sample` computes (same kernel, same draws): the fixed effects come
+    from the internal coefficients kept in the ``ENGINE_GROUP`` group, the random effects and
+    ``sigma`` from the posterior.
+
+    Parameters
+    ----------
+    model : bambi.Model
+        The Bambi model of the formula, as for :func:`sample`.
+    frame : ModelFrame
+        The model frame of the same formula on the same data.
+    tree : xarray.DataTree
+        What :func:`sample` returned (or its saved copy).
+    rows : slice
+        Which rows (a contiguous range; all by default).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of the data.
+    """
+    sp = spec(frame.formula, frame, model)
+    stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
+    post = tree["posterior"]
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    S = chains * draws
+    beta = np.ascontiguousarray(tree[ENGINE_GROUP]["beta"].values.reshape(S, -1), dtype=float)
+    sigma = np.ascontiguousarray(post["sigma"].values.reshape(S), dtype=float)
+    u = np.empty((S, stats.q))
+    filled = np.zeros(stats.q, dtype=bool)
+    for r in sp.random:
+        cols = stats.columns[r.factor][r.order, r.slot]
+        u[:, cols] = post[r.name].transpose("chain", "draw", r.dim).values.reshape(S, -1)
+        filled[cols] = True
+    if beta.shape[1] != sp.X.shape[1] or not filled.all():
+        raise ValueError("the saved posterior does not match the model: refit it")
+    index = np.arange(sp.y.size)[rows]
+    ll = _pointwise(sp, stats, beta, u, sigma, rows)
+    return xr.DataArray(ll.reshape(chains, draws, index.size), dims=("chain", "draw", "__obs__"),
+                        coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
+                        name=sp.response)
