@@ -21,7 +21,7 @@ from scipy import linalg, stats
 
 from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.formula import ModelFrame
-from bayeslmm.lmer import LmerProblem, Pls, satterthwaite
+from bayeslmm.lmer import LmerProblem, Pls, blas_threads, satterthwaite
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
 SINGULAR_TOL = 1e-4
@@ -207,7 +207,7 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
         ``REML = TRUE`` or ``FALSE``.
     dense : bool, optional
         Force dense (``True``) or blockwise sparse (``False``) linear algebra; by default
-        dense up to :data:`~bayeslmm.lmer.DENSE_MAX_Q` random effects.
+        dense for several terms with up to :data:`~bayeslmm.lmer.DENSE_MAX_Q` random effects.
 
     Returns
     -------
@@ -231,18 +231,19 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
                 "a random effect needs more than one level and fewer levels than rows"
             )
     m = LmerProblem(frame, reml=method == "reml", dense=dense)
-    theta, converged = m.optimize()
-    if not converged:
-        msg = f"{frame.formula.text}: the optimizer did not converge (gradient check failed)"
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    pls = m.solve(theta)
-    crit = m.criterion(pls)
-    p = m.p
-    sigma = float(np.sqrt(pls.pwrss / (n - p if m.reml else n)))
-    cov = sigma**2 * linalg.cho_solve(pls.rx_chol, np.eye(p), check_finite=False)
-    sat = satterthwaite(m.devfun_vp, m.covbeta, np.append(theta, sigma))
-    npar = p + theta.size + 1
-    varcorr, ranef, ranef_sd = _random_parts(m, pls, sigma)
+    with blas_threads(frame):  # small dense factors: one BLAS thread is faster
+        theta, converged = m.optimize()
+        if not converged:
+            msg = f"{frame.formula.text}: the optimizer did not converge (gradient check failed)"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        pls = m.solve(theta)
+        crit = m.criterion(pls)
+        p = m.p
+        sigma = float(np.sqrt(pls.pwrss / (n - p if m.reml else n)))
+        cov = sigma**2 * linalg.cho_solve(pls.rx_chol, np.eye(p), check_finite=False)
+        sat = satterthwaite(m.devfun_vp, m.covbeta, np.append(theta, sigma))
+        npar = p + theta.size + 1
+        varcorr, ranef, ranef_sd = _random_parts(m, pls, sigma)
     return FreqFit(
         method=method,
         formula=frame.formula.text,

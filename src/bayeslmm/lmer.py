@@ -4,10 +4,16 @@ Penalized least squares (Bates, Mächler, Bolker & Walker 2015, "Fitting linear 
 models using lme4", J. Stat. Softw. 67(1), section 3): for the relative covariance factor
 ``Lambda_theta`` the random effects ``u`` and fixed effects ``beta`` minimise
 ``||y - X beta - Z Lambda u||^2 + ||u||^2``; with ``A = Lambda' Z'Z Lambda + I`` the
-profiled deviance and REML criterion are functions of ``theta`` alone. ``A`` is factored densely
-for up to :data:`DENSE_MAX_Q` random effects, otherwise blockwise: the first term (the one with
-most levels, as lme4 orders them) is block diagonal, and the rest enters through its dense
-Schur complement.
+profiled deviance and REML criterion are functions of ``theta`` alone. Models with several terms
+and at most :data:`DENSE_MAX_Q` random effects take the QR of lme4's augmented system densely;
+the others are factored blockwise: the first term (the one with most levels, as lme4 orders
+them) is block diagonal, and so is each next one in the Schur complement left by those before
+it in nested designs (eliminated in turn); what remains (crossed terms) is factored densely.
+``R_X``, the dense path and the nested terms are factored from sums of squares, never from a
+downdated difference that cancels to rounding error at large theta (:meth:`LmerProblem.solve`,
+:meth:`LmerProblem.factor_of`): their criterion stays finite up to theta ~ 1e12 at least. Only
+the Schur complement of crossed terms beyond :data:`DENSE_MAX_Q` is downdated, as lme4's is;
+it loses positive definiteness when two crossed terms both have theta ~ 1e8.
 
 Satterthwaite (lmerTest 3.1, Kuznetsova, Brockhoff & Christensen 2017): for a contrast ``L``,
 ``df = 2 (L'CL)^2 / (g'Ag)`` with ``varpar = (theta, sigma)``, ``A = 2 H^+`` (``H`` the Hessian
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +34,18 @@ from scipy import linalg, optimize, sparse
 
 from bayeslmm.formula import ModelFrame, RandomBlock
 
-#: Up to this many random effects ``Lambda' Z'Z Lambda + I`` is factored as a dense matrix.
-DENSE_MAX_Q = 400
+try:  # a dependency of pymc's
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+#: Up to this many random effects a model with several terms is factored densely (measured on
+#: nested designs: the dense path is faster up to about 200 random effects, the blockwise one beyond).
+DENSE_MAX_Q = 200
+#: Largest number of entries of a dense work array (chunks of rows or columns).
+_CHUNK = 4_000_000
+#: Below this many rows of the largest dense factor, one BLAS thread is faster.
+THREADED_Q = 1000
 #: numDeriv's ``zero.tol``: below it a coordinate gets the absolute step ``eps``.
 _ZERO_TOL = float(np.sqrt(np.finfo(float).eps / 7e-7))
 
@@ -166,6 +183,16 @@ def satterthwaite(
 # ---------------------------------------------------------------------------------------
 
 
+def blas_threads(frame: ModelFrame) -> AbstractContextManager:
+    """One BLAS thread for problems whose dense factors are small (at most :data:`THREADED_Q`
+    rows: every term but the largest), where more threads only add overhead and stall badly
+    on a loaded machine; no limit otherwise."""
+    sizes = sorted(len(b.levels) * b.values.shape[1] for b in frame.blocks)
+    if threadpool_limits is None or sum(sizes[:-1]) > THREADED_Q:
+        return nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def lme4_order(blocks: tuple[RandomBlock, ...]) -> tuple[RandomBlock, ...]:
     """Random terms in lme4's order: by decreasing number of levels (``mkReTrms``'s reordering)."""
     nl = np.array([len(b.levels) for b in blocks])
@@ -183,12 +210,23 @@ def _diag_blocks(m: np.ndarray, layout: list[tuple[int, int, int]]) -> list[np.n
     return out
 
 
-class _DenseFactor:
-    """Cholesky factor of a dense ``A``."""
+def _qr_r(m: np.ndarray) -> np.ndarray:
+    """The R of a QR decomposition of ``m`` (rows >= columns), with a non-negative diagonal."""
+    r = np.linalg.qr(m, mode="r")
+    return r * np.where(np.diag(r) < 0, -1.0, 1.0)[:, None]
 
-    def __init__(self, a: np.ndarray) -> None:
-        self.chol = linalg.cho_factor(a, lower=True, check_finite=False)
-        self.logdet = 2 * float(np.sum(np.log(np.diag(self.chol[0]))))
+
+class _DenseFactor:
+    """``A = L L'`` from its lower-triangular factor ``L``."""
+
+    def __init__(self, lower: np.ndarray) -> None:
+        self.chol = (lower, True)
+        self.logdet = 2 * float(np.sum(np.log(np.diag(lower))))
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> _DenseFactor:
+        """The Cholesky factor of a dense symmetric positive-definite ``a``."""
+        return cls(linalg.cholesky(a, lower=True, check_finite=False))
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         return linalg.cho_solve(self.chol, b, check_finite=False)
@@ -197,44 +235,62 @@ class _DenseFactor:
         return _diag_blocks(self.solve(np.eye(self.chol[0].shape[0])), layout)
 
 
-class _BlockFactor:
-    """``A = [[A11, A12], [A12', A22]]`` with ``A11`` block diagonal (nl blocks of k x k), via the
-    Schur complement ``S = A22 - A12' A11^-1 A12`` (dense)."""
+class _BlockDiag:
+    """Block-diagonal ``A`` from its (nl, k, k) diagonal blocks (one term's levels)."""
 
-    def __init__(self, a11: np.ndarray, a12: sparse.csr_matrix, a22: np.ndarray) -> None:
-        nl, k, _ = a11.shape
-        self.q1 = nl * k
-        self.logdet = 2 * float(np.sum(np.log(np.diagonal(np.linalg.cholesky(a11), axis1=1, axis2=2))))
-        self.b11 = np.linalg.inv(a11)
-        self.B = sparse.bsr_matrix((self.b11, np.arange(nl), np.arange(nl + 1)), shape=(self.q1, self.q1))
-        self.a12 = a12
-        self.C = sparse.csr_matrix(self.B @ a12)  # A11^-1 A12
-        self.chol = None
-        if a22.shape[0]:
-            self.chol = linalg.cho_factor(a22 - (a12.T @ self.C).toarray(), lower=True, check_finite=False)
-            self.logdet += 2 * float(np.sum(np.log(np.diag(self.chol[0]))))
+    def __init__(self, a: np.ndarray) -> None:
+        nl, k, _ = a.shape
+        self.q = nl * k
+        self.logdet = 2 * float(np.sum(np.log(np.diagonal(np.linalg.cholesky(a), axis1=1, axis2=2))))
+        self.inv = np.linalg.inv(a)
+        self.B = sparse.bsr_matrix((self.inv, np.arange(nl), np.arange(nl + 1)), shape=(self.q, self.q))
 
     def solve(self, r: np.ndarray) -> np.ndarray:
-        y1 = self.B @ r[: self.q1]
-        if self.chol is None:
-            return y1
-        x2 = linalg.cho_solve(self.chol, r[self.q1 :] - self.a12.T @ y1, check_finite=False)
+        return self.B @ r
+
+    def inv_diag_blocks(self, layout: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        return [self.inv.copy()]
+
+
+class _Schur:
+    """``A = [[A11, A12], [A12', A22]]`` from a factor ``first`` of A11, ``C = A11^-1 A12`` (sparse
+    or dense) and a factor ``rest`` of the Schur complement ``S = A22 - A12' C``."""
+
+    def __init__(self, first: _BlockDiag | _Schur, c, rest: _DenseFactor | _BlockDiag | _Schur) -> None:
+        self.first, self.C, self.rest = first, c, rest
+        self.q1 = c.shape[0]
+        self.logdet = first.logdet + rest.logdet
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        r1 = r[: self.q1]
+        y1 = self.first.solve(r1)
+        x2 = self.rest.solve(r[self.q1 :] - self.C.T @ r1)
         return np.concatenate([y1 - self.C @ x2, x2])
 
     def inv_diag_blocks(self, layout: list[tuple[int, int, int]]) -> list[np.ndarray]:
-        first = self.b11.copy()
-        if self.chol is None:
-            return [first]
-        nl, k = first.shape[:2]
-        step = max(1, 20000 // k)
-        for s in range(0, nl, step):
-            ct = self.C[s * k : min(nl, s + step) * k].T.toarray()
-            g = linalg.solve_triangular(self.chol[0], ct, lower=True, check_finite=False)
-            g = g.reshape(g.shape[0], -1, k)
-            first[s : s + g.shape[1]] += np.einsum("ali,alj->lij", g, g)
-        q2 = self.chol[0].shape[0]
-        rest = [(off - self.q1, n_l, kk) for off, n_l, kk in layout[1:]]
-        return [first, *_diag_blocks(linalg.cho_solve(self.chol, np.eye(q2), check_finite=False), rest)]
+        """Diagonal blocks of ``A^-1``: those of ``A11^-1 + C S^-1 C'``, then those of ``S^-1``."""
+        n1 = sum(off < self.q1 for off, _, _ in layout)
+        blocks = self.first.inv_diag_blocks(layout[:n1])
+        q2 = self.C.shape[1]
+        for (off, nl, k), blk in zip(layout[:n1], blocks, strict=True):
+            step = max(1, _CHUNK // (k * q2))
+            for s in range(0, nl, step):
+                ct = self.C[off + s * k : off + min(nl, s + step) * k].T
+                ct = ct.toarray() if sparse.issparse(ct) else ct
+                g = self.rest.solve(ct)
+                blk[s : s + ct.shape[1] // k] += np.einsum("ali,alj->lij", ct.reshape(q2, -1, k), g.reshape(q2, -1, k))
+        rest = [(off - self.q1, nl, k) for off, nl, k in layout[n1:]]
+        return [*blocks, *self.rest.inv_diag_blocks(rest)]
+
+
+def _diag_blocks_sparse(g: sparse.spmatrix, nl: int, k: int) -> np.ndarray:
+    """The (nl, k, k) diagonal blocks of a sparse matrix."""
+    idx = np.arange(nl) * k
+    out = np.empty((nl, k, k))
+    for i in range(k):
+        for j in range(k):
+            out[:, i, j] = g.diagonal(j - i)[idx + min(i, j)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -243,7 +299,7 @@ class Pls:
 
     theta: np.ndarray
     lam: np.ndarray | sparse.csr_matrix
-    factor: _DenseFactor | _BlockFactor
+    factor: _DenseFactor | _BlockDiag | _Schur
     ldrx2: float
     rx_chol: tuple
     beta: np.ndarray
@@ -264,7 +320,8 @@ class LmerProblem:
     frame : ModelFrame
     reml : bool
     dense : bool, optional
-        Factor ``A`` densely (default: when it has at most :data:`DENSE_MAX_Q` rows) or blockwise.
+        Factor ``A`` densely or blockwise (default: densely for several terms with at most
+        :data:`DENSE_MAX_Q` random effects in all).
     """
 
     def __init__(self, frame: ModelFrame, reml: bool, dense: bool | None = None) -> None:
@@ -291,7 +348,9 @@ class LmerProblem:
             off_q += nl * k
             off_t += k * (k + 1) // 2
         self.q = off_q
-        self.dense = self.q <= DENSE_MAX_Q if dense is None else dense
+        if dense is None:  # one term: A is block diagonal, so the sparse path is never slower
+            dense = len(self.blocks) > 1 and self.q <= DENSE_MAX_Q
+        self.dense = dense
         zij = (np.concatenate(rows), np.concatenate(cols))
         self.Z = sparse.csc_matrix((np.concatenate(vals), zij), (self.n, self.q))
         lind = np.concatenate(lind)
@@ -300,21 +359,65 @@ class LmerProblem:
         self._lam_pattern = (pattern.indices, pattern.indptr)
         self._lind = lind[pattern.data.astype(np.int64) - 1]
         self._lam_ij, self._lam_ind = lij, lind  # the same entries, for a dense Lambda
-        self.ztx, self.zty = np.asarray(self.Z.T @ self.X), np.asarray(self.Z.T @ self.y)
-        self.xtx, self.xty = self.X.T @ self.X, self.X.T @ self.y
+        self.xy = np.column_stack([self.X, self.y])
+        self.ztxy = np.asarray(self.Z.T @ self.xy)
         self.diag_theta = np.array(diag)
         self.lower = np.where(self.diag_theta, 0.0, -np.inf)
         self.theta0 = self.diag_theta.astype(float)  # lme4's start: identity factors
         if self.dense:
-            self.ztz = (self.Z.T @ self.Z).toarray()
+            # R of the QR of [Z X y]: lme4's augmented system needs no more of the rows
+            zxy, ncol = sparse.hstack([self.Z, self.xy]).tocsr(), self.q + self.p + 1
+            r0 = np.zeros((0, ncol))
+            step = max(ncol, _CHUNK // ncol)
+            for i in range(0, self.n, step):
+                r0 = np.linalg.qr(np.vstack([r0, zxy[i : i + step].toarray()]), mode="r")
+            self.r0 = r0
+            self._eye = np.eye(self.q, ncol)
         else:
             first = self.blocks[0]
             _, nl, k = self.layout[0]
             self.m11 = np.zeros((nl, k, k))
             np.add.at(self.m11, first.index, first.values[:, :, None] * first.values[:, None, :])
-            z1, z2 = self.Z[:, : nl * k], self.Z[:, nl * k :]
-            self.z1tz2 = sparse.csr_matrix(z1.T @ z2)
-            self.z2tz2 = (z2.T @ z2).toarray()
+            self.block_levels, qe = self._block_levels()
+            ze, zr = self.Z[:, :qe], self.Z[:, qe:]
+            self.z1tze = sparse.csr_matrix(self.Z[:, : nl * k].T @ ze[:, nl * k :])
+            self.zetzr = sparse.csr_matrix(ze.T @ zr)
+            self.zrtzr = (zr.T @ zr).toarray()
+            self.qe = qe
+            if self.block_levels > 1:
+                # the nested terms' columns of Z, distinct rows only, each weighted by the square
+                # root of its count: the same cross-products (rows repeat within cells unless
+                # there are slopes)
+                ke = sum(b.values.shape[1] for b in self.blocks[: self.block_levels])
+                rows, counts = np.unique(np.column_stack(cols[:ke] + vals[:ke]), axis=0, return_counts=True)
+                zw = sparse.csr_matrix(
+                    ((rows[:, ke:] * np.sqrt(counts)[:, None]).ravel(),
+                     (np.repeat(np.arange(len(rows)), ke), rows[:, :ke].astype(np.int64).ravel())),
+                    (len(rows), qe),
+                )
+                self.zw1, self.zwe = zw[:, : nl * k], zw[:, nl * k :]
+
+    def _block_levels(self) -> tuple[int, int]:
+        """How many leading terms the sparse path eliminates one by one, and their random effects.
+
+        The first term, and each next one whose part of the Schur complement left by those
+        before it is block diagonal (all terms, in nested designs); found once from the
+        pattern of ``A`` (non-negative entries, so no entry cancels by chance).
+        """
+        zp = self.Z.copy()
+        zp.data[:] = 1.0
+        zl = zp @ self.lam(np.ones(self.diag_theta.size))
+        a = sparse.csr_matrix(zl.T @ zl + sparse.identity(self.q))
+        qe = 0
+        for t, (_, nl, k) in enumerate(self.layout):
+            qt = nl * k
+            g = a[:qt, :qt].tocoo()
+            if np.any(g.row // k != g.col // k):
+                return t, qe
+            qe += qt
+            bp = sparse.kron(sparse.identity(nl), np.ones((k, k)))
+            a = sparse.csr_matrix(a[qt:, qt:] + a[qt:, :qt] @ bp @ a[:qt, qt:])
+        return len(self.layout), qe
 
     @staticmethod
     def tri(k: int) -> list[tuple[int, int]]:
@@ -333,38 +436,79 @@ class LmerProblem:
             return lam
         return sparse.csr_matrix((theta[self._lind], *self._lam_pattern), (self.q, self.q))
 
-    def factor_of(self, theta: np.ndarray, lam: np.ndarray | sparse.csr_matrix) -> _DenseFactor | _BlockFactor:
-        """Factor ``A = Lambda' Z'Z Lambda + I``."""
-        if self.dense:
-            a = lam.T @ self.ztz @ lam
-            a[np.diag_indices_from(a)] += 1.0
-            return _DenseFactor(a)
+    def factor_of(self, theta: np.ndarray, lam: sparse.csr_matrix) -> _BlockDiag | _Schur:
+        """Factor ``A = Lambda' Z'Z Lambda + I`` blockwise (the sparse path).
+
+        The first term's blocks come from its cross-products. Terms nested in it
+        (:meth:`_block_levels`) are eliminated in turn through the residual ``R = [Ze Lambda_e -
+        Z1 Lambda1 C; -C; I]`` of their columns of ``[Z Lambda; I]`` after projection on those
+        before (over Z's distinct rows, weighted): each Schur complement is a cross-product,
+        positive definite for every theta, where the downdate ``A22 - A12' C`` cancels to
+        rounding error (an indefinite matrix) once two nested terms both have a large theta.
+        The others (crossed terms) enter through their dense Schur complement, downdated from
+        the cross-products as before (its residual would be dense: n rows by their levels).
+        """
         _, nl, k = self.layout[0]
-        q1 = nl * k
+        q1, qe = nl * k, self.qe
         t1 = np.zeros((k, k))
         for m, (i, j) in enumerate(self.tri(k)):
             t1[i, j] = theta[m]
-        a11 = np.einsum("ji,ljm,mk->lik", t1, self.m11, t1) + np.eye(k)
-        lam1t = sparse.bsr_matrix((np.broadcast_to(t1.T, (nl, k, k)), np.arange(nl), np.arange(nl + 1)))
-        lam2 = lam[q1:, q1:]
-        a22 = lam2.T @ (lam2.T @ self.z2tz2).T
-        a22[np.diag_indices_from(a22)] += 1.0
-        return _BlockFactor(a11, sparse.csr_matrix(lam1t @ self.z1tz2 @ lam2), np.asarray(a22))
+        first = _BlockDiag(np.einsum("ji,ljm,mk->lik", t1, self.m11, t1) + np.eye(k))
+        lam1, lame = lam[:q1, :q1], lam[q1:qe, q1:qe]
+        if qe > q1:  # the nested terms, eliminated one by one
+            c = sparse.csr_matrix(first.B @ (lam1.T @ self.z1tze @ lame))
+            r = sparse.vstack([self.zwe @ lame - self.zw1 @ (lam1 @ c), -c, sparse.identity(qe - q1)]).tocsc()
+            parts = [(first, c)]
+            for _, nl_t, k_t in self.layout[1 : self.block_levels]:
+                r1, r = r[:, : nl_t * k_t], r[:, nl_t * k_t :]
+                d = _BlockDiag(_diag_blocks_sparse((r1.T @ r1).tocsr(), nl_t, k_t))
+                c = sparse.csr_matrix(d.B @ (r1.T @ r)) if r.shape[1] else None
+                parts.append((d, c))
+                r = sparse.csc_matrix(r - r1 @ c) if r.shape[1] else r
+            first = parts[-1][0]
+            for d, c in reversed(parts[:-1]):
+                first = _Schur(d, c, first)
+        if qe == self.q:
+            return first
+        lamr = lam[qe:, qe:]
+        aer = lam[:qe, :qe].T @ self.zetzr @ lamr
+        c = sparse.csr_matrix(first.B @ aer) if isinstance(first, _BlockDiag) else first.solve(aer.toarray())
+        down = aer.T @ c
+        s = lamr.T @ (lamr.T @ self.zrtzr).T - (down.toarray() if sparse.issparse(down) else down)
+        s[np.diag_indices_from(s)] += 1.0
+        return _Schur(first, c, _DenseFactor.of(s))
 
     def solve(self, theta: np.ndarray) -> Pls:
-        """Penalized least squares at ``theta`` (eqs. 16-20 of Bates et al. 2015)."""
+        """Penalized least squares at ``theta`` (eqs. 16-20 of Bates et al. 2015).
+
+        ``R_X`` (with ``R_X beta = r_Xy`` and ``pwrss = r_yy^2``) is never a Cholesky factor of
+        the downdated ``X'X - R_ZX'R_ZX``: that difference cancels to rounding error (an
+        indefinite matrix) once an intercept lies in the span of a term with a large theta,
+        as the optimizer's and the profiler's line searches try. The dense path takes the QR
+        of lme4's augmented system ``[Z Lambda, X, y; I, 0, 0]`` (its rows compressed to the R
+        of ``[Z X y]``); the sparse one the QR of ``[X y; 0 0]`` less its projection on the
+        columns of ``[Z Lambda; I]``. Both are sums of squares, positive definite for every theta.
+        """
         theta = np.asarray(theta, dtype=float)
         lam = self.lam(theta)
-        fac = self.factor_of(theta, lam)
-        ltzx, ltzy = lam.T @ self.ztx, lam.T @ self.zty
-        s = fac.solve(np.column_stack([ltzx, ltzy]))
-        sx, sy = s[:, : self.p], s[:, self.p]
-        rx_chol = linalg.cho_factor(self.xtx - ltzx.T @ sx, lower=True, check_finite=False)
-        beta = linalg.cho_solve(rx_chol, self.xty - ltzx.T @ sy, check_finite=False)
-        u = sy - sx @ beta
-        resid = self.y - self.X @ beta - self.Z @ (lam @ u)
-        ldrx2 = 2 * float(np.sum(np.log(np.diag(rx_chol[0]))))
-        return Pls(theta, lam, fac, ldrx2, rx_chol, beta, u, float(resid @ resid + u @ u))
+        q, p = self.q, self.p
+        if self.dense:
+            top = self.r0.copy()
+            top[:, :q] = self.r0[:, :q] @ lam
+            r = _qr_r(np.vstack([top, self._eye]))
+            fac, rzxy, rxy = _DenseFactor(r[:q, :q].T), r[:q, q:], r[q:, q:]
+        else:
+            fac = self.factor_of(theta, lam)
+            s = fac.solve(lam.T @ self.ztxy)  # A^-1 Lambda'Z'[X y]
+            rxy = _qr_r(np.vstack([self.xy - self.Z @ (lam @ s), s]))
+        rx = rxy[:p, :p]
+        beta = linalg.solve_triangular(rx, rxy[:p, p], check_finite=False)
+        if self.dense:
+            u = linalg.solve_triangular(r[:q, :q], rzxy[:, p] - rzxy[:, :p] @ beta, check_finite=False)
+        else:
+            u = s[:, p] - s[:, :p] @ beta
+        ldrx2 = 2 * float(np.sum(np.log(np.diag(rx))))
+        return Pls(theta, lam, fac, ldrx2, (rx.T, True), beta, u, float(rxy[p, p] ** 2))
 
     def criterion(self, pls: Pls) -> float:
         """Profiled deviance (ML) or REML criterion (eqs. 34 and 41 of Bates et al. 2015)."""
@@ -400,9 +544,27 @@ class LmerProblem:
                 options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 2000},
             )
             x = np.maximum(res.x, self.lower)
-            if self.gradient_ok(x):
+            downhill = self.off_the_bound(x)
+            if downhill is not None:
+                x = downhill
+            elif self.gradient_ok(x):
                 return x, True
         return x, False
+
+    def off_the_bound(self, theta: np.ndarray, step: float = 1e-2) -> np.ndarray | None:
+        """A lower point with ``step`` for each diagonal theta below it that gains from it, or None.
+
+        The criterion is even in each diagonal element of a factor, so near 0 its slope is
+        near 0 and the gradient check passes even where the curvature is negative (a saddle
+        L-BFGS-B can land on by projecting a step onto the bound).
+        """
+        f0, out = self.objective(theta), theta.copy()
+        for i in np.flatnonzero(self.diag_theta & (theta < step)):
+            t = theta.copy()
+            t[i] = step
+            if self.objective(t) < f0:
+                out[i] = step
+        return None if np.array_equal(out, theta) else out
 
     def gradient_ok(self, theta: np.ndarray, tol: float = 1e-3) -> bool:
         """Whether the projected central-difference gradient is below ``tol`` (deviance per unit theta)."""

@@ -26,14 +26,14 @@ reaching +-1), ``confint.thpr`` returns the bound (its ``lower``/``upper`` attri
 sd, -1 and 1 for a correlation) rather than NA; so does :func:`profile_ci`.
 
 The nuisance parameters are re-optimised with L-BFGS-B on the sdcor scale under lme4's bounds
-(sd >= 0, -1 <= correlation <= 1), starting from the nearest point already profiled.
+(sd >= 0, -1 <= correlation <= 1), each in units of its Wald standard error, starting from the
+nearest point already profiled (lme4 uses BOBYQA, whose trust region keeps its steps as local).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -41,12 +41,7 @@ from scipy import linalg, optimize, stats
 
 from bayeslmm.errors import OptionsError
 from bayeslmm.formula import ModelFrame
-from bayeslmm.lmer import DENSE_MAX_Q, LmerProblem, hessian
-
-try:  # a dependency of pymc's
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+from bayeslmm.lmer import LmerProblem, blas_threads, hessian
 
 #: Columns of :func:`profile_ci`.
 PROFILE_COLUMNS = ("effect", "group", "term", "conf_low", "conf_high", "lme4_name")
@@ -114,8 +109,18 @@ class _Profiler:
         self.is_sd = is_sd
         self.lower = np.where(is_sd, 0.0, -1.0)
         self.upper = np.where(is_sd, np.inf, 1.0)
-        # scale of each parameter, for the optimiser and the tolerances
+        # scale of each parameter, for the tolerances
         self.vscale = np.where(is_sd, self.sigma_hat, 1.0)
+        # and for the optimiser, the Wald se: L-BFGS-B's first step from a start has length 1,
+        # which on the scale of vscale would take sigma to its bound (every theta = sd/sigma huge)
+        self.se = self._wald_se()
+        se = np.where(np.isfinite(self.se) & (self.se > 0), self.se, self.vscale)
+        self.nscale = np.clip(se, 1e-6 * self.vscale, self.vscale)
+        # theta = sd / sigma: each position on the scale of its row's sd
+        self.tscale = np.empty(self.nth)
+        for off, _, tri in self.blocks:
+            for idx, (i, _j) in enumerate(tri):
+                self.tscale[off + idx] = self.nscale[off + tri.index((i, i))] / self.sigma_hat
 
     # -- the sdcor scale ------------------------------------------------------------------
 
@@ -175,7 +180,7 @@ class _Profiler:
         """zeta of parameter ``which`` (0..nth: sdcor then sigma; nth+1+j: fixed effect j) and its estimate."""
         if which <= self.nth:
             free = np.arange(self.nth + 1) != which
-            scale = self.vscale[free]
+            scale = self.nscale[free]
             lower = self.lower.copy()
             lower[-1] = 1e-8 * self.sigma_hat  # sigma > 0
             bounds = optimize.Bounds(lower[free] / scale, self.upper[free] / scale)
@@ -193,12 +198,12 @@ class _Profiler:
 
         else:
             j = which - self.nth - 1
-            bounds = optimize.Bounds(self.m.lower, np.full(self.nth, np.inf))
+            bounds = optimize.Bounds(self.m.lower / self.tscale, np.full(self.nth, np.inf))
             x_hat = float(self.beta_hat[j])
-            nuisance_hat = self.theta_hat
+            nuisance_hat = self.theta_hat / self.tscale
 
             def objective(x: float) -> Callable[[np.ndarray], float]:
-                return lambda th: self.deviance_beta(th, j, x)
+                return lambda z: self.deviance_beta(z * self.tscale, j, x)
 
         visited: list[tuple[float, np.ndarray]] = [(x_hat, nuisance_hat)]
 
@@ -264,14 +269,17 @@ class _Profiler:
         warnings.warn("a profile interval end was not bracketed; returning NaN", RuntimeWarning, stacklevel=4)
         return float("nan")
 
-    def wald_steps(self, z: float) -> np.ndarray:
-        """First guesses of the half-widths: z times the Wald se of every parameter (sdcor, sigma, beta)."""
-        steps = np.empty(self.nth + 1 + self.m.p)
+    def _wald_se(self) -> np.ndarray:
+        """Wald standard errors of (sdcor, sigma) from the Hessian of the deviance (NaN where none)."""
         try:
             with np.errstate(all="ignore"):
-                se = np.sqrt(np.diag(2 * np.linalg.inv(hessian(self.deviance_v, self.v_hat))))
+                return np.sqrt(np.diag(2 * np.linalg.inv(hessian(self.deviance_v, self.v_hat))))
         except (np.linalg.LinAlgError, ValueError):
-            se = np.full(self.nth + 1, np.nan)
+            return np.full(self.nth + 1, np.nan)
+
+    def wald_steps(self, z: float) -> np.ndarray:
+        """First guesses of the half-widths: z times the Wald se of every parameter (sdcor, sigma, beta)."""
+        steps, se = np.empty(self.nth + 1 + self.m.p), self.se
         fallback = np.where(self.is_sd, np.maximum(0.25 * self.v_hat, 0.1 * self.sigma_hat), 0.2)
         good = np.isfinite(se) & (se > 0)
         steps[: self.nth + 1] = np.where(good, z * np.where(good, se, 1.0), fallback)
@@ -319,10 +327,7 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     nth = sum(b.values.shape[1] * (b.values.shape[1] + 1) // 2 for b in frame.blocks)
     if list(fit.fixef.index) != list(frame.x_names) or len(fit.theta) != nth:
         raise OptionsError(f"the fit ({fit.formula}) was not made from this frame ({frame.formula.text})")
-    # Small dense problems: BLAS threads only add overhead (and stall badly on a loaded machine).
-    small = sum(len(b.levels) * b.values.shape[1] for b in frame.blocks) <= DENSE_MAX_Q
-    limit = threadpool_limits(1, user_api="blas") if small and threadpool_limits else nullcontext()
-    with limit:
+    with blas_threads(frame):
         return _profile_ci(frame, fit, level)
 
 
