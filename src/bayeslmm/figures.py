@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from bayeslmm import plots, plots_checks, plots_pooling
 from bayeslmm.document import Image
+from bayeslmm.formula import materialize
 from bayeslmm.plots import levels_of
 from bayeslmm.tables import fixed_draws
 
@@ -110,6 +111,8 @@ def _nesting(result, group: str) -> tuple[str, str | None]:
 def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order."""
     df, figures = result.data, []
+    for spec in result.study.models:  # the columns of R expressions (log(y), factor(x)) the figures name
+        df = materialize(spec.formula, df)
     (root / "figures").mkdir(parents=True, exist_ok=True)
 
     def save(make: Callable[[], Figure], name: str, caption: str) -> None:

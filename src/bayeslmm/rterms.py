@@ -307,7 +307,8 @@ def evaluate(expr: str, df: pd.DataFrame) -> dict[str, pd.Series]:
         return {name: pd.Series(z[:, j], index=df.index) for j, name in enumerate(column_names(expr))}
     inner = call[1][0] if call and call[0] == "offset" and len(call[1]) == 1 else expr
     values = _numeric_eval(inner, df)
-    bad = ~np.isfinite(values)
+    missing = df[[c for c in source_columns(inner) if c in df.columns]].isna().any(axis=1).to_numpy()
+    bad = ~np.isfinite(values) & ~missing  # a missing value stays missing; log(0) is a mistake
     if bad.any():
         raise DataError(f"{r_name(expr)!r} is not finite in {int(bad.sum())} row(s) (e.g. log of 0 or a negative "
                         "number); transform differently (log(x + 1)) or remove those rows")
