@@ -52,9 +52,9 @@ def quote(name: str) -> str:
     return name if _IDENT.fullmatch(name) and not name.startswith(".") else f"`{name}`"
 
 
-def split_operands(term: str) -> list[str]:
-    """Split a term at ``:`` and ``*`` outside parentheses and backticks: ``log(z):f`` -> ``[log(z), f]``."""
-    parts, depth, start, tick = [], 0, 0, False
+def _scan(term: str) -> tuple[list[str], list[str]]:
+    """Operands of a term and the ``:``/``*`` operators between them (outside parentheses and backticks)."""
+    parts, ops, depth, start, tick = [], [], 0, 0, False
     for i, ch in enumerate(term):
         if ch == "`":
             tick = not tick
@@ -66,26 +66,20 @@ def split_operands(term: str) -> list[str]:
             depth -= 1
         elif ch in ":*" and depth == 0:
             parts.append(term[start:i].strip())
+            ops.append(ch)
             start = i + 1
     parts.append(term[start:].strip())
-    return parts
+    return parts, ops
+
+
+def split_operands(term: str) -> list[str]:
+    """Split a term at ``:`` and ``*`` outside parentheses and backticks: ``log(z):f`` -> ``[log(z), f]``."""
+    return _scan(term)[0]
 
 
 def operators(term: str) -> list[str]:
     """The ``:``/``*`` operators between the operands of :func:`split_operands`, in order."""
-    ops, depth, tick = [], 0, False
-    for ch in term:
-        if ch == "`":
-            tick = not tick
-        elif tick:
-            continue
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch in ":*" and depth == 0:
-            ops.append(ch)
-    return ops
+    return _scan(term)[1]
 
 
 def _tokens(expr: str) -> list[str]:
