@@ -207,7 +207,6 @@ warnings.simplefilter("ignore")
 from bayeslmm import bayes, marginal
 from bayeslmm.data import load
 from bayeslmm.formula import model_frame, parse
-from bayeslmm.tables import tidy_bayes
 path, formula, engine = sys.argv[1:4]
 f = parse(formula)
 data = bayes.model_data(f, load(path))
@@ -218,7 +217,7 @@ if engine == "marginal":
 else:
     tree = bayes.sample(model, opts, progress=False)
 fit = bayes.BayesFit("fit", f, data, tree, opts, bayes.prior_table(model), engine, 0.0, False, "")
-print(tidy_bayes(fit).head(8).to_string())
+print(fit.tidy().head(8).to_string())
 """
 
 

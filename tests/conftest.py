@@ -59,9 +59,9 @@ def builtin(study):
 @pytest.fixture(scope="session")
 def real_fits(study, dragons, tmp_path_factory):
     """Every tutorial model fitted once to the real data (seeded, default sampler settings)."""
-    from bayeslmm.bayes import SamplerOptions
+    from bayeslmm.options import RunOptions, SamplerOptions
     from bayeslmm.runner import fit_models
 
     cache = tmp_path_factory.mktemp("fits")
     return fit_models(study.models, dragons, SamplerOptions(seed=1), cache_dir=cache, echo=lambda m: None,
-                      progress=False)
+                      run=RunOptions(progress=False))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bayeslmm import bayes, predict
-from bayeslmm.bayes import SamplerOptions
 from bayeslmm.formula import parse
+from bayeslmm.options import RunOptions, SamplerOptions
 
 TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)
 
@@ -13,7 +13,7 @@ TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)
 @pytest.mark.parametrize("formula", ["testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)",
                                      "testScore ~ bodyLength2 + (1 + bodyLength2||mountainRange)"])
 def test_fitted_in_blocks_of_rows_is_the_mean_of_the_whole_linear_predictor(builtin, formula, monkeypatch):
-    fit = bayes.fit(parse(formula), builtin, TINY, progress=False)
+    fit = bayes.fit(parse(formula), builtin, TINY, run=RunOptions(progress=False))
     whole = predict.linear_predictor(fit).mean(axis=0)
     population = predict.linear_predictor(fit, groups=()).mean(axis=0)
     new = builtin.sample(40, random_state=1)

@@ -10,12 +10,14 @@ import pytest
 import xarray as xr
 
 from bayeslmm import bayes, compare, marginal
-from bayeslmm.bayes import SamplerOptions
 from bayeslmm.errors import OptionsError
 from bayeslmm.formula import model_frame, parse
+from bayeslmm.options import RunOptions, SamplerOptions
 
 FORMULA = parse("testScore ~ bodyLength2 + (1|mountainRange)")
 TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)
+
+QUIET = RunOptions(progress=False)
 
 
 def _key(df, options=TINY, formula=FORMULA):
@@ -40,18 +42,18 @@ def test_key_is_stable_and_sensitive(builtin):
 @pytest.fixture(scope="module")
 def cached_fit(builtin, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    first = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=cache, progress=False)
+    first = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=cache, run=QUIET)
     return cache, first
 
 
 def test_second_fit_is_reused(builtin, cached_fit):
     cache, first = cached_fit
     assert not first.cached
-    again = bayes.fit(FORMULA, builtin, TINY, name="other-name", cache_dir=cache, progress=False)
+    again = bayes.fit(FORMULA, builtin, TINY, name="other-name", cache_dir=cache, run=QUIET)
     assert again.cached and again.key == first.key
     post_a, post_b = again.idata["posterior"], first.idata["posterior"]
     assert float(post_a["bodyLength2"].mean()) == float(post_b["bodyLength2"].mean())
-    refit = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=cache, refit=True, progress=False)
+    refit = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=cache, run=RunOptions(refit=True, progress=False))
     assert not refit.cached
 
 
@@ -65,7 +67,7 @@ def test_corrupt_cache_is_refitted(builtin, cached_fit, tmp_path, damage):
     raw = src.read_bytes()
     broken.write_bytes(raw[: len(raw) // 3] if damage == "truncate" else b"not a netcdf file" * 100)
     assert bayes.load_cached(broken) is None
-    fit = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=broken_dir, progress=False)
+    fit = bayes.fit(FORMULA, builtin, TINY, name="m", cache_dir=broken_dir, run=QUIET)
     assert not fit.cached
     assert bayes.load_cached(broken) is not None  # the refit replaced the damaged file
 
@@ -88,8 +90,8 @@ def test_marginal_file_without_the_engine_draws_is_refitted(cached_fit, tmp_path
 
 
 def test_identical_posteriors_are_stored_once(builtin, tmp_path):
-    a = bayes.fit(FORMULA, builtin, TINY, name="mixed.lmer2", cache_dir=tmp_path, progress=False)
-    b = bayes.fit(FORMULA, builtin, TINY, name="full.lmer", cache_dir=tmp_path, progress=False)
+    a = bayes.fit(FORMULA, builtin, TINY, name="mixed.lmer2", cache_dir=tmp_path, run=QUIET)
+    b = bayes.fit(FORMULA, builtin, TINY, name="full.lmer", cache_dir=tmp_path, run=QUIET)
     assert not a.cached and b.cached
     files = list(tmp_path.glob("*.nc"))
     assert len(files) == 1
@@ -100,8 +102,8 @@ def test_identical_posteriors_are_stored_once(builtin, tmp_path):
 @pytest.mark.parametrize("engine", ["marginal", "bambi"])
 def test_saved_posterior_has_no_log_likelihood_and_gives_the_same_loo(builtin, tmp_path, engine):
     options = replace(TINY, engine=engine)
-    fresh = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False)
-    again = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, progress=False)
+    fresh = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, run=QUIET)
+    again = bayes.fit(FORMULA, builtin, options, cache_dir=tmp_path, run=QUIET)
     assert not fresh.cached and again.cached
     assert "log_likelihood" not in fresh.idata.children
     saved = xr.open_datatree(bayes.find_cached(tmp_path, fresh.key))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bayeslmm.cli import main
-from bayeslmm.tables import TIDY_COLUMNS
+from bayeslmm.results import TIDY_COLUMNS
 
 SMALL = ["--draws", "100", "--tune", "150", "--chains", "2", "--no-progress"]
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from bayeslmm import bayes, checks, data, study
-from bayeslmm.bayes import SamplerOptions
 from bayeslmm.cli import main
 from bayeslmm.errors import BayeslmmError, DataError, FormulaError, OptionsError, OutputError, StudyError
 from bayeslmm.formula import parse
+from bayeslmm.options import RunOptions, SamplerOptions
 
 NO_FIT = ["--draws", "10", "--tune", "10", "--chains", "1", "--no-progress"]
 
@@ -268,7 +268,7 @@ def test_pareto_k_warning_text():
 
 def test_correlated_slope_is_announced(builtin):
     fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2|mountainRange)"), builtin,
-                    SamplerOptions(draws=20, tune=20, chains=1), progress=False)
+                    SamplerOptions(draws=20, tune=20, chains=1), run=RunOptions(progress=False))
     assert any("no correlation" in n for n in fit.notes)
 
 

@@ -9,14 +9,14 @@ for the prior and the REML/posterior difference, not for a wrong model.
 import numpy as np
 import pytest
 
-from bayeslmm.bayes import SamplerOptions
-from bayeslmm.tables import diagnostics, tidy_bayes
+from bayeslmm.options import RunOptions, SamplerOptions
+from bayeslmm.tables import diagnostics
 
 pytestmark = pytest.mark.slow
 
 
 def _row(fit, term, effect="fixed", group=""):
-    t = tidy_bayes(fit)
+    t = fit.tidy()
     return t[(t["term"] == term) & (t["effect"] == effect) & (t["group"] == group)].iloc[0]
 
 
@@ -39,7 +39,7 @@ def test_mixed_lmer2_effect_vanishes(real_fits, reference):
 def test_fixed_effects_agree_with_lme4(real_fits, reference, name):
     ref = reference[name]
     coefs = ref.get("fixef") or ref["coef"]
-    t = tidy_bayes(real_fits[name])
+    t = real_fits[name].tidy()
     fixed = t[t["effect"] == "fixed"].set_index("term")
     assert set(fixed.index) == set(coefs)
     for term, value in coefs.items():
@@ -51,7 +51,7 @@ def test_fixed_effects_agree_with_lme4(real_fits, reference, name):
 def test_standard_deviations_cover_lme4(real_fits, reference, name):
     # sds are skewed and lean on the prior with 8 ranges: only ask that lme4's REML value lies
     # inside the 95% interval, and that the residual sd (480 rows) is within 1 posterior sd.
-    t = tidy_bayes(real_fits[name])
+    t = real_fits[name].tidy()
     for group, sd in reference[name]["sd"].items():
         if group == "Residual":
             row = _row(real_fits[name], "sd__Observation", "ran_pars", "Residual")
@@ -84,12 +84,12 @@ def test_builtin_truth_is_recovered(study, builtin, tmp_path):
     from bayeslmm import bayes
     from bayeslmm.simulate import TRUTH
 
-    fit = bayes.fit(study.model("mixed.lmer2").formula, builtin, SamplerOptions(seed=2), progress=False)
+    fit = bayes.fit(study.model("mixed.lmer2").formula, builtin, SamplerOptions(seed=2), run=RunOptions(progress=False))
     truth = {("fixed", "", "(Intercept)"): TRUTH["(Intercept)"], ("fixed", "", "bodyLength2"): TRUTH["bodyLength2"],
              ("ran_pars", "mountainRange", "sd__(Intercept)"): TRUTH["sd_mountainRange"],
              ("ran_pars", "sample", "sd__(Intercept)"): TRUTH["sd_sample"],
              ("ran_pars", "Residual", "sd__Observation"): TRUTH["sigma"]}
-    t = tidy_bayes(fit).set_index(["effect", "group", "term"])
+    t = fit.tidy().set_index(["effect", "group", "term"])
     for key, value in truth.items():
         row = t.loc[key]
         assert row.conf_low < value < row.conf_high, f"{key}: truth {value} outside [{row.conf_low}, {row.conf_high}]"
@@ -100,8 +100,8 @@ def test_random_slopes_fit(builtin):
     from bayeslmm.formula import parse
 
     fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2||mountainRange)"), builtin,
-                    SamplerOptions(draws=300, tune=500, seed=5), progress=False)
-    t = tidy_bayes(fit)
+                    SamplerOptions(draws=300, tune=500, seed=5), run=RunOptions(progress=False))
+    t = fit.tidy()
     pars = t[t["effect"] == "ran_pars"].set_index(["group", "term"])
     assert ("mountainRange", "sd__bodyLength2") in pars.index
     slopes = t[(t["effect"] == "ran_vals") & (t["term"] == "bodyLength2")]

@@ -13,8 +13,9 @@ import pytest
 
 from bayeslmm.errors import OptionsError
 from bayeslmm.formula import ModelFrame, model_frame, parse
-from bayeslmm.frequentist import TIDY_COLUMNS, FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
+from bayeslmm.frequentist import FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
 from bayeslmm.lmer import LmerProblem, satterthwaite
+from bayeslmm.results import TIDY_COLUMNS
 
 SHARED = Path(__file__).parents[2] / "shared"  # /work/shared beside the repository at /work/main
 #: What R reports for the tutorial's models: R 4.2.2, lme4 1.1-31, lmerTest 3.1-3 (versions also in
@@ -188,7 +189,7 @@ def test_block_factorization_equals_dense() -> None:
 def test_tidy_schema_and_values() -> None:
     f = _fit("mixed.lmer2")
     out = tidy(f, "mixed.lmer2", conf_level=0.9)
-    assert tuple(out.columns) == TIDY_COLUMNS
+    assert list(out.columns) == TIDY_COLUMNS
     assert set(out.method) == {"reml"} and set(out.model) == {"mixed.lmer2"}
     fixed = out[out.effect == "fixed"].set_index("term")
     z = 1.6448536269514722

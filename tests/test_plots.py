@@ -22,9 +22,10 @@ from matplotlib.text import Annotation
 from PIL import Image
 
 from bayeslmm import figures, plots, plots_checks, plots_pooling, predict
-from bayeslmm.bayes import SamplerOptions, build_model
+from bayeslmm.bayes import build_model
 from bayeslmm.bayes import fit as bayes_fit
 from bayeslmm.formula import parse
+from bayeslmm.options import RunOptions, SamplerOptions
 from bayeslmm.runner import run_study
 from bayeslmm.tables import fixed_draws
 
@@ -39,7 +40,7 @@ def run(study, tmp_path_factory):
     out = tmp_path_factory.mktemp("plots") / "dragons"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_study(study, out=out, options=SMALL, echo=lambda m: None, progress=False)
+        return run_study(study, out=out, options=SMALL, echo=lambda m: None, run=RunOptions(progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def slopes(builtin, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bayes_fit(parse("testScore ~ bodyLength2 + (1 + bodyLength2|mountainRange)"), builtin, SMALL,
-                         name="slopes.lmer", progress=False)
+                         name="slopes.lmer", run=RunOptions(progress=False))
 
 
 @pytest.fixture(autouse=True)

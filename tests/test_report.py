@@ -6,7 +6,7 @@ import pytest
 
 from bayeslmm import report
 from bayeslmm.cli import main
-from bayeslmm.runner import RunResult
+from bayeslmm.runner import Fitted
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def written(study, dragons, real_fits, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    result = report.write(RunResult(study, dragons, real_fits, pd.DataFrame(), root, 0.0), root,
+    result = report.write(Fitted(study, dragons, real_fits), root,
                           source="dragons.RData")
     return root, result
 

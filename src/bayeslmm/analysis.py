@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -9,7 +11,7 @@ from bayeslmm import frequentist
 from bayeslmm.compare import compare_models
 from bayeslmm.formula import model_frame
 from bayeslmm.sidebyside import side_by_side, variance_partition_table
-from bayeslmm.tables import fixed_draws, tidy_bayes, variance_partition_draws
+from bayeslmm.tables import fixed_draws, variance_partition_draws
 
 
 def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
@@ -23,7 +25,7 @@ def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
         frame = model_frame(fit.formula, fit.data)
         methods = ("reml", "ml") if fit.formula.is_mixed else ("ols",)
         for method in methods:
-            out[(name, method)] = frequentist.fit(frame, method)
+            out[(name, method)] = replace(frequentist.fit(frame, method), name=name)
     return out
 
 
@@ -34,8 +36,7 @@ def lme4_method(spec) -> str:
 
 def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
     """Every fit's tidy rows (Bayesian and frequentist) in one broom.mixed table."""
-    parts = [tidy_bayes(fit, ci) for fit in fits.values()]
-    parts += [frequentist.tidy(f, name, conf_level=ci) for (name, _), f in freq.items()]
+    parts = [fit.tidy(ci) for fit in fits.values()] + [f.tidy(ci) for f in freq.values()]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -50,7 +51,7 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
         fit = fits[spec.name]
         method = lme4_method(spec)
         f = freq[(spec.name, method)]
-        rows = frequentist.tidy(f, spec.name, conf_level=ci)
+        rows = f.tidy(ci).copy()
         kind = pd.Series(np.where(rows["effect"] == "fixed", "Wald", ""), index=rows.index)
         if profiles and spec.name in profiles:
             prof = profiles[spec.name].set_index(["effect", "group", "term"])
@@ -59,7 +60,7 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        tables.append(side_by_side(tidy_bayes(fit, ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
+        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -17,7 +17,6 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -26,44 +25,8 @@ import xarray as xr
 from bayeslmm.checks import NaAction, sampler_warnings, validate
 from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.formula import Formula, to_bambi
-
-Sampler = Literal["pymc", "nutpie"]
-Engine = Literal["auto", "bambi", "marginal"]
-
-
-@dataclass(frozen=True)
-class SamplerOptions:
-    """How to sample.
-
-    The defaults were chosen by measurement (README, "Engines and samplers"): ``engine="auto"``
-    takes the exact marginal engine wherever it applies (hundreds of times the effective
-    samples per second, no divergences); for the Bambi engine, PyMC's NUTS with
-    ``target_accept=0.95`` gave no divergences and r_hat <= 1.01 on the tutorial models where
-    0.8 left divergences and nutpie's Intercept r_hat stayed above 1.01 at 1000 draws.
-    ``sampler`` applies to the Bambi engine only.
-    """
-
-    draws: int = 1000
-    tune: int = 1000
-    chains: int = 4
-    seed: int = 20260401
-    target_accept: float = 0.95
-    sampler: Sampler = "pymc"
-    engine: Engine = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("draws", "tune", "chains"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise OptionsError(f"--{name} must be a positive whole number, not {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
-            raise OptionsError(f"--seed must be a non-negative whole number, not {self.seed!r}")
-        if not 0.5 <= float(self.target_accept) < 1.0:
-            raise OptionsError(f"--target-accept must be in [0.5, 1), not {self.target_accept!r}")
-        if self.sampler not in get_args(Sampler):
-            raise OptionsError(f"--sampler must be one of {', '.join(get_args(Sampler))}, not {self.sampler!r}")
-        if self.engine not in get_args(Engine):
-            raise OptionsError(f"--engine must be one of {', '.join(get_args(Engine))}, not {self.engine!r}")
+from bayeslmm.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
+from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
 
 
 @dataclass(frozen=True)
@@ -116,26 +79,37 @@ class BayesFit:
     engine_note: str = ""
     model: object = field(default=None, repr=False, compare=False)
 
-    def fixef(self) -> pd.DataFrame:
-        """Posterior summary of the fixed effects (lme4's ``fixef``)."""
-        from bayeslmm.tables import tidy_bayes
+    _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-        t = tidy_bayes(self)
-        return t[t["effect"] == "fixed"].set_index("term")
+    @property
+    def method(self) -> str:
+        """``"bayes"``: the ``method`` column of its tidy rows."""
+        return "bayes"
 
-    def ranef(self) -> pd.DataFrame:
+    def tidy(self, ci: float = 0.95, effects: tuple[str, ...] = EFFECTS, median: bool = False) -> pd.DataFrame:
+        """Posterior summary in broom.mixed's schema, computed once per ``(ci, effects)`` and kept.
+
+        ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
+        the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
+        """
+        from bayeslmm.tables import tidy_posterior
+
+        effects = tuple(effects)
+        t = memo(self._summaries, (float(ci), effects),
+                 lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects))
+        return t if median else t.drop(columns="median")
+
+    def fixef(self, ci: float = 0.95) -> pd.DataFrame:
+        """Posterior summary of the fixed effects (lme4's ``fixef``), estimate first."""
+        return fixef_table(self.tidy(ci, ("fixed",)))
+
+    def ranef(self, ci: float = 0.95) -> pd.DataFrame:
         """Posterior summary of each group level's effect (lme4's ``ranef``)."""
-        from bayeslmm.tables import tidy_bayes
+        return ranef_table(self.tidy(ci, ("ran_vals",)))
 
-        t = tidy_bayes(self)
-        return t[t["effect"] == "ran_vals"].reset_index(drop=True)
-
-    def varcorr(self) -> pd.DataFrame:
-        """Posterior summary of the standard deviations (lme4's ``VarCorr``)."""
-        from bayeslmm.tables import tidy_bayes
-
-        t = tidy_bayes(self)
-        return t[t["effect"] == "ran_pars"].reset_index(drop=True)
+    def varcorr(self, ci: float = 0.95) -> pd.DataFrame:
+        """Posterior summary of the standard deviations, residual last (lme4's ``VarCorr``)."""
+        return varcorr_table(self.tidy(ci, ("ran_pars",)))
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
@@ -335,49 +309,50 @@ def sample(model, options: SamplerOptions, progress: bool = True, log_likelihood
     return idata
 
 
-def fit(
-    formula: Formula,
-    df: pd.DataFrame,
-    options: SamplerOptions | None = None,
-    *,
-    name: str | None = None,
-    cache_dir: str | Path | None = None,
-    save_dir: str | Path | None = None,
-    refit: bool = False,
-    progress: bool = True,
-    na: NaAction = "drop",
-    log_likelihood: bool = True,
-) -> BayesFit:
-    """Fit the Bayesian mixed model of an lmer formula.
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to sample: checked, built and keyed (lme4's ``lFormula`` + ``mkLmerDevfun`` stage).
 
-    Parameters
+    Attributes
     ----------
+    name : str
     formula : Formula
-        From :func:`bayeslmm.formula.parse`.
-    df : DataFrame
-        Prepared data (rows with missing values in used columns already handled).
-    options : SamplerOptions, optional
-    name : str, optional
-        Name for tables and the cache file; ``"fit"`` by default.
-    cache_dir : path, optional
-        Folder of cached posteriors to reuse; ``None`` disables reuse.
-    save_dir : path, optional
-        Folder to save the posterior in (``cache_dir`` by default); a reused posterior is
-        copied there, so a new report folder holds every fit it shows.
-    refit : bool
-        Ignore a cached posterior.
-    progress : bool
-        Show the sampler's progress bar.
-    na : {"drop", "fail"}
-        Rows with missing values in used columns: drop them with a warning, or refuse.
-    log_likelihood : bool
-        Ignored, kept for existing callers: no fit keeps the pointwise log-likelihood (draws x
-        rows) any more, cached or not; :func:`log_likelihood` recomputes it when LOO needs it.
+        The formula fitted: collinear terms dropped (its text as written).
+    data : DataFrame
+        The rows and columns the model uses (R expressions evaluated, grouping factors as factors).
+    model : bambi.Model
+        Bambi's model with its priors (the marginal engine reads them from it).
+    frame : ModelFrame
+        The arrays of lme4's side and the marginal engine.
+    priors : dict of str to str
+    engine, engine_note : str
+        The engine that will run, and why.
+    key : str
+        Content hash of everything that determines the posterior (the cache key).
+    notes : tuple of str
+        Warnings about the data and the design.
+    options : SamplerOptions
+    """
 
-    Returns
-    -------
-    BayesFit
-        ``notes`` holds every warning: data, design and sampler diagnostics.
+    name: str
+    formula: Formula
+    data: pd.DataFrame
+    model: object = field(repr=False)
+    frame: object = field(repr=False)
+    priors: dict[str, str]
+    engine: str
+    engine_note: str
+    key: str
+    notes: tuple[str, ...]
+    options: SamplerOptions
+
+
+def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
+            na: NaAction = "drop") -> Prepared:
+    """Check a formula against the data, build its model, choose the engine and key the cache.
+
+    Every check runs here, once (:func:`bayeslmm.checks.validate`, then lme4's dropping of
+    aliased columns); nothing is sampled.
 
     Raises
     ------
@@ -387,10 +362,8 @@ def fit(
     from bayeslmm.formula import correlation_note, drop_aliased, model_frame
 
     options = options or SamplerOptions()
-    name = name or "fit"
-    rows, checks_notes = validate(formula, df, na)
+    rows, check_notes = validate(formula, df, na)
     formula, alias_notes = drop_aliased(formula, rows)
-    checks_notes = [*alias_notes, *checks_notes]
     data = model_data(formula, rows)
     model = build_model(formula, data)
     priors = prior_table(model)
@@ -398,11 +371,32 @@ def fit(
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
     # The cache knows the engine that ran, so "auto" and an explicit choice share posteriors.
     key = cache_key(formula, data, priors, replace(options, engine=engine))
-    notes = (*checks_notes, *(n for n in [correlation_note(formula)] if n))
+    notes = (*alias_notes, *check_notes, *(n for n in [correlation_note(formula)] if n))
+    return Prepared(name, formula, data, model, frame, priors, engine, engine_note, key, notes, options)
+
+
+def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save_dir: str | Path | None = None,
+                    refit: bool = False, progress: bool = True) -> BayesFit:
+    """The posterior of a prepared model: reused from a cache folder, or sampled (and saved).
+
+    Parameters
+    ----------
+    prep : Prepared
+    cache_dir : path, optional
+        Folder of cached posteriors to reuse; ``None`` disables reuse.
+    save_dir : path, optional
+        Folder to save the posterior in (``cache_dir`` by default); a reused posterior is
+        copied there, so a new report folder holds every fit it shows.
+    refit : bool
+        Ignore a cached posterior (one saved by this same run in a staged ``save_dir`` is still reused).
+    progress : bool
+        Show the sampler's progress bar.
+    """
+    options, key, engine = prep.options, prep.key, prep.engine
     save_dir = save_dir if save_dir is not None else cache_dir
     target = cache_path(Path(save_dir), key) if save_dir is not None else None
-    made = dict(name=name, formula=formula, data=data, options=options, priors=priors, engine=engine, key=key,
-                notes=notes, engine_note=engine_note, model=model)
+    made = dict(name=prep.name, formula=prep.formula, data=prep.data, options=options, priors=prep.priors,
+                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model)
     # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
     folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
@@ -414,22 +408,52 @@ def fit(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
             if target is not None:
-                _record(target.parent, name, target)
+                _record(target.parent, prep.name, target)
             return _with_diagnostics(BayesFit(idata=tree, seconds=0.0, cached=True, **made))
     start = time.perf_counter()
     if engine == "marginal":
         from bayeslmm import marginal
 
-        tree = marginal.sample(model, frame, options, progress=progress, log_likelihood=False)
+        tree = marginal.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False)
     else:
-        tree = sample(model, options, progress=progress, log_likelihood=False)
+        tree = sample(prep.model, options, progress=progress, log_likelihood=False)
     seconds = time.perf_counter() - start
     _check_complete(tree, options)
     tree = _contiguous(tree)
     if target is not None:
         save(tree, target)
-        _record(target.parent, name, target)
+        _record(target.parent, prep.name, target)
     return _with_diagnostics(BayesFit(idata=tree, seconds=seconds, cached=False, **made))
+
+
+def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
+        run: RunOptions | None = None, cache_dir: str | Path | None = None,
+        save_dir: str | Path | None = None) -> BayesFit:
+    """Fit the Bayesian mixed model of an lmer formula: :func:`prepare`, then :func:`sample_prepared`.
+
+    Parameters
+    ----------
+    formula : Formula
+        From :func:`bayeslmm.formula.parse`.
+    df : DataFrame
+        Prepared data.
+    options : SamplerOptions, optional
+        How to sample.
+    name : str
+        Name for tables and the cache index.
+    run : RunOptions, optional
+        ``na``, ``refit`` and ``progress`` are used here.
+    cache_dir, save_dir : path, optional
+        See :func:`sample_prepared`.
+
+    Returns
+    -------
+    BayesFit
+        ``notes`` holds the data and design warnings, ``sampler_notes`` the sampler's.
+    """
+    run = run or RunOptions()
+    prep = prepare(formula, df, options, name=name, na=run.na)
+    return sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit, progress=run.progress)
 
 
 def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
@@ -508,4 +532,5 @@ def _with_diagnostics(fit: BayesFit) -> BayesFit:
     """Add the sampler's warnings (divergences, r_hat, ESS, tree depth) to the fit's notes."""
     from bayeslmm.tables import diagnostics
 
-    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit), engine=fit.engine)))
+    core = fit.tidy(effects=("fixed", "ran_pars"))
+    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit, core), engine=fit.engine)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Callable
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,8 @@ from scipy import sparse, stats
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
 from bayeslmm.formula import Formula, group_codes
+from bayeslmm.options import NaAction
 
-NaAction = Literal["drop", "fail"]
 FEW_LEVELS = 5
 #: A non-negative integer response with at least this share of zeros looks like counts ...
 COUNT_ZEROS = 0.05

@@ -42,9 +42,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
-    from bayeslmm.bayes import Engine, Sampler, SamplerOptions
+    from bayeslmm.options import Engine, NaAction, RunOptions, Sampler, SamplerOptions
 
-    d = SamplerOptions()  # one source of truth for the defaults
+    d, r = SamplerOptions(), RunOptions()  # one source of truth for the defaults
     g = p.add_argument_group("sampling")
     g.add_argument("--draws", type=_positive_int, default=d.draws, help=f"posterior draws per chain ({d.draws})")
     g.add_argument("--tune", type=_positive_int, default=d.tune, help=f"tuning steps per chain ({d.tune})")
@@ -56,9 +56,9 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
                    help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS")
     g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
                    help=f"NUTS implementation of the Bambi engine ({d.sampler})")
-    g.add_argument("--ci", type=_prob, default=0.95, help="credible interval mass (0.95)")
+    g.add_argument("--ci", type=_prob, default=r.ci, help=f"credible interval mass ({r.ci})")
     g.add_argument("--refit", action="store_true", help="ignore cached posteriors")
-    g.add_argument("--na", choices=["drop", "fail"], default="drop",
+    g.add_argument("--na", choices=get_args(NaAction), default=r.na,
                    help="rows with missing values in used columns: drop with a warning (default) or refuse")
     g.add_argument("--strict", action="store_true",
                    help="exit with code 3 when the sampler's diagnostics fail (divergences, r_hat, ESS)")
@@ -106,13 +106,19 @@ def _options(args):
                           target_accept=args.target_accept, sampler=args.sampler, engine=args.engine)
 
 
+def _run_options(args):
+    from bayeslmm.options import RunOptions
+
+    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress)
+
+
 def _cmd_run(args) -> int:
     from bayeslmm.runner import run_study
     from bayeslmm.study import load
 
     study = load(args.study)
-    result = run_study(study, data=args.data, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
-                       refit=args.refit, progress=not args.no_progress, na=args.na)
+    result = run_study(study, data=args.data, obj=args.object, out=args.out, options=_options(args),
+                       run=_run_options(args))
     return _strict(args, result)
 
 
@@ -131,8 +137,8 @@ def _cmd_fit(args) -> int:
     from bayeslmm.runner import fit_formula
     from bayeslmm.tables import format_table
 
-    result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args), ci=args.ci,
-                         refit=args.refit, progress=not args.no_progress, na=args.na)
+    result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
+                         run=_run_options(args))
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]

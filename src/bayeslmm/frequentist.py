@@ -22,14 +22,10 @@ from scipy import linalg, stats
 from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.formula import ModelFrame
 from bayeslmm.lmer import LmerProblem, Pls, blas_threads, satterthwaite
+from bayeslmm.results import EFFECTS, conform, memo
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
 SINGULAR_TOL = 1e-4
-#: Columns of :func:`tidy` (broom.mixed's schema with ``.`` written as ``_``).
-TIDY_COLUMNS = (
-    "model", "method", "effect", "group", "level", "term", "estimate", "std_error",
-    "conf_low", "conf_high", "statistic", "df", "p_value",
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +94,13 @@ class FreqFit:
     ngroups: dict[str, int] = field(default_factory=dict)
     converged: bool = True
     singular: bool = False
+    name: str = "model"
+    _summaries: dict = field(default_factory=dict, init=False, repr=False)
+
+    def tidy(self, ci: float = 0.95, effects: tuple[str, ...] = EFFECTS) -> pd.DataFrame:
+        """broom.mixed's rows of this fit (:func:`tidy`, Wald intervals of mass ``ci``), computed once per ``ci``."""
+        t = memo(self._summaries, float(ci), lambda: tidy(self, self.name, conf_level=ci))
+        return t if tuple(effects) == EFFECTS else t[t["effect"].isin(effects)].reset_index(drop=True)
 
     @property
     def coef(self) -> pd.Series:
@@ -307,7 +310,7 @@ def fit(frame: ModelFrame, method: Literal["reml", "ml", "ols"] = "reml") -> Fre
 
 
 def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFrame:
-    """One row per parameter in broom.mixed's schema (:data:`TIDY_COLUMNS`).
+    """One row per parameter in broom.mixed's schema (:data:`bayeslmm.results.TIDY_COLUMNS`).
 
     Parameters
     ----------
@@ -351,7 +354,7 @@ def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFram
                     **base, "effect": "ran_vals", "group": g, "level": level, "term": coef, "estimate": est,
                     "std_error": se, "conf_low": est - z * se, "conf_high": est + z * se,
                 })
-    return pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+    return conform(pd.DataFrame(rows))
 
 
 def lrt(reduced: FreqFit, full: FreqFit) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,9 @@ from bayeslmm.figures import focus_term, make_figures
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.tables import diagnostics
+
+if TYPE_CHECKING:
+    from bayeslmm.runner import Fitted
 
 _LME4_LABEL = {"reml": "REML", "ml": "ML", "ols": "OLS"}
 
@@ -111,17 +116,27 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
                 render(compact, fmt, caption=f"{spec.name}: {spec.formula.text}"), encoding="utf-8")
 
 
-def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> object:
-    """Write the report files into ``root``; return ``result`` with its tidy table and run-level notes.
+@dataclass(frozen=True)
+class Written:
+    """What writing a report adds to the fits: the tidy table and the run-level warnings.
 
-    The notes are the warnings that belong to no single fit (LOO's Pareto k, in ``notes``) and
-    those of lme4's side and the report's other computations (in ``report_notes``: Python warnings
-    turned into text by :func:`bayeslmm.notices.collected`).
+    ``notes`` are the warnings that belong to no single fit (LOO's Pareto k); ``report_notes``
+    those of lme4's side and the report's other computations (Python warnings turned into text
+    by :func:`bayeslmm.notices.collected`, and lme4's singular fits).
+    """
+
+    tidy: pd.DataFrame
+    notes: tuple[str, ...]
+    report_notes: tuple[str, ...]
+
+
+def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> Written:
+    """Write the report files into ``root``.
 
     Parameters
     ----------
-    result : RunResult
-        Bayesian fits of the study.
+    result : Fitted
+        The study, its data and the Bayesian fit of every model.
     root : Path
         The (staged) report folder.
     ci : float
@@ -153,8 +168,7 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
         if not comparison.empty:
             comparison.to_csv(root / "comparison.csv", index=False)
         write_tables(root, side, study)
-        bayes_tidy = tidy[tidy["method"] == "bayes"]
-        diags = {name: diagnostics(fit, bayes_tidy[bayes_tidy["model"] == name]) for name, fit in fits.items()}
+        diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
         figures = make_figures(result, root, tidy)
     report_notes += caught
     opts = next(iter(fits.values())).options
@@ -203,4 +217,4 @@ def write(result, root: Path, *, ci: float = 0.95, source: str = "", profiles: d
                        if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))
     (root / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (root / "report.html").write_text(to_html(blocks, study.title, root), encoding="utf-8")
-    return dataclasses.replace(result, tidy=tidy, notes=tuple(loo_problems), report_notes=tuple(report_notes))
+    return Written(tidy, tuple(loo_problems), tuple(report_notes))

@@ -12,15 +12,24 @@ import pandas as pd
 
 from bayeslmm import bayes
 from bayeslmm import data as data_mod
-from bayeslmm.bayes import BayesFit, SamplerOptions
-from bayeslmm.checks import NaAction
+from bayeslmm.bayes import BayesFit
 from bayeslmm.formula import Formula, parse
 from bayeslmm.notices import collected
+from bayeslmm.options import RunOptions, SamplerOptions
 from bayeslmm.study import ModelSpec, Study
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A study's fits before the report: the study, its prepared data and one fit per model."""
+
+    study: Study
+    data: pd.DataFrame
+    fits: dict[str, BayesFit]
 
 
 @dataclass(frozen=True)
@@ -53,36 +62,35 @@ def fit_models(
     models: tuple[ModelSpec, ...],
     df: pd.DataFrame,
     options: SamplerOptions,
+    run: RunOptions | None = None,
     *,
     cache_dir: Path | None = None,
     save_dir: Path | None = None,
-    refit: bool = False,
     echo: Callable[[str], None] = _stderr,
-    progress: bool = True,
-    na: NaAction = "drop",
-    log_likelihood: bool = True,
 ) -> dict[str, BayesFit]:
-    """Fit each model in turn, saying which one and how many are left.
+    """Prepare every model (all checks, once each), then sample each in turn, saying which and how many are left.
 
-    Every model is checked against the data first, so a mistake in the last model stops the
-    run before any sampling.
+    A mistake in the last model stops the run before any sampling.
     """
-    from bayeslmm.checks import validate
     from bayeslmm.errors import BayeslmmError
 
+    run = run or RunOptions()
+    prepared = []
     for spec in models:
-        try:
-            validate(spec.formula, df, na)
-        except BayeslmmError as exc:
-            if len(models) == 1:
-                raise
-            raise type(exc)(f"model {spec.name!r}: {exc}") from exc
+        with collected() as caught:
+            try:
+                prep = bayes.prepare(spec.formula, df, options, name=spec.name, na=run.na)
+            except BayeslmmError as exc:
+                if len(models) == 1:
+                    raise
+                raise type(exc)(f"model {spec.name!r}: {exc}") from exc
+        prepared.append(replace(prep, notes=(*prep.notes, *caught)) if caught else prep)
     fits: dict[str, BayesFit] = {}
-    for i, spec in enumerate(models, 1):
+    for i, (spec, prep) in enumerate(zip(models, prepared, strict=True), 1):
         echo(f"[{i}/{len(models)}] {spec.name}: {spec.formula.text}")
         with collected() as caught:  # library warnings become notes or nothing, never raw text on stderr
-            fit = bayes.fit(spec.formula, df, options, name=spec.name, cache_dir=cache_dir, save_dir=save_dir,
-                            refit=refit, progress=progress, na=na, log_likelihood=log_likelihood)
+            fit = bayes.sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit,
+                                        progress=run.progress)
         if caught:
             fit = replace(fit, notes=(*fit.notes, *caught))
         how = "reused cached posterior" if fit.cached else f"fitted in {fit.seconds:.1f} s"
@@ -100,11 +108,8 @@ def run_study(
     obj: str | None = None,
     out: str | Path | None = None,
     options: SamplerOptions | None = None,
-    ci: float = 0.95,
-    refit: bool = False,
+    run: RunOptions | None = None,
     echo: Callable[[str], None] = _stderr,
-    progress: bool = True,
-    na: NaAction = "drop",
 ) -> RunResult:
     """Run a study end to end and write its report folder (atomically).
 
@@ -118,37 +123,32 @@ def run_study(
     out : path, optional
         Report folder; ``out/<study name>`` by default.
     options : SamplerOptions, optional
-    ci : float
-        Mass of the credible intervals in tables and figures.
-    refit : bool
-        Ignore cached posteriors.
+        How to sample.
+    run : RunOptions, optional
+        Interval mass, reuse of cached fits, missing values, progress.
     echo : callable
         Where progress lines go (stderr by default).
-    progress : bool
-        Show the sampler's own progress bars.
-    na : {"drop", "fail"}
-        What to do with rows that have missing values in a model's columns.
     """
     from bayeslmm import report
     from bayeslmm.output import staged_folder
 
-    options = options or SamplerOptions()
+    options, run = options or SamplerOptions(), run or RunOptions()
     start = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("out") / study.name
     with collected() as stray:  # what no inner stage turned into a note (loading the data, ...)
         df = prepared_data(study, data, obj)
         with staged_folder(out_dir) as stage:
-            fits = fit_models(study.models, df, options, cache_dir=out_dir / "fits", save_dir=stage / "fits",
-                              refit=refit, echo=echo, progress=progress, na=na)
+            fits = fit_models(study.models, df, options, run, cache_dir=out_dir / "fits", save_dir=stage / "fits",
+                              echo=echo)
             echo("writing report ...")
-            result = RunResult(study, df, fits, pd.DataFrame(), out_dir, 0.0)
-            result = report.write(result, stage, ci=ci, source=str(data) if data else study.source)
+            written = report.write(Fitted(study, df, fits), stage, ci=run.ci,
+                                   source=str(data) if data else study.source)
     seconds = time.perf_counter() - start
-    report_notes = (*result.report_notes, *stray)
-    for note in (*result.notes, *report_notes):
+    report_notes = (*written.report_notes, *stray)
+    for note in (*written.notes, *report_notes):
         echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
-    return RunResult(study, df, fits, result.tidy, out_dir, seconds, result.notes, report_notes)
+    return RunResult(study, df, fits, written.tidy, out_dir, seconds, written.notes, report_notes)
 
 
 def fit_formula(
@@ -158,17 +158,13 @@ def fit_formula(
     obj: str | None = None,
     out: str | Path | None = None,
     options: SamplerOptions | None = None,
-    ci: float = 0.95,
-    refit: bool = False,
+    run: RunOptions | None = None,
     echo: Callable[[str], None] = _stderr,
-    progress: bool = True,
-    na: NaAction = "drop",
 ) -> RunResult:
     """Fit one formula to a data file; with ``out``, write the same kind of report folder.
 
     Without ``out`` the result's tidy table holds the fixed effects and standard deviations
-    (what the console shows; ``fit.ranef()`` gives the group levels), and the fit keeps no
-    pointwise log-likelihood (no LOO is computed, and for large data it is the largest cost).
+    (what the console shows; ``fit.ranef()`` gives the group levels) and no LOO is computed.
     """
     formula = parse(formula) if isinstance(formula, str) else formula
     study = Study(
@@ -176,14 +172,14 @@ def fit_formula(
         source=str(data), data_object=obj, models=(ModelSpec("model", formula),),
     )
     if out is not None:
-        return run_study(study, out=out, options=options, ci=ci, refit=refit, echo=echo, progress=progress, na=na)
+        return run_study(study, out=out, options=options, run=run, echo=echo)
     from bayeslmm.tables import tidy_posterior
 
+    run = run or RunOptions()
     with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)
         df = prepared_data(study)
-        fits = fit_models(study.models, df, options or SamplerOptions(), echo=echo, progress=progress, na=na,
-                          log_likelihood=False)
-        tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, ci, effects=("fixed", "ran_pars"))
+        fits = fit_models(study.models, df, options or SamplerOptions(), run, echo=echo)
+        tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, run.ci, effects=("fixed", "ran_pars"))
                           for f in fits.values()], ignore_index=True)
     for note in stray:
         echo(f"warning: {note}")

@@ -24,7 +24,7 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     Parameters
     ----------
     bayes_rows : DataFrame
-        Tidy Bayesian rows of the model with a ``median`` column (``tidy_bayes(fit, median=True)``).
+        Tidy Bayesian rows of the model with a ``median`` column (``fit.tidy(ci, median=True)``).
     freq_rows : DataFrame
         Tidy rows of the frequentist fit (one method) of the same model.
     ngroups : dict, optional

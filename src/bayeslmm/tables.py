@@ -6,11 +6,8 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.numbers import DIGITS, format_number
+from bayeslmm.results import conform
 
-TIDY_COLUMNS = [
-    "model", "method", "effect", "group", "level", "term",
-    "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk", "ess_tail",
-]
 _SAMPLE_DIMS = ("chain", "draw")
 
 
@@ -73,7 +70,7 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     Returns
     -------
     DataFrame
-        broom.mixed's columns (see ``TIDY_COLUMNS``); ``method`` is ``bayes``,
+        broom.mixed's columns (:data:`bayeslmm.results.TIDY_COLUMNS`); ``method`` is ``bayes``,
         ``estimate`` the posterior mean, ``std_error`` the posterior sd.
     """
     rows = []
@@ -102,23 +99,18 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
             rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:
-        return pd.DataFrame(columns=TIDY_COLUMNS)
+        return conform(pd.DataFrame(), ("median",) if median else ())
     out.insert(0, "model", model)
     out.insert(1, "method", "bayes")
     out["_o"] = out["effect"].map(order)
     out = out.sort_values("_o", kind="stable").drop(columns="_o")
-    return out[TIDY_COLUMNS + (["median"] if median else [])].reset_index(drop=True)
+    return conform(out, ("median",) if median else ())
 
 
 def _label(value) -> str:
     if isinstance(value, tuple):
         return ":".join(map(str, value))
     return str(value)
-
-
-def tidy_bayes(fit, ci: float = 0.95, median: bool = False) -> pd.DataFrame:
-    """Tidy table of a :class:`~bayeslmm.bayes.BayesFit` (see :func:`tidy_posterior`)."""
-    return tidy_posterior(fit.idata["posterior"], fit.name, ci, median)
 
 
 def sd_draws(fit) -> dict[tuple[str, str], np.ndarray]:
@@ -159,7 +151,7 @@ def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
     """
     stats = fit.idata["sample_stats"]
     if tidy is None:
-        tidy = tidy_posterior(fit.idata["posterior"], fit.name, effects=("fixed", "ran_pars"))
+        tidy = fit.tidy(effects=("fixed", "ran_pars"))
     core = tidy[tidy["effect"].isin(["fixed", "ran_pars"])]
     post = fit.idata["posterior"]
     treedepth = int(stats["reached_max_treedepth"].sum()) if "reached_max_treedepth" in stats else 0
