@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayeslmm.numbers import DIGITS, format_number
+from bayeslmm.export import render
+from bayeslmm.numbers import DIGITS
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(b, Code):
             out.append(f"```\n{b.text}\n```")
         elif isinstance(b, Table):
-            cols = [str(c) for c in b.frame.columns]
-            lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-            for row in b.frame.itertuples(index=False):
-                cells = [format_number(v, b.digits).replace("|", "\\|") for v in row]
-                lines.append("| " + " | ".join(cells) + " |")
-            if b.caption:
-                out.append(f"*{b.caption}*")
-            out.append("\n".join(lines))
+            out.append(render(b.frame, "markdown", b.caption, b.digits).rstrip("\n"))
         elif isinstance(b, Image):
             out.append(f"![{b.caption}]({b.path})\n\n*{b.caption}*")
     return "\n\n".join(out) + "\n"
@@ -103,30 +97,13 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
         elif isinstance(b, Code):
             out.append(f"<pre>{html.escape(b.text)}</pre>")
         elif isinstance(b, Table):
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b.frame.columns)
-            body = "".join(
-                "<tr>" + "".join(_td(v, b.digits) for v in row) + "</tr>"
-                for row in b.frame.itertuples(index=False)
-            )
-            cap = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
-            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(render(b.frame, "html", b.caption, b.digits).rstrip("\n"))
         elif isinstance(b, Image):
             data = base64.b64encode((root / b.path).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)
-
-
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]\d+)?|inf)")
-
-
-def _td(value, digits: int) -> str:
-    """A table cell: numbers (and numbers with an SE or interval) right-aligned, words left-aligned."""
-    text = format_number(value, digits)
-    bare = _NUMBER.sub("", text).replace("Wald", "").replace("profile", "")
-    wordy = any(c.isalpha() for c in bare)
-    return f"<td class='text'>{html.escape(text)}</td>" if wordy else f"<td>{html.escape(text)}</td>"
 
 
 def _inline(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Literal, get_args
 
 import numpy as np
@@ -85,13 +86,23 @@ def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: in
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
         return "\n".join(lines) + "\n"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in cells)
+    body = "".join("<tr>" + "".join(_td(v) for v in r) + "</tr>" for r in cells)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
 
 
 def _cell(v, digits: int) -> str:
     return format_number(v, digits)
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]\d+)?|inf)")
+
+
+def _td(text: str) -> str:
+    """An HTML cell: numbers (and numbers with an SE or interval) right-aligned, words left-aligned."""
+    bare = _NUMBER.sub("", text).replace("Wald", "").replace("profile", "")
+    wordy = any(c.isalpha() for c in bare)
+    return f"<td class='text'>{html.escape(text)}</td>" if wordy else f"<td>{html.escape(text)}</td>"
 
 
 def _latex_escape(s: str) -> str:
