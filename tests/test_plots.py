@@ -26,7 +26,7 @@ from bayeslmm.bayes import SamplerOptions, build_model
 from bayeslmm.bayes import fit as bayes_fit
 from bayeslmm.formula import parse
 from bayeslmm.runner import run_study
-from bayeslmm.tables import fixed_draws
+from bayeslmm.tables import fixed_draws, sd_draws, variance_partition_draws
 
 SMALL = SamplerOptions(draws=150, tune=200, chains=2, seed=11)
 RANGES = 8
@@ -118,11 +118,11 @@ def test_residuals_ppc_and_variance_shares(fits):
     reps = predict.posterior_predictive(fit, 30, seed=1)
     assert reps.shape == (30, len(fit.data))
     np.testing.assert_array_equal(reps, predict.posterior_predictive(fit, 30, seed=1))
-    shares = predict.variance_shares(fit)
+    shares = variance_partition_draws(fit)
     assert list(shares) == ["mountainRange", "sample", "Residual"]
     np.testing.assert_allclose(sum(shares.values()), 1.0)
-    assert set(predict.sd_draws(fit)) == {("mountainRange", "sd__(Intercept)"), ("sample", "sd__(Intercept)"),
-                                          ("Residual", "sd__Observation")}
+    assert list(sd_draws(fit)) == [("mountainRange", "sd__(Intercept)"), ("sample", "sd__(Intercept)"),
+                                   ("Residual", "sd__Observation")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_variance_partition(fits):
 def test_prior_against_posterior(fits):
     fit = fits["mixed.lmer2"]
     prior = plots_pooling.prior_sd_draws(fit, n=500, seed=1)
-    assert set(prior) == set(predict.sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
+    assert set(prior) == set(sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
     fig = plots_pooling.prior_posterior_sd(fit, prior)
     assert _titles(fig) == ["sd of mountainRange (Intercept) (8 levels)", "sd of sample (Intercept) (24 levels)",
                             "residual sd (480 rows)"]

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from bayeslmm import plots, plots_checks, plots_pooling
 from bayeslmm.document import Image
 from bayeslmm.formula import materialize
+from bayeslmm.labels import INTERCEPT
 from bayeslmm.plots import levels_of
 from bayeslmm.tables import fixed_draws
 
@@ -93,7 +94,7 @@ def _pooled_draws(result, x: str) -> dict[str, np.ndarray] | None:
     fit = _pooled_fit(result, x)
     if fit is None:
         return None
-    return {"(Intercept)": fixed_draws(fit, "(Intercept)"), x: fixed_draws(fit, x)}
+    return {INTERCEPT: fixed_draws(fit, INTERCEPT), x: fixed_draws(fit, x)}
 
 
 def _safe(name: str) -> str:
