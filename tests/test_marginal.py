@@ -33,6 +33,8 @@ from bayeslmm import marginal_lik as ml
 from bayeslmm.bayes import SamplerOptions, build_model, model_data
 from bayeslmm.bayes import sample as bambi_sample
 from bayeslmm.formula import model_frame, parse
+from bayeslmm.intervals import eti
+from bayeslmm.labels import INTERCEPT, RESIDUAL, RESIDUAL_TERM, classify, sd_term, sd_variable
 
 LMER2 = "testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)"
 WRONG = "testScore ~ bodyLength2 + (1|mountainRange) + (1|site)"
@@ -470,13 +472,14 @@ def test_marginal_agrees_with_lme4(engine_fits, reference, name):
     _, tree = engine_fits[name]
     ref = reference[name]
     post = tree["posterior"]
+    fixed = {classify(v)[2]: v for v in post.data_vars if classify(v)[0] == "fixed"}
     for term, value in ref["fixef"].items():
-        draws = post["Intercept" if term == "(Intercept)" else term].values.ravel()
+        draws = post[fixed[term]].values.ravel()
         assert abs(draws.mean() - value) < 0.25 * draws.std(), term
         assert 0.9 < draws.std() / ref["se"][term] < 2.0, term
     for group, sd in ref["sd"].items():
-        draws = post["sigma" if group == "Residual" else f"1|{group}_sigma"].values.ravel()
-        lo, hi = np.quantile(draws, [0.025, 0.975])
+        draws = post[sd_variable(group, RESIDUAL_TERM if group == RESIDUAL else sd_term(INTERCEPT))].values.ravel()
+        lo, hi = eti(draws, 0.95)
         assert lo < sd < hi, group
-        if group == "Residual":
+        if group == RESIDUAL:
             assert abs(draws.mean() - sd) < 0.5 * draws.std()

@@ -27,7 +27,7 @@ from bayeslmm.bayes import fit as bayes_fit
 from bayeslmm.formula import parse
 from bayeslmm.options import RunOptions, SamplerOptions
 from bayeslmm.runner import run_study
-from bayeslmm.tables import fixed_draws
+from bayeslmm.tables import fixed_draws, sd_draws, variance_partition_draws
 
 SMALL = SamplerOptions(draws=150, tune=200, chains=2, seed=11)
 RANGES = 8
@@ -119,11 +119,11 @@ def test_residuals_ppc_and_variance_shares(fits):
     reps = predict.posterior_predictive(fit, 30, seed=1)
     assert reps.shape == (30, len(fit.data))
     np.testing.assert_array_equal(reps, predict.posterior_predictive(fit, 30, seed=1))
-    shares = predict.variance_shares(fit)
+    shares = variance_partition_draws(fit)
     assert list(shares) == ["mountainRange", "sample", "Residual"]
     np.testing.assert_allclose(sum(shares.values()), 1.0)
-    assert set(predict.sd_draws(fit)) == {("mountainRange", "sd__(Intercept)"), ("sample", "sd__(Intercept)"),
-                                          ("Residual", "sd__Observation")}
+    assert list(sd_draws(fit)) == [("mountainRange", "sd__(Intercept)"), ("sample", "sd__(Intercept)"),
+                                   ("Residual", "sd__Observation")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,12 +284,64 @@ def test_variance_partition(fits):
 def test_prior_against_posterior(fits):
     fit = fits["mixed.lmer2"]
     prior = plots_pooling.prior_sd_draws(fit, n=500, seed=1)
-    assert set(prior) == set(predict.sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
+    assert set(prior) == set(sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
     fig = plots_pooling.prior_posterior_sd(fit, prior)
     assert _titles(fig) == ["sd of mountainRange (Intercept) (8 levels)", "sd of sample (Intercept) (24 levels)",
                             "residual sd (480 rows)"]
     assert all(ax.get_xlabel() == "standard deviation (testScore)" for ax in _visible(fig))
     assert _legend_texts(fig) == ["prior (Bambi's default)", "posterior"]
+
+
+# ---------------------------------------------------------------------------------------
+# The interval mass (--ci) reaches every figure
+# ---------------------------------------------------------------------------------------
+
+
+def _band(ax, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, lower and upper edge of the one fill_between band of ``ax`` over ``n`` points."""
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    v = band.get_paths()[0].vertices  # start, lower edge forward, end, upper edge backward, close
+    return v[1:n + 1, 0], v[1:n + 1, 1], v[n + 2:2 * n + 2, 1][::-1]
+
+
+def test_bands_and_legends_follow_ci(fits, builtin, run):
+    x = "bodyLength2"
+    fit = fits["mixed.lmer2"]
+    fig = plots_checks.population_lines([fit], builtin, x, ci=0.9)
+    grid = pd.DataFrame({x: np.linspace(float(builtin[x].min()), float(builtin[x].max()), 60)})
+    eta = predict.linear_predictor(fit, grid, groups=(), max_draws=1000)
+    xs, lo, hi = _band(fig.axes[0], 60)
+    np.testing.assert_allclose(xs, grid[x])
+    np.testing.assert_allclose(np.stack([lo, hi]), np.quantile(eta, [0.05, 0.95], axis=0), rtol=1e-12)
+    s_lo, s_hi = np.quantile(fixed_draws(fit, x), [0.05, 0.95])
+    assert fig.legends[0].get_title().get_text() == "posterior mean and 90% credible band"
+    assert _legend_texts(fig)[-1].endswith(f"[{s_lo:.2f}, {s_hi:.2f}]")
+
+    pooled = fits["basic.lm"]
+    draws = {"(Intercept)": fixed_draws(pooled, "(Intercept)"), x: fixed_draws(pooled, x)}
+    fig = plots.pooled_regression(builtin, x, "testScore", draws, ci=0.9)
+    xs, lo, hi = _band(fig.axes[0], 100)
+    lines = draws["(Intercept)"][:, None] + draws[x][:, None] * xs[None, :]
+    np.testing.assert_allclose(np.stack([lo, hi]), np.quantile(lines, [0.05, 0.95], axis=0), rtol=1e-12)
+    assert "90% credible band of the line" in _legend_texts(fig)
+
+    fig = plots.forest(run.tidy[run.tidy["method"] == "bayes"], x, ci=0.9)
+    assert _legend_texts(fig) == ["Bayesian: posterior mean, 90% interval"]
+
+
+def test_make_figures_passes_ci_to_every_figure(run, tmp_path):
+    """``report.write`` hands ``--ci`` to ``make_figures``: every caption that names an interval says 90%."""
+    tidy = pd.concat([f.tidy(0.9) for f in run.fits.values()], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = figures.make_figures(run, tmp_path, tidy, ci=0.9)
+    captions = {img.path.split("/")[-1].removesuffix(".png"): img.caption for img in images}
+    with_intervals = ["pooled_regression", "population_lines_bodyLength2", "forest_bodyLength2", "forest_sd",
+                      "fitted_lines_mixed.lmer2", "shrinkage_mountainRange", "caterpillar_mixed.lmer2",
+                      "variance_partition", "prior_posterior_sd"]
+    for name in with_intervals:
+        assert "90%" in captions[name], name
+    assert not any("95%" in c for c in captions.values())
 
 
 # ---------------------------------------------------------------------------------------

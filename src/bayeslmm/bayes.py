@@ -92,11 +92,12 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
-        from bayeslmm.tables import tidy_posterior
+        from bayeslmm.tables import fixed_terms, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
-                 lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects))
+                 lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects,
+                                        fixed_terms=fixed_terms(self)))
         return t if median else t.drop(columns="median")
 
     def fixef(self, ci: float = 0.95) -> pd.DataFrame:

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from bayeslmm import plots, plots_checks, plots_pooling
 from bayeslmm.document import Image
 from bayeslmm.formula import materialize
+from bayeslmm.intervals import percent
+from bayeslmm.labels import INTERCEPT
 from bayeslmm.plots import levels_of
 from bayeslmm.tables import fixed_draws
 
@@ -93,7 +95,7 @@ def _pooled_draws(result, x: str) -> dict[str, np.ndarray] | None:
     fit = _pooled_fit(result, x)
     if fit is None:
         return None
-    return {"(Intercept)": fixed_draws(fit, "(Intercept)"), x: fixed_draws(fit, x)}
+    return {INTERCEPT: fixed_draws(fit, INTERCEPT), x: fixed_draws(fit, x)}
 
 
 def _safe(name: str) -> str:
@@ -108,9 +110,14 @@ def _nesting(result, group: str) -> tuple[str, str | None]:
     return group, None
 
 
-def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
-    """Draw every figure of the report into ``root/figures`` and return them in reading order."""
+def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95) -> list[Image]:
+    """Draw every figure of the report into ``root/figures`` and return them in reading order.
+
+    ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
+    the same mass).
+    """
     df, figures = result.data, []
+    mass = percent(ci)
     for spec in result.study.models:  # the columns of R expressions (log(y), factor(x)) the figures name
         df = materialize(spec.formula, df)
     (root / "figures").mkdir(parents=True, exist_ok=True)
@@ -133,8 +140,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
     save(lambda: plots.response_histogram(df, response), "response_histogram",
          f"Distribution of {response}: the response of every model.")
     if x is not None:
-        save(lambda: plots.pooled_regression(df, x, response, _pooled_draws(result, x)), "pooled_regression",
-             f"{response} against {x} with the pooled regression (posterior mean and 95% band): every "
+        save(lambda: plots.pooled_regression(df, x, response, _pooled_draws(result, x), ci), "pooled_regression",
+             f"{response} against {x} with the pooled regression (posterior mean and {mass} band): every "
              "observation treated as independent.")
     if simple_group:
         save(lambda: plots.group_boxplot(df, response, group), f"boxplot_{group}",
@@ -151,15 +158,15 @@ def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
     pooled = _pooled_fit(result, x) if x is not None else None
     if x is not None and main_fit is not None and tuple(main_fit.formula.fixed) == (x,):
         lines = [f for f in (pooled, main_fit) if f is not None]
-        save(lambda: plots_checks.population_lines(lines, df, x), f"population_lines_{x}",
+        save(lambda: plots_checks.population_lines(lines, df, x, ci), f"population_lines_{x}",
              f"The slope of {x} without groups and in {main}'s population line (fixed effects only, for an "
-             "average group): posterior means and 95% credible bands.")
+             f"average group): posterior means and {mass} credible bands.")
     if x is not None and (tidy["term"] == x).any():
-        save(lambda: plots.forest(tidy, x, models=order), f"forest_{x}",
-             f"The estimate of {x} in every model, with its 95% interval: the answer to the study's question.")
+        save(lambda: plots.forest(tidy, x, models=order, ci=ci), f"forest_{x}",
+             f"The estimate of {x} in every model, with its {mass} interval: the answer to the study's question.")
     if (tidy["effect"] == "ran_pars").any():
-        save(lambda: plots.forest_sd(tidy, models=order, response=response), "forest_sd",
-             "Standard deviations of the group effects and of the residual in every model (95% intervals).")
+        save(lambda: plots.forest_sd(tidy, models=order, response=response, ci=ci), "forest_sd",
+             f"Standard deviations of the group effects and of the residual in every model ({mass} intervals).")
 
     # Checks of every distinct posterior, one grid figure per kind.
     same_rows = all(len(f.data) == len(df) for f in fits)  # no rows dropped for missing values
@@ -183,17 +190,18 @@ def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
             facet, colour_by = _nesting(result, finest.group)
             if facet in df.columns and len(levels_of(df, facet)) <= MAX_FACETS and (
                     colour_by is None or len(levels_of(df, colour_by)) <= MAX_COLOURS):
-                save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by), f"fitted_lines_{main}",
+                save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by, ci), f"fitted_lines_{main}",
                      f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
-                     "mean, 95% band) over the observations: the tutorial's last figure.")
+                     f"mean, {mass} band) over the observations: the tutorial's last figure.")
         for term in main_fit.formula.random:
             if term.intercept and main_fit.formula.intercept:
-                save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g), f"shrinkage_{term.group}",
+                save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci), f"shrinkage_{term.group}",
                      f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
                      "the model expects of it (the population, or for a nested level its parent) in the mixed "
-                     "model (partial pooling); levels with little data or far from the rest move most.")
-        save(lambda: plots_pooling.caterpillar(main_fit), f"caterpillar_{main}",
-             f"Every group effect of {main}, sorted, with 50% and 95% intervals.")
+                     f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
+                     "rest move most.")
+        save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
+             f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
     for fit in fits:
         for term in fit.formula.random:
             if term.intercept and term.slopes and fit.formula.intercept:
@@ -203,16 +211,16 @@ def make_figures(result, root: Path, tidy: pd.DataFrame) -> list[Image]:
                      "pulled towards the population (partial pooling).")
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
-        save(lambda: plots_pooling.variance_partition(mixed), "variance_partition",
+        save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
-             "mixed model (drawn from the posterior sds).")
+             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval).")
     if main_fit is not None:
         try:
             prior = plots_pooling.prior_sd_draws(main_fit)
         except ValueError:
             prior = None
         if prior is not None:
-            save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior), "prior_posterior_sd",
-                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}: few levels "
-                 "leave a wide posterior.")
+            save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
+                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
+                 f"{mass} intervals: few levels leave a wide posterior.")
     return figures

@@ -4,8 +4,9 @@ Handles ``(1|g)``, ``(x|g)``, ``(1 + x|g)``, ``(0 + x|g)``, ``(x||g)``, ``(1|a/b
 ``(1|a:b)`` random terms beside ordinary fixed-effect terms: columns, interactions, and R's
 idioms (``factor(x)``, ``I(x^2)``, ``log/exp/sqrt/scale/poly``, backticked names, ``offset()``,
 a transformed response), which :func:`materialize` evaluates into columns named as R names the
-terms (:mod:`bayeslmm.rterms`). Parsing is pure string work; :func:`model_frame` builds the
-arrays (response, fixed-effect matrix, random-effect blocks) that the frequentist and
+terms (:mod:`bayeslmm.rterms`). Parsing is pure string work; :func:`fixed_design` builds the
+fixed-effect matrix with every column's names (formulae's, as Bambi builds it), :func:`model_frame`
+the arrays (response, fixed-effect matrix, random-effect blocks) that the frequentist and
 marginal engines use; :func:`drop_aliased` drops collinear terms as lme4 does.
 """
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from bayeslmm import rterms
 from bayeslmm.errors import DataError, FormulaError
+from bayeslmm.labels import FixedColumn, fixed_columns
 
 
 @dataclass(frozen=True)
@@ -306,11 +308,6 @@ def correlation_note(formula: Formula) -> str | None:
     )
 
 
-def bambi_term_name(term: RandomTerm, coef: str) -> str:
-    """Bambi's variable name for one coefficient of a random term (``1|g``, ``x|g``)."""
-    return f"{'1' if coef == '(Intercept)' else coef}|{term.group}"
-
-
 # ---------------------------------------------------------------------------------------
 # Arrays: the model frame shared by the frequentist and marginal engines
 # ---------------------------------------------------------------------------------------
@@ -393,11 +390,55 @@ def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**new) if new else df
 
 
-def lme4_name(name: str) -> str:
-    """formulae's column name to lme4's (``mountainRange[Central]`` -> ``mountainRangeCentral``)."""
-    if name == "Intercept":
-        return "(Intercept)"
-    return re.sub(r"\[([^\]]*)\]", r"\1", name)
+@dataclass(frozen=True)
+class FixedDesign:
+    """The fixed-effect design of a formula on data, as formulae builds it for Bambi.
+
+    Attributes
+    ----------
+    formula : Formula
+    X : ndarray, shape (n, p)
+    columns : tuple of FixedColumn
+        Each column's lme4 name, posterior variable and level (:mod:`bayeslmm.labels`).
+    common : formulae.matrices.CommonEffectsMatrix
+        formulae's design (its ``slices`` per term; it encodes new data).
+    """
+
+    formula: Formula
+    X: np.ndarray
+    columns: tuple[FixedColumn, ...]
+    common: object
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """lme4's names of the columns."""
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> FixedColumn:
+        """The column lme4 calls ``name``; KeyError names the columns there are."""
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"no fixed effect {name!r}; the fixed effects are {', '.join(self.names) or 'none'}")
+
+    def terms(self) -> dict[tuple[str, str], str]:
+        """lme4's name of each column keyed by its posterior ``(variable, level)``."""
+        return {(c.variable, c.level): c.name for c in self.columns}
+
+    def evaluate(self, newdata: pd.DataFrame) -> np.ndarray:
+        """The design of new rows, encoded as the fitted data was (same dummy columns for factors)."""
+        return np.asarray(self.common.evaluate_new_data(materialize(self.formula, newdata))).astype(float)
+
+
+def fixed_design(formula: Formula, df: pd.DataFrame) -> FixedDesign:
+    """formulae's fixed-effect design of ``formula`` on ``df`` (the library Bambi uses, so its
+    columns are the Bambi model's), each column under lme4's and Bambi's names."""
+    import formulae
+
+    dm = formulae.design_matrices(formula.fixed_formula, materialize(formula, df), na_action="error")
+    columns = [c for name, term in dm.common.terms.items()
+               for c in fixed_columns(name, term.labels, getattr(term, "levels", None))]
+    return FixedDesign(formula, np.asarray(dm.common.design_matrix, dtype=float), tuple(columns), dm.common)
 
 
 def offset_values(formula: Formula, df: pd.DataFrame) -> np.ndarray:
@@ -412,15 +453,11 @@ def offset_values(formula: Formula, df: pd.DataFrame) -> np.ndarray:
 def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
     """Build the arrays of ``formula`` on ``df`` (rows with missing values must be gone).
 
-    The fixed-effect matrix comes from formulae, the library Bambi uses, so its columns
-    match the Bambi model's; names are converted to lme4's.
+    The fixed-effect matrix is :func:`fixed_design`'s, with lme4's names.
     """
-    import formulae
-
     df = materialize(formula, df)
-    dm = formulae.design_matrices(formula.fixed_formula, df, na_action="error")
-    X = np.asarray(dm.common.design_matrix, dtype=float)
-    x_names = tuple(lme4_name(str(n)) for n in dm.common.as_dataframe().columns)
+    design = fixed_design(formula, df)
+    X, x_names = design.X, design.names
     offset = offset_values(formula, df)
     y = np.asarray(df[formula.response], dtype=float) - offset
     blocks = []
@@ -479,16 +516,12 @@ def drop_aliased(formula: Formula, df: pd.DataFrame) -> tuple[Formula, list[str]
     DataError
         When aliased columns are part of a term that cannot be dropped whole.
     """
-    import formulae
-
-    data = materialize(formula, df)
-    dm = formulae.design_matrices(formula.fixed_formula, data, na_action="error")
-    X = np.asarray(dm.common.design_matrix, dtype=float)
+    design = fixed_design(formula, df)
+    X, names = design.X, design.names
     bad = set(aliased_columns(X))
     if not bad:
         return formula, []
-    names = [lme4_name(str(n)) for n in dm.common.as_dataframe().columns]
-    slices = dm.common.slices
+    slices = design.common.slices
     drop, notes = [], []
     for term in formula.fixed:
         ops = rterms.split_operands(term)

@@ -33,7 +33,8 @@ import numpy as np
 import xarray as xr
 
 from bayeslmm import marginal_lik as ml
-from bayeslmm.formula import Formula, ModelFrame, bambi_term_name
+from bayeslmm.formula import Formula, ModelFrame
+from bayeslmm.labels import RESIDUAL_VARIABLE, bambi_variable, effect_variable, factor_dim, hyper_variable, level_dim
 
 _STAT_NAMES = {
     "diverging": "diverging",
@@ -191,10 +192,6 @@ def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
     return code, par
 
 
-def _name(term) -> str:
-    return term.alias or term.name
-
-
 def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     """Read the engine's inputs from the Bambi model and the model frame.
 
@@ -243,9 +240,9 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         k = data.shape[1]
         coords = {d: np.asarray(v) for d, v in term.coords.items()}
         if term.alias and coords:
-            coords = {f"{term.alias}_dim": v for v in coords.values()}
-        fixed.append(_Fixed(_name(term), slice(at, at + k), tuple(coords), coords))
-        c, p_ = _location_prior(term.prior, k, _name(term))
+            coords = {level_dim(term.alias): v for v in coords.values()}
+        fixed.append(_Fixed(bambi_variable(term), slice(at, at + k), tuple(coords), coords))
+        c, p_ = _location_prior(term.prior, k, bambi_variable(term))
         codes.append(c)
         pars.append(p_)
         columns.append(data)
@@ -255,7 +252,7 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     shift = 0.0
     intercept = None
     if mu.intercept_term is not None:
-        intercept = _name(mu.intercept_term)
+        intercept = bambi_variable(mu.intercept_term)
         if model.center_predictors and columns:
             x_mean = Xc.mean(0)
             Xc = Xc - x_mean
@@ -272,12 +269,12 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     blocks = {}
     for block in frame.blocks:
         for j, coef in enumerate(block.term.coefs):
-            blocks[bambi_term_name(block.term, coef)] = (block, j)
+            blocks[effect_variable(block.term.group, coef)] = (block, j)
     group_names: list[str] = []
     factor_cols: dict[str, list] = {}
     random, scodes, spars = [], [], []
     for term in mu.group_specific_terms.values():
-        name = _name(term)
+        name = bambi_variable(term)
         if name not in blocks:
             raise Unsupported(f"random term {name} not found in the model frame")
         if term.categorical or np.asarray(term.predictor).reshape(n, -1).shape[1] != 1:
@@ -289,7 +286,7 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
             raise Unsupported(f"prior of {name} has a non-zero mean")
         if set(prior.args) - {"mu", "sigma"}:
             raise Unsupported(f"prior of {name} ({prior}) has arguments the marginal engine does not know")
-        code, par = _scale_prior(prior.args["sigma"], f"{name}_sigma")
+        code, par = _scale_prior(prior.args["sigma"], hyper_variable(name))
         block, j = blocks[name]
         group = block.term.group
         if group not in factor_cols:
@@ -306,11 +303,11 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         comp = len(random)
         slot = len(factor_cols[group])
         factor_cols[group].append((block, j, comp))
-        dim = next(d for d in term.coords if d.endswith("__factor_dim"))
+        dim = next(d for d in term.coords if d.endswith(factor_dim("")))
         if term.alias:
-            dim = f"{term.alias}__factor_dim"
+            dim = factor_dim(term.alias)
         hyper = term.hyperprior_alias.get("sigma", "sigma")
-        random.append(_Random(name, f"{name}_{hyper}", group_names.index(group), slot, order, dim, groups))
+        random.append(_Random(name, hyper_variable(name, hyper), group_names.index(group), slot, order, dim, groups))
         scodes.append(code)
         spars.append(par)
     factors = []
@@ -328,11 +325,11 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
     sigma_prior = marg["sigma"].prior
     if isinstance(sigma_prior, int | float):
         raise Unsupported("residual sigma fixed to a constant")
-    code, par = _scale_prior(sigma_prior, "sigma")
+    code, par = _scale_prior(sigma_prior, RESIDUAL_VARIABLE)
     scodes.append(code)
     spars.append(par)
     return Spec(
-        response=_name(model.response_term),
+        response=bambi_variable(model.response_term),
         y=y,
         offset=offset,
         X=np.ascontiguousarray(Xc),
@@ -564,7 +561,7 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     n = sp.y.size
     cd = ("chain", "draw")
     coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws)}
-    post: dict = {"sigma": (cd, sigma.reshape(chains, draws))}
+    post: dict = {RESIDUAL_VARIABLE: (cd, sigma.reshape(chains, draws))}
     start = 0
     if sp.intercept is not None:
         b_rest = beta[:, 1:]
@@ -648,7 +645,7 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     chains, draws = post.sizes["chain"], post.sizes["draw"]
     S = chains * draws
     beta = np.ascontiguousarray(tree[ENGINE_GROUP]["beta"].values.reshape(S, -1), dtype=float)
-    sigma = np.ascontiguousarray(post["sigma"].values.reshape(S), dtype=float)
+    sigma = np.ascontiguousarray(post[RESIDUAL_VARIABLE].values.reshape(S), dtype=float)
     u = np.empty((S, stats.q))
     filled = np.zeros(stats.q, dtype=bool)
     for r in sp.random:

@@ -16,15 +16,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bayeslmm.intervals import eti, percent
+from bayeslmm.labels import INTERCEPT, RESIDUAL, SD_PREFIX
+
 #: Okabe-Ito: distinguishable with every common form of colour blindness.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 BAYES, FREQ, NEUTRAL = PALETTE[0], PALETTE[3], "#555555"
-#: Colour and legend text of each estimation method of the tidy table.
+#: Colour and legend text of each estimation method of the tidy table (``{ci}``: the interval's mass).
 METHODS = {
-    "bayes": (BAYES, "Bayesian: posterior mean, 95% interval"),
-    "reml": (FREQ, "lme4 REML: estimate, 95% Wald CI"),
-    "ml": (PALETTE[1], "lme4 ML: estimate, 95% Wald CI"),
-    "ols": (PALETTE[2], "lm (OLS): estimate, 95% CI"),
+    "bayes": (BAYES, "Bayesian: posterior mean, {ci} interval"),
+    "reml": (FREQ, "lme4 REML: estimate, {ci} Wald CI"),
+    "ml": (PALETTE[1], "lme4 ML: estimate, {ci} Wald CI"),
+    "ols": (PALETTE[2], "lm (OLS): estimate, {ci} CI"),
 }
 
 STYLE = {
@@ -166,11 +169,11 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
     ax.scatter(df[x], df[response], s=14, alpha=0.45, color=NEUTRAL, edgecolor="none", label="observations")
     grid = np.linspace(float(df[x].min()), float(df[x].max()), 100)
     if draws is not None:
-        lines = draws["(Intercept)"][:, None] + draws[x][:, None] * grid[None, :]
-        lo, hi = np.quantile(lines, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+        lines = draws[INTERCEPT][:, None] + draws[x][:, None] * grid[None, :]
+        lo, hi = eti(lines, ci)
         slope = draws[x]
-        s_lo, s_hi = np.quantile(slope, [(1 - ci) / 2, (1 + ci) / 2])
-        ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{ci:.0%} credible band of the line")
+        s_lo, s_hi = eti(slope, ci)
+        ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{percent(ci)} credible band of the line")
         ax.plot(grid, lines.mean(axis=0), color=BAYES, lw=2.5,
                 label=f"pooled fit (posterior mean): slope {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
     ax.set(title=f"{response} against {x}, all observations pooled", xlabel=x, ylabel=response)
@@ -283,19 +286,20 @@ def _row_height(rows: pd.DataFrame) -> float:
     return 0.3 + 0.2 * k
 
 
-def _method_legend(fig: Figure, drawn: dict[str, bool]) -> None:
+def _method_legend(fig: Figure, drawn: dict[str, bool], ci: float) -> None:
     from matplotlib.lines import Line2D
 
     handles, labels = [], []
     for m, has_ci in drawn.items():
         col, text = METHODS.get(m, (NEUTRAL, m))
+        text = text.format(ci=percent(ci))
         handles.append(Line2D([], [], color=col, marker="o", lw=2.2 if has_ci else 0, ms=7))
         labels.append(text if has_ci else text.split(",")[0])
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2), fontsize=10)
 
 
 def forest(tidy: pd.DataFrame, term: str, effect: str = "fixed", group: str | None = None,
-           models: Sequence[str] | None = None, reference: float | None = 0.0) -> Figure:
+           models: Sequence[str] | None = None, reference: float | None = 0.0, ci: float = 0.95) -> Figure:
     """Dot-and-whisker plot of one term across models, every method side by side.
 
     Parameters
@@ -311,6 +315,8 @@ def forest(tidy: pd.DataFrame, term: str, effect: str = "fixed", group: str | No
         Order of the models (top to bottom).
     reference : float, optional
         Draw a dashed vertical line here (0 for fixed effects).
+    ci : float
+        Mass of the table's intervals (for the legend).
     """
     rows = tidy[(tidy["term"] == term) & (tidy["effect"] == effect)]
     if group is not None:
@@ -324,20 +330,22 @@ def forest(tidy: pd.DataFrame, term: str, effect: str = "fixed", group: str | No
     methods = _forest_rows(ax, rows.assign(term=""), [(m, "") for m in order], reference)
     what = f"{term} ({group})" if group else term
     ax.set(title=f"{what} in every model", xlabel=f"estimate of {what}", ylabel="model")
-    _method_legend(fig, methods)
+    _method_legend(fig, methods, ci)
     return fig
 
 
-def forest_sd(tidy: pd.DataFrame, models: Sequence[str] | None = None, response: str | None = None) -> Figure:
+def forest_sd(tidy: pd.DataFrame, models: Sequence[str] | None = None, response: str | None = None,
+              ci: float = 0.95) -> Figure:
     """Standard deviations across models: one panel per grouping factor, the residual last.
 
     Rows are models (``model: term`` when a group has several coefficients); every method of
-    the tidy table side by side, as in :func:`forest`. ``response`` names the unit of the x-axis.
+    the tidy table side by side, as in :func:`forest`. ``response`` names the unit of the x-axis,
+    ``ci`` the mass of the table's intervals (for the legend).
     """
-    rows = tidy[(tidy["effect"] == "ran_pars") & tidy["term"].astype(str).str.startswith("sd__")]
+    rows = tidy[(tidy["effect"] == "ran_pars") & tidy["term"].astype(str).str.startswith(SD_PREFIX)]
     order = list(models) if models is not None else list(dict.fromkeys(rows["model"]))
-    groups = [g for g in dict.fromkeys(rows["group"].astype(str)) if g != "Residual"]
-    groups += ["Residual"] if (rows["group"] == "Residual").any() else []
+    groups = [g for g in dict.fromkeys(rows["group"].astype(str)) if g != RESIDUAL]
+    groups += [RESIDUAL] if (rows["group"] == RESIDUAL).any() else []
     panels = []
     for g in groups:
         sub = rows[rows["group"].astype(str) == g]
@@ -355,10 +363,10 @@ def forest_sd(tidy: pd.DataFrame, models: Sequence[str] | None = None, response:
     for ax, (g, sub, terms, labels) in zip(axes, panels, strict=True):
         for m, has_ci in _forest_rows(ax, sub, labels, reference=None).items():
             methods[m] = methods.get(m, False) or has_ci
-        what = "residual sd (sd__Observation)" if g == "Residual" else f"sd of the {g} effects ({', '.join(terms)})"
+        what = "residual sd (sd__Observation)" if g == RESIDUAL else f"sd of the {g} effects ({', '.join(terms)})"
         ax.set_title(what, fontsize=11, loc="left")
         ax.set_xlim(left=0)
     axes[-1].set_xlabel("standard deviation" + (f" (units of {response})" if response else ""))
     fig.suptitle("Standard deviations in every model")
-    _method_legend(fig, methods)
+    _method_legend(fig, methods, ci)
     return fig

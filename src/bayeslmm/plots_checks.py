@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from bayeslmm import predict
+from bayeslmm.intervals import eti, percent
 from bayeslmm.plots import (
     BAYES,
     NEUTRAL,
@@ -230,7 +231,7 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
               if within[list(t.group_columns)].nunique().to_numpy().max() <= 1]
     eta = predict.linear_predictor(fit, new, groups=groups, max_draws=max_draws)
     mean = eta.mean(axis=0)
-    lo, hi = np.quantile(eta, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    lo, hi = eti(eta, ci)
     xs = new[x].to_numpy(dtype=float)
     fig, axes = panel_grid(len(facets), ncol, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.4)
     for ax, lv in zip(axes, facets, strict=True):
@@ -251,7 +252,7 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
         fig.legend(handles, colours, title=colour_by, loc="outside lower center", ncols=min(len(colours), 8),
                    fontsize=10)
     what = f"each {colour_by} in each {facet}" if colour_by else f"each {facet}"
-    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {ci:.0%} band)")
+    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {percent(ci)} band)")
     return fig
 
 
@@ -273,9 +274,9 @@ def population_lines(fits, data: pd.DataFrame, x: str, ci: float = 0.95, max_dra
         if tuple(fit.formula.fixed) != (x,):
             raise ValueError(f"{fit.name!r} has fixed terms {fit.formula.fixed}; a population line needs ({x!r},)")
         eta = predict.linear_predictor(fit, grid, groups=(), max_draws=max_draws)
-        lo, hi = np.quantile(eta, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+        lo, hi = eti(eta, ci)
         slope = fixed_draws(fit, x)
-        s_lo, s_hi = np.quantile(slope, [(1 - ci) / 2, (1 + ci) / 2])
+        s_lo, s_hi = eti(slope, ci)
         col = colour(i)
         ax.fill_between(grid[x], lo, hi, color=col, alpha=0.22, lw=0)
         kind = "population line" if fit.formula.is_mixed else "pooled line"
@@ -284,6 +285,6 @@ def population_lines(fits, data: pd.DataFrame, x: str, ci: float = 0.95, max_dra
     ax.set(title=f"{response} against {x}: pooled regression and mixed models' population lines",
            xlabel=x, ylabel=response)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=1, fontsize=10,
-               title=f"posterior mean and {ci:.0%} credible band")
+               title=f"posterior mean and {percent(ci)} credible band")
     return fig
 

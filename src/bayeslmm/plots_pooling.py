@@ -20,16 +20,14 @@ from matplotlib.ticker import PercentFormatter
 from scipy import stats
 
 from bayeslmm import predict
+from bayeslmm.formula import fixed_design
+from bayeslmm.intervals import eti, percent
+from bayeslmm.labels import INTERCEPT, RESIDUAL, RESIDUAL_TERM, SD_PREFIX, sd_term, sd_variable
 from bayeslmm.plots import BAYES, FREQ, NEUTRAL, colour, new_figure, panel_grid, place_labels
 from bayeslmm.plots_checks import as_fits, kde
-from bayeslmm.tables import fixed_draws
+from bayeslmm.tables import fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
-
-
-def _interval(draws: np.ndarray, ci: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = np.quantile(draws, [(1 - ci) / 2, (1 + ci) / 2], axis=axis)
-    return lo, hi
 
 
 def _term(fit, group: str, slope: str | None = None):
@@ -59,7 +57,7 @@ def _level_intercepts(fit, group: str) -> tuple[tuple[str, ...], np.ndarray, np.
         if term.group != group and term.intercept:
             lv, uh = predict.group_effect_draws(fit, term.group)
             others += uh[:, predict.level_positions(lv, predict.row_labels(fit.data, term.group), term.group)]
-    target = fixed_draws(fit, "(Intercept)")[:, None] + others @ member
+    target = fixed_draws(fit, INTERCEPT)[:, None] + others @ member
     return levels, n, target + u, target
 
 
@@ -76,22 +74,23 @@ def shrinkage_table(fit, group: str, ci: float = 0.95) -> pd.DataFrame:
     sorted by ``no_pooling``.
     """
     _term(fit, group)
-    x, names = predict.fixed_design(fit)
-    if "(Intercept)" not in names:
+    design = fixed_design(fit.formula, fit.data)
+    x, names = design.X, design.names
+    if INTERCEPT not in names:
         raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
     y = predict.response(fit)
     levels, n, partial, target = _level_intercepts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     dummies = np.zeros((y.size, len(levels)))
     dummies[np.arange(y.size), pos] = 1.0
-    covs = x[:, [j for j, nm in enumerate(names) if nm != "(Intercept)"]]
+    covs = x[:, [j for j, nm in enumerate(names) if nm != INTERCEPT]]
     own = np.linalg.lstsq(np.column_stack([covs, dummies]), y, rcond=None)[0][covs.shape[1]:]
-    pooled = np.linalg.lstsq(x, y, rcond=None)[0][names.index("(Intercept)")]
-    lo, hi = _interval(partial, ci)
+    pooled = np.linalg.lstsq(x, y, rcond=None)[0][names.index(INTERCEPT)]
+    lo, hi = eti(partial, ci)
     out = pd.DataFrame({
         "level": levels, "n": n, "no_pooling": own, "complete_pooling": pooled,
         "partial": partial.mean(axis=0), "partial_low": lo, "partial_high": hi,
-        "target": target.mean(axis=0), "population": fixed_draws(fit, "(Intercept)").mean(),
+        "target": target.mean(axis=0), "population": fixed_draws(fit, INTERCEPT).mean(),
     })
     return out.sort_values("no_pooling", kind="stable").reset_index(drop=True)
 
@@ -145,7 +144,7 @@ def shrinkage(fit, group: str, ci: float = 0.95) -> Figure:
         Line2D([], [], color=COMPLETE, ls="--", lw=1.5),
     ]
     labels = ["no pooling: the level's own least-squares intercept",
-              f"partial pooling: posterior mean, {ci:.0%} interval",
+              f"partial pooling: posterior mean, {percent(ci)} interval",
               "what the model shrinks the level towards",
               "complete pooling: one intercept for all (least squares)"]
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=10)
@@ -181,14 +180,14 @@ def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFram
             own.append([np.nan, np.nan])
     own = np.array(own)
     cb = np.polyfit(s, y, 1)[::-1]
-    sds = predict.sd_draws(fit)
+    sds = sd_draws(fit)
     return pd.DataFrame({
         "level": levels, "n": n,
         "no_pooling_intercept": own[:, 0], "no_pooling_slope": own[:, 1],
         "partial_intercept": partial_a.mean(axis=0), "partial_slope": (beta_s[:, None] + u_s).mean(axis=0),
         "complete_intercept": cb[0], "complete_slope": cb[1],
-        "population_intercept": fixed_draws(fit, "(Intercept)").mean(), "population_slope": beta_s.mean(),
-        "sd_intercept": sds[(group, "sd__(Intercept)")].mean(), "sd_slope": sds[(group, f"sd__{slope}")].mean(),
+        "population_intercept": fixed_draws(fit, INTERCEPT).mean(), "population_slope": beta_s.mean(),
+        "sd_intercept": sds[(group, sd_term(INTERCEPT))].mean(), "sd_slope": sds[(group, sd_term(slope))].mean(),
     })
 
 
@@ -263,8 +262,8 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
     axes = fig.subplots(len(data), 1, height_ratios=heights, squeeze=False).ravel()
     for ax, (group, coef, levels, u) in zip(axes, data, strict=True):
         y = np.arange(len(levels))
-        lo, hi = _interval(u, ci)
-        ilo, ihi = _interval(u, inner)
+        lo, hi = eti(u, ci)
+        ilo, ihi = eti(u, inner)
         ax.axvline(0, color=NEUTRAL, ls="--", lw=1, zorder=0)
         ax.hlines(y, lo, hi, color=BAYES, lw=1.2)
         ax.hlines(y, ilo, ihi, color=BAYES, lw=3.5)
@@ -272,11 +271,11 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
         ax.set_yticks(y, levels, fontsize=10 if len(levels) <= 30 else 8)
         ax.set_ylim(-0.7, len(levels) - 0.3)
         ax.grid(axis="y", visible=False)
-        what = "intercept" if coef == "(Intercept)" else f"slope of {coef}"
+        what = "intercept" if coef == INTERCEPT else f"slope of {coef}"
         ax.set_title(f"{group}: {what} effects ({len(levels)} levels)", fontsize=11, loc="left")
         ax.set_ylabel(group)
     axes[-1].set_xlabel(f"effect on {fit.formula.response} (deviation from the fixed part)")
-    fig.suptitle(f"Group effects in {fit.name}: posterior mean, {inner:.0%} and {ci:.0%} intervals")
+    fig.suptitle(f"Group effects in {fit.name}: posterior mean, {percent(inner)} and {percent(ci)} intervals")
     return fig
 
 
@@ -290,8 +289,8 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
     fits = [f for f in as_fits(fits) if f.formula.is_mixed]
     if not fits:
         raise ValueError("no mixed model among the fits: a variance partition needs random effects")
-    shares = {f.name: predict.variance_shares(f) for f in fits}
-    comps = [c for c in dict.fromkeys(c for s in shares.values() for c in s) if c != "Residual"] + ["Residual"]
+    shares = {f.name: variance_partition_draws(f) for f in fits}
+    comps = [c for c in dict.fromkeys(c for s in shares.values() for c in s) if c != RESIDUAL] + [RESIDUAL]
     ncol = 2 if len(comps) == 4 else ncol
     fig, axes = panel_grid(len(comps), ncol, (4.6, 3.4), extra_height=1.6)
     grid = np.linspace(0, 1, 401)
@@ -302,7 +301,7 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
         for k, (i, name) in enumerate(present):
             col = colour(i)
             ax.plot(grid, curves[name], color=col, lw=2)
-            lo, hi = _interval(shares[name][comp], ci)
+            lo, hi = eti(shares[name][comp], ci)
             yk = -top * 0.07 * (k + 1)
             ax.plot([lo, hi], [yk, yk], color=col, lw=2.2)
             ax.plot([shares[name][comp].mean()], [yk], "o", color=col, ms=5)
@@ -311,32 +310,31 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
         ax.set_yticks([])
         ax.axhline(0, color=NEUTRAL, lw=0.8)
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.set_title("residual" if comp == "Residual" else comp, fontsize=11)
+        ax.set_title("residual" if comp == RESIDUAL else comp, fontsize=11)
         ax.set_xlabel("share of the total variance")
     for ax in axes[:: min(ncol, len(comps))]:
         ax.set_ylabel("posterior density")
     handles = [Line2D([], [], color=colour(i), lw=2, marker="o", ms=5) for i in range(len(shares))]
     fig.legend(handles, list(shares), loc="outside lower center", ncols=min(4, len(shares)), fontsize=10,
-               title=f"model (bars: posterior mean and {ci:.0%} interval)")
+               title=f"model (bars: posterior mean and {percent(ci)} interval)")
     fig.suptitle("How the variance of the response splits between grouping factors and residual")
     return fig
 
 
 def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
-    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.predict.sd_draws`.
+    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.tables.sd_draws`.
 
     The priors are Bambi's, read from the model rebuilt from the fit's formula and data
     (``prior_predictive`` of that model); if they differ from the priors recorded in the fit,
     a ValueError says so.
     """
     from bayeslmm.bayes import build_model, prior_table
-    from bayeslmm.formula import bambi_term_name
 
     model = build_model(fit.formula, fit.data)
     if prior_table(model) != fit.priors:
         raise ValueError(f"the priors of {fit.name!r} are not Bambi's defaults for its formula and data")
-    keys = {(t.group, f"sd__{c}"): f"{bambi_term_name(t, c)}_sigma" for t, c in predict.random_coefs(fit)}
-    keys[("Residual", "sd__Observation")] = "sigma"
+    keys = [(t.group, sd_term(c)) for t, c in predict.random_coefs(fit)] + [(RESIDUAL, RESIDUAL_TERM)]
+    keys = {k: sd_variable(*k) for k in keys}
     log = logging.getLogger("pymc")
     level = log.level
     log.setLevel(logging.WARNING)
@@ -358,7 +356,7 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
     posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The panel
     notes the number of levels and both ``ci`` intervals.
     """
-    post = predict.sd_draws(fit)
+    post = sd_draws(fit)
     prior = prior_draws if prior_draws is not None else prior_sd_draws(fit, seed=seed)
     keys = list(post)
     fig, axes = panel_grid(len(keys), 3, (4.3, 3.7), extra_height=1.5)
@@ -366,7 +364,7 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
             for t in fit.formula.random}
     for ax, key in zip(axes, keys, strict=True):
         group, term = key
-        pq, qq = _interval(post[key], ci), _interval(prior[key], ci)
+        pq, qq = eti(post[key], ci), eti(prior[key], ci)
         xmax = max(np.quantile(post[key], 0.999) * 1.15, np.quantile(prior[key], 0.9))
         grid = np.linspace(0, xmax, 400)
         dp = kde(prior[key][prior[key] < 3 * xmax], grid, 0.0)
@@ -378,10 +376,10 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
         ax.set_xlim(0, xmax)
         ax.set_ylim(bottom=0)
         ax.set_yticks([])
-        name = "residual sd" if group == "Residual" else f"sd of {group} {term[4:]}"
-        info = f"{len(fit.data)} rows" if group == "Residual" else f"{nlev[group]} levels"
+        name = "residual sd" if group == RESIDUAL else f"sd of {group} {term.removeprefix(SD_PREFIX)}"
+        info = f"{len(fit.data)} rows" if group == RESIDUAL else f"{nlev[group]} levels"
         ax.set_title(f"{name} ({info})", fontsize=11)
-        ax.text(0.97, 0.96, f"posterior {ci:.0%}: {pq[0]:.1f} to {pq[1]:.1f}\nprior {ci:.0%}: {qq[0]:.1f} to "
+        ax.text(0.97, 0.96, f"posterior {percent(ci)}: {pq[0]:.1f} to {pq[1]:.1f}\nprior {percent(ci)}: {qq[0]:.1f} to "
                 f"{qq[1]:.1f}", transform=ax.transAxes, ha="right", va="top", fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
         ax.set_xlabel(f"standard deviation ({fit.formula.response})")

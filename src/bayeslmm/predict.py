@@ -17,10 +17,10 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from bayeslmm.formula import RandomTerm, bambi_term_name, group_codes, lme4_name, materialize, offset_values
-from bayeslmm.tables import fixed_draws
+from bayeslmm.formula import RandomTerm, fixed_design, group_codes, offset_values
+from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, effect_variable
+from bayeslmm.tables import column_draws
 
-SAMPLE_DIMS = ("chain", "draw")
 #: Largest block of draws x rows that :func:`fitted` holds at once.
 BLOCK_BYTES = 2**27
 
@@ -58,30 +58,13 @@ def response(fit) -> np.ndarray:
     return np.asarray(fit.data[fit.formula.response], dtype=float)
 
 
-def fixed_design(fit, newdata: pd.DataFrame | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Fixed-effect design matrix (rows of ``newdata``, or of the fit's data) and lme4's column names.
-
-    New data is encoded with the fit's own design (formulae's ``evaluate_new_data``), so factor
-    levels get the same dummy columns as in the fit.
-    """
-    import formulae
-
-    dm = formulae.design_matrices(fit.formula.fixed_formula, fit.data, na_action="error")
-    names = tuple(lme4_name(str(n)) for n in dm.common.as_dataframe().columns)
-    if newdata is None:
-        x = np.asarray(dm.common.design_matrix, dtype=float)
-    else:
-        x = np.asarray(dm.common.evaluate_new_data(materialize(fit.formula, newdata))).astype(float)
-    return x, names
-
-
 def fixed_effect_draws(fit, max_draws: int | None = None) -> tuple[tuple[str, ...], np.ndarray]:
     """lme4's names of the fixed effects and their draws, shape ``(draws, p)``."""
-    _, names = fixed_design(fit, fit.data.iloc[:1])
+    design = fixed_design(fit.formula, fit.data)
     idx = draw_index(fit, max_draws)
-    if not names:
-        return names, np.zeros((idx.size, 0))
-    return names, np.column_stack([fixed_draws(fit, n)[idx] for n in names])
+    post = fit.idata["posterior"]
+    draws = [column_draws(post, c)[idx] for c in design.columns]
+    return design.names, (np.column_stack(draws) if draws else np.zeros((idx.size, 0)))
 
 
 def random_coefs(fit) -> list[tuple[RandomTerm, str]]:
@@ -93,11 +76,11 @@ def _find_term(fit, group: str, coef: str) -> RandomTerm:
     for term, c in random_coefs(fit):
         if term.group == group and c == coef:
             return term
-    have = ", ".join(f"{c}|{t.group}" for t, c in random_coefs(fit)) or "none"
+    have = ", ".join(effect_variable(t.group, c) for t, c in random_coefs(fit)) or "none"
     raise KeyError(f"{fit.name!r} has no random coefficient {coef!r} for {group!r}; it has: {have}")
 
 
-def group_effect_draws(fit, group: str, coef: str = "(Intercept)",
+def group_effect_draws(fit, group: str, coef: str = INTERCEPT,
                        max_draws: int | None = None) -> tuple[tuple[str, ...], np.ndarray]:
     """Levels of a grouping factor and the draws of their effects (deviations from the fixed part).
 
@@ -108,7 +91,7 @@ def group_effect_draws(fit, group: str, coef: str = "(Intercept)",
     draws : ndarray, shape (draws, levels)
     """
     term = _find_term(fit, group, coef)
-    var = bambi_term_name(term, coef)
+    var = effect_variable(term.group, coef)
     da = fit.idata["posterior"][var]
     (dim,) = [d for d in da.dims if d not in SAMPLE_DIMS]
     levels = tuple(str(v) for v in da[dim].values)
@@ -123,7 +106,7 @@ def row_labels(df: pd.DataFrame, group: str) -> np.ndarray:
 
 def covariate_values(df: pd.DataFrame, coef: str) -> np.ndarray:
     """Values of a random coefficient's covariate per row (ones for ``(Intercept)``)."""
-    if coef == "(Intercept)":
+    if coef == INTERCEPT:
         return np.ones(len(df))
     if coef not in df.columns:
         from bayeslmm.rterms import evaluate
@@ -144,11 +127,12 @@ def level_positions(levels: tuple[str, ...], labels: np.ndarray, group: str) -> 
 def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
          groups: Iterable[str] | None, rows: slice = slice(None)) -> np.ndarray:
     """Linear predictor of the draws ``idx`` at ``rows`` of ``df`` (the fit's data or ``newdata``)."""
-    x, names = fixed_design(fit, newdata)
-    x = x[rows]
+    design = fixed_design(fit.formula, fit.data)
+    x = (design.X if newdata is None else design.evaluate(newdata))[rows]
     eta = np.zeros((idx.size, x.shape[0])) + offset_values(fit.formula, df)[rows][None, :]
-    for j, name in enumerate(names):
-        eta += fixed_draws(fit, name)[idx][:, None] * x[None, :, j]
+    post = fit.idata["posterior"]
+    for j, column in enumerate(design.columns):
+        eta += column_draws(post, column)[idx][:, None] * x[None, :, j]
     keep = None if groups is None else set(groups)
     for term, coef in random_coefs(fit):
         if keep is not None and term.group not in keep:
@@ -216,36 +200,5 @@ def posterior_predictive(fit, n: int = 50, *, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n_draws(fit), size=min(n, n_draws(fit)), replace=False))
     mu = _eta(fit, fit.data, None, pick, None)
-    sigma = param_draws(fit, "sigma")[pick]
+    sigma = param_draws(fit, RESIDUAL_VARIABLE)[pick]
     return mu + sigma[:, None] * rng.standard_normal(mu.shape)
-
-
-def _in_formula_order(fit, draws: dict, key) -> dict:
-    """``draws`` re-keyed in formula order (grouping factors as written), the residual last."""
-    order = {g: i for i, g in enumerate(fit.formula.grouping_factors)}
-    return dict(sorted(draws.items(), key=lambda kv: order.get(key(kv[0]), len(order))))
-
-
-def sd_draws(fit, max_draws: int | None = None) -> dict[tuple[str, str], np.ndarray]:
-    """Draws of every standard deviation (:func:`bayeslmm.tables.sd_draws`), keyed ``(group, term)``.
-
-    Group sds first in formula order (``("mountainRange", "sd__(Intercept)")``), then the
-    residual ``("Residual", "sd__Observation")``.
-    """
-    from bayeslmm.tables import sd_draws as all_sds
-
-    idx = draw_index(fit, max_draws)
-    return {k: v[idx] for k, v in _in_formula_order(fit, all_sds(fit), lambda k: k[0]).items()}
-
-
-def variance_shares(fit, max_draws: int | None = None) -> dict[str, np.ndarray]:
-    """Draws of each variance's share of the total: group -> var_g / (sum of variances + residual).
-
-    :func:`bayeslmm.tables.variance_partition_draws` (only random-intercept variances count; for
-    one grouping factor the share is the intraclass correlation), in formula order with the
-    residual's share last, under ``"Residual"``.
-    """
-    from bayeslmm.tables import variance_partition_draws
-
-    idx = draw_index(fit, max_draws)
-    return {k: v[idx] for k, v in _in_formula_order(fit, variance_partition_draws(fit), lambda k: k).items()}

@@ -169,7 +169,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
             comparison.to_csv(root / "comparison.csv", index=False)
         write_tables(root, side, study)
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
-        figures = make_figures(result, root, tidy)
+        figures = make_figures(result, root, tidy, ci)
     report_notes += caught
     opts = next(iter(fits.values())).options
 
@@ -200,8 +200,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "their exact conditional normal: the same posterior as Bambi's model, without its funnel; "
                  "`bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
-                 f"{(1 + ci) / 2:.1%} quantiles); estimate = posterior mean, std_error = posterior sd; the "
-                 "figures always show 95% intervals",
+                 f"{(1 + ci) / 2:.1%} quantiles), in the tables and the figures alike; estimate = posterior "
+                 "mean, std_error = posterior sd",
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for mixed models, "

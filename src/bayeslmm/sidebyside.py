@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bayeslmm.intervals import eti
+
 SIDE_COLUMNS = [
     "model", "effect", "group", "term", "lme4_method", "lme4_estimate", "lme4_std_error", "lme4_conf_low",
     "lme4_conf_high", "lme4_ci", "post_mean", "post_median", "post_sd", "post_conf_low", "post_conf_high", "agreement",
@@ -108,7 +110,8 @@ def variance_partition_table(model: str, draws: dict[str, np.ndarray], point: di
     """
     rows = []
     for group, d in draws.items():
-        lo, med, hi = np.quantile(d, [(1 - ci) / 2, 0.5, (1 + ci) / 2])
+        lo, hi = eti(d, ci)
+        med = np.quantile(d, 0.5)
         rows.append({"model": model, "group": group, "lme4_share": point.get(group, np.nan),
                      "post_mean": float(d.mean()), "post_median": float(med), "post_conf_low": float(lo),
                      "post_conf_high": float(hi)})

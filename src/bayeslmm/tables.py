@@ -5,28 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bayeslmm.formula import fixed_design
+from bayeslmm.intervals import eti
+from bayeslmm.labels import INTERCEPT, RESIDUAL_TERM, SAMPLE_DIMS, FixedColumn, classify, sd_term
 from bayeslmm.numbers import DIGITS, format_number
 from bayeslmm.results import conform
-
-_SAMPLE_DIMS = ("chain", "draw")
-
-
-def parse_bambi_name(var: str) -> tuple[str, str, str]:
-    """Classify a Bambi posterior variable: ``(effect, group, term)``.
-
-    ``sigma`` -> ``("ran_pars", "Residual", "sd__Observation")``;
-    ``1|g_sigma`` -> ``("ran_pars", "g", "sd__(Intercept)")``;
-    ``x|g`` -> ``("ran_vals", "g", "x")``; ``Intercept`` -> ``("fixed", "", "(Intercept)")``.
-    """
-    if var == "sigma":
-        return "ran_pars", "Residual", "sd__Observation"
-    if "|" in var:
-        expr, group = var.split("|", 1)
-        coef = "(Intercept)" if expr == "1" else expr
-        if group.endswith("_sigma"):
-            return "ran_pars", group[: -len("_sigma")], f"sd__{coef}"
-        return "ran_vals", group, coef
-    return "fixed", "", "(Intercept)" if var == "Intercept" else var
 
 
 def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
@@ -34,7 +17,7 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
     import arviz as az
 
     flat = draws.reshape(-1, *draws.shape[2:])
-    lo, hi = np.quantile(flat, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    lo, hi = eti(flat, ci)
     single_chain = draws.shape[0] < 2 or draws.shape[1] < 4
     nan = np.full(flat.shape[1:], np.nan)
     return {
@@ -50,7 +33,8 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
 
 
 def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False,
-                   effects: tuple[str, ...] = ("fixed", "ran_pars", "ran_vals")) -> pd.DataFrame:
+                   effects: tuple[str, ...] = ("fixed", "ran_pars", "ran_vals"),
+                   fixed_terms: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Tidy summary of a posterior Dataset with Bambi's variable names.
 
     Parameters
@@ -66,6 +50,9 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     effects : tuple of str
         Which rows to summarise (leaving out ``ran_vals`` saves most of the time on designs
         with thousands of group levels).
+    fixed_terms : dict, optional
+        lme4's name of each fixed-effect column keyed by its posterior ``(variable, level)``
+        (:func:`fixed_terms`); needed when a fixed effect has levels (a factor).
 
     Returns
     -------
@@ -77,23 +64,23 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     order = {"fixed": 0, "ran_pars": 1, "ran_vals": 2}
     for var in posterior.data_vars:
         da = posterior[var]
-        if var in ("mu",) or not set(_SAMPLE_DIMS) <= set(da.dims):
+        if var in ("mu",) or not set(SAMPLE_DIMS) <= set(da.dims):
             continue
-        effect, group, term = parse_bambi_name(str(var))
+        effect, group, term = classify(str(var))
         if effect not in effects:
             continue
-        extra = [d for d in da.dims if d not in _SAMPLE_DIMS]
+        extra = [d for d in da.dims if d not in SAMPLE_DIMS]
         if len(extra) > 1:
             da = da.stack(__level__=extra)
             extra = ["__level__"]
-        arr = np.asarray(da.transpose(*_SAMPLE_DIMS, *extra).values, dtype=float)
+        arr = np.asarray(da.transpose(*SAMPLE_DIMS, *extra).values, dtype=float)
         stats = _summarise(arr, ci)
         labels = [""] if not extra else [_label(v) for v in da[extra[0]].values]
         for i, label in enumerate(labels):
             idx = () if not extra else (i,)
             row = {k: float(np.asarray(v)[idx]) for k, v in stats.items()}
             if effect == "fixed" and label:
-                row.update(effect=effect, group="", level="", term=f"{term}{label}")
+                row.update(effect=effect, group="", level="", term=_fixed_term(fixed_terms, str(var), label))
             else:
                 row.update(effect=effect, group=group, level=label, term=term)
             rows.append(row)
@@ -107,6 +94,18 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     return conform(out, ("median",) if median else ())
 
 
+def _fixed_term(fixed_terms: dict[tuple[str, str], str] | None, variable: str, level: str) -> str:
+    if fixed_terms is None:
+        raise ValueError(f"the fixed effect {variable!r} has levels: lme4's names of its columns come from the fit's "
+                         "design; pass fixed_terms (tables.fixed_terms(fit))")
+    return fixed_terms[(variable, level)]
+
+
+def fixed_terms(fit) -> dict[tuple[str, str], str]:
+    """lme4's name of each fixed-effect column of a fit, keyed by its posterior ``(variable, level)``."""
+    return fixed_design(fit.formula, fit.data).terms()
+
+
 def _label(value) -> str:
     if isinstance(value, tuple):
         return ":".join(map(str, value))
@@ -116,26 +115,29 @@ def _label(value) -> str:
 def sd_draws(fit) -> dict[tuple[str, str], np.ndarray]:
     """Posterior draws (chains pooled) of every standard deviation, keyed ``(group, term)``.
 
-    The residual sd is ``("Residual", "sd__Observation")``.
+    Group sds first, grouping factors in formula order (``("mountainRange", "sd__(Intercept)")``),
+    then the residual ``("Residual", "sd__Observation")``.
     """
     post = fit.idata["posterior"]
     out = {}
     for var in post.data_vars:
-        effect, group, term = parse_bambi_name(str(var))
+        effect, group, term = classify(str(var))
         if effect == "ran_pars":
             out[(group, term)] = np.asarray(post[var].values, dtype=float).reshape(-1)
-    return out
+    order = {g: i for i, g in enumerate(fit.formula.grouping_factors)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0][0], len(order))))
 
 
 def variance_partition_draws(fit) -> dict[str, np.ndarray]:
-    """Posterior draws of each grouping factor's share of the variance.
+    """Posterior draws of each grouping factor's share of the variance, in :func:`sd_draws`' order.
 
     share_g = s_g^2 / (sum_k s_k^2 + sigma^2) over the random intercepts (the tutorial's
     339.7 / (339.7 + 223.8) for ``mixed.lmer``; slopes are left out, as their variance
-    depends on the predictor's value). The residual's share is under ``"Residual"``.
+    depends on the predictor's value; for one grouping factor the share is the intraclass
+    correlation). The residual's share is under ``"Residual"``, last.
     """
-    sds = sd_draws(fit)
-    parts = {g: s**2 for (g, term), s in sds.items() if term in ("sd__(Intercept)", "sd__Observation")}
+    keep = (sd_term(INTERCEPT), RESIDUAL_TERM)
+    parts = {g: s**2 for (g, term), s in sd_draws(fit).items() if term in keep}
     total = sum(parts.values())
     return {g: v / total for g, v in parts.items()}
 
@@ -168,18 +170,16 @@ def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
 
 def fixed_draws(fit, term: str) -> np.ndarray:
     """All posterior draws (chains pooled) of one fixed-effect term in lme4's naming."""
-    post = fit.idata["posterior"]
-    name = "Intercept" if term == "(Intercept)" else term
-    if name in post:
-        return np.asarray(post[name].values).reshape(-1)
-    for var in post.data_vars:
-        da = post[var]
-        extra = [d for d in da.dims if d not in _SAMPLE_DIMS]
-        if len(extra) == 1 and "|" not in str(var):
-            for i, level in enumerate(da[extra[0]].values):
-                if f"{var}{level}" == term:
-                    return np.asarray(da.isel({extra[0]: i}).values).reshape(-1)
-    raise KeyError(f"no fixed effect {term!r} in the posterior")
+    return column_draws(fit.idata["posterior"], fixed_design(fit.formula, fit.data).column(term))
+
+
+def column_draws(posterior, column: FixedColumn) -> np.ndarray:
+    """All posterior draws (chains pooled) of one column of the fixed-effect design."""
+    da = posterior[column.variable]
+    if column.level:
+        (dim,) = [d for d in da.dims if d not in SAMPLE_DIMS]
+        da = da.isel({dim: [str(v) for v in da[dim].values].index(column.level)})
+    return np.asarray(da.transpose(*SAMPLE_DIMS).values, dtype=float).reshape(-1)
 
 
 def format_table(df: pd.DataFrame, digits: int = DIGITS) -> str:

@@ -1,0 +1,133 @@
+"""Every naming rule of the package: Bambi's posterior variables, lme4's terms, formulae's columns.
+
+The same quantity has three names. Bambi (and the marginal engine, which copies it) names the
+posterior variables: ``Intercept``, ``bodyLength2``, ``factor(period)`` with a level dimension,
+``1|mountainRange`` and ``bodyLength2|mountainRange`` for the group effects, ``1|mountainRange_sigma``
+for their standard deviation and ``sigma`` for the residual's. lme4 and broom.mixed's tidy
+table say ``(Intercept)``, ``factor(period)2``, term ``sd__(Intercept)`` of group
+``mountainRange`` and term ``sd__Observation`` of group ``Residual``. formulae, which builds the
+fixed-effect design for Bambi and for lme4's side, names its columns ``factor(period)[2]``,
+``x:factor(period)[2]`` or ``f[b]:h[v]``, and a term's levels ``2`` or ``b, v`` (the posterior's
+level labels). The functions here turn one name into another; nothing else in the package
+builds or parses these names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Dimensions of the draws in a posterior (ArviZ's sample dims).
+SAMPLE_DIMS = ("chain", "draw")
+#: lme4's name of the fixed intercept, and Bambi's.
+INTERCEPT, BAMBI_INTERCEPT = "(Intercept)", "Intercept"
+#: broom.mixed's group and term of the residual standard deviation, and its posterior variable.
+RESIDUAL, RESIDUAL_TERM, RESIDUAL_VARIABLE = "Residual", "sd__Observation", "sigma"
+#: Prefix of a standard deviation's term in broom.mixed (``sd__(Intercept)``).
+SD_PREFIX = "sd__"
+
+
+def effect_variable(group: str, coef: str) -> str:
+    """Bambi's variable of a group's effects on one coefficient: ``1|g`` or ``x|g``."""
+    return f"{'1' if coef == INTERCEPT else coef}|{group}"
+
+
+def hyper_variable(variable: str, hyper: str = "sigma") -> str:
+    """Bambi's variable of a hyperparameter of a group-effect variable (``1|g`` -> ``1|g_sigma``)."""
+    return f"{variable}_{hyper}"
+
+
+def sd_term(coef: str) -> str:
+    """broom.mixed's term of the standard deviation of a coefficient's effects (``sd__(Intercept)``)."""
+    return f"{SD_PREFIX}{coef}"
+
+
+def sd_variable(group: str, term: str) -> str:
+    """Bambi's variable of a standard deviation given broom.mixed's ``(group, term)``.
+
+    ``("g", "sd__x")`` -> ``x|g_sigma``; ``("Residual", "sd__Observation")`` -> ``sigma``.
+    """
+    if (group, term) == (RESIDUAL, RESIDUAL_TERM):
+        return RESIDUAL_VARIABLE
+    if not term.startswith(SD_PREFIX):
+        raise ValueError(f"{term!r} is not the term of a standard deviation (sd__<coefficient>)")
+    return hyper_variable(effect_variable(group, term[len(SD_PREFIX):]))
+
+
+def classify(variable: str) -> tuple[str, str, str]:
+    """broom.mixed's ``(effect, group, term)`` of a posterior variable.
+
+    ``sigma`` -> ``("ran_pars", "Residual", "sd__Observation")``;
+    ``1|g_sigma`` -> ``("ran_pars", "g", "sd__(Intercept)")``; ``x|g`` -> ``("ran_vals", "g", "x")``;
+    ``Intercept`` -> ``("fixed", "", "(Intercept)")``; ``x`` -> ``("fixed", "", "x")``. A fixed
+    variable with levels (``factor(period)``) gets one term per level: see :class:`FixedColumn`.
+    """
+    if variable == RESIDUAL_VARIABLE:
+        return "ran_pars", RESIDUAL, RESIDUAL_TERM
+    if "|" in variable:
+        expr, group = variable.split("|", 1)
+        coef = INTERCEPT if expr == "1" else expr
+        sd_suffix = hyper_variable("")
+        if group.endswith(sd_suffix):
+            return "ran_pars", group[: -len(sd_suffix)], sd_term(coef)
+        return "ran_vals", group, coef
+    return "fixed", "", INTERCEPT if variable == BAMBI_INTERCEPT else variable
+
+
+def lme4_name(column: str) -> str:
+    """lme4's name of a formulae design column: ``mountainRange[Central]`` -> ``mountainRangeCentral``,
+    ``f[b]:h[v]`` -> ``fb:hv``, ``Intercept`` -> ``(Intercept)``."""
+    if column == BAMBI_INTERCEPT:
+        return INTERCEPT
+    return re.sub(r"\[([^\]]*)\]", r"\1", column)
+
+
+@dataclass(frozen=True)
+class FixedColumn:
+    """One column of the fixed-effect design under its three names.
+
+    Attributes
+    ----------
+    name : str
+        lme4's (``factor(period)2``, ``x:factor(period)2``, ``fb:hv``).
+    variable : str
+        Bambi's posterior variable holding its draws (``factor(period)``, ``f:h``).
+    level : str
+        Its label along that variable's level dimension (``2``, ``b, v``); ``""`` when the
+        variable has none.
+    """
+
+    name: str
+    variable: str
+    level: str = ""
+
+
+def fixed_columns(term: str, labels: list[str], levels: list[str] | None = None) -> tuple[FixedColumn, ...]:
+    """The columns of one formulae term: its name (Bambi's variable), column labels and levels.
+
+    formulae's ``Term.name``, ``Term.labels`` and ``Term.levels`` (``None`` for numeric terms);
+    Bambi names the posterior variable after the term and labels its level dimension with the
+    term's levels (``0, 1, ...`` for a numeric term of several columns).
+    """
+    if levels is None:
+        if len(labels) == 1:
+            return (FixedColumn(lme4_name(labels[0]), term),)
+        levels = [str(i) for i in range(len(labels))]
+    if len(levels) != len(labels):
+        raise ValueError(f"term {term!r} has {len(labels)} columns but {len(levels)} levels")
+    return tuple(FixedColumn(lme4_name(label), term, str(level)) for label, level in zip(labels, levels, strict=True))
+
+
+def bambi_variable(term) -> str:
+    """The posterior variable of a Bambi term object (its alias if it has one, else its name)."""
+    return term.alias or term.name
+
+
+def level_dim(variable: str) -> str:
+    """Bambi's dimension of a fixed-effect variable's levels (``factor(period)_dim``)."""
+    return f"{variable}_dim"
+
+
+def factor_dim(name: str) -> str:
+    """Bambi's dimension of a grouping factor's levels (``mountainRange__factor_dim``)."""
+    return f"{name}__factor_dim"
