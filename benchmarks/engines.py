@@ -56,15 +56,15 @@ CROSSED = "testScore ~ bodyLength2 + (1|mountainRange) + (1|examiner)"
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    from bayeslmm.data import prepare as prep
+    from bayeslmm.model.data import prepare as prep
 
     nest = {"sample": ["mountainRange", "site"]} if "site" in df else {}
     return prep(df, {"bodyLength2": "bodyLength"}, nest)
 
 
 def simulate_ranges(seed: int, n_ranges: int, n_per_site: int = 20) -> pd.DataFrame:
-    """The built-in simulator's recipe (bayeslmm.simulate) with any number of mountain ranges."""
-    from bayeslmm.simulate import SITES, TRUTH
+    """The built-in simulator's recipe (bayeslmm.model.simulate) with any number of mountain ranges."""
+    from bayeslmm.model.simulate import SITES, TRUTH
 
     rng = np.random.default_rng(seed)
     n_sites = len(SITES)
@@ -127,8 +127,8 @@ def measure(tree, seconds: float) -> dict:
 
 def fit(df: pd.DataFrame, formula: str, engine: str, options):
     """Set up and fit one model with one engine; returns (setup seconds, fit seconds, tree)."""
-    from bayeslmm import bayes, marginal
-    from bayeslmm.formula import model_frame, parse
+    from bayeslmm.engines import bayes, marginal
+    from bayeslmm.model.formula import model_frame, parse
 
     t0 = time.perf_counter()
     f = parse(formula)
@@ -204,9 +204,9 @@ def compare(name, df, formula, options, run_bambi=True, skip_note="") -> dict:
 _SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from bayeslmm import bayes, marginal
-from bayeslmm.data import load
-from bayeslmm.formula import model_frame, parse
+from bayeslmm.engines import bayes, marginal
+from bayeslmm.model.data import load
+from bayeslmm.model.formula import model_frame, parse
 path, formula, engine = sys.argv[1:4]
 f = parse(formula)
 data = bayes.model_data(f, load(path))
@@ -255,9 +255,9 @@ def main(argv=None) -> int:
 
     import bambi  # noqa: F401  (imports are not part of any timing below)
 
-    from bayeslmm import marginal  # noqa: F401  (numba kernels load from the cache here)
-    from bayeslmm.bayes import SamplerOptions
-    from bayeslmm.data import load
+    from bayeslmm.engines import marginal  # noqa: F401  (numba kernels load from the cache here
+    from bayeslmm.engines.bayes import SamplerOptions
+    from bayeslmm.model.data import load
 
     logging.getLogger("pymc").setLevel(logging.ERROR)
     logging.getLogger("bambi").setLevel(logging.ERROR)

@@ -1,11 +1,11 @@
-"""False alarms and catches of the nesting warning (:func:`bayeslmm.checks.label_reuse`), seeded.
+"""False alarms and catches of the nesting warning (:func:`bayeslmm.model.checks.label_reuse`), seeded.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/nesting_check.py             # 200 data sets per design
     .venv/bin/python benchmarks/nesting_check.py --reps 20   # quicker
 
-Every data set goes through :func:`bayeslmm.checks.nesting_warnings`, what runs before a fit.
+Every data set goes through :func:`bayeslmm.model.checks.nesting_warnings`, what runs before a fit.
 
 1. **Truly crossed** designs, ``y ~ x + (1|g) + (1|h)`` with ``y = 0.5 x + u_g + v_h + e``
    (residual sd 1): six shapes (rows: levels of g x levels of h x rows per cell), five pairs of
@@ -35,10 +35,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bayeslmm import checks  # noqa: E402
-from bayeslmm.data import prepare  # noqa: E402
-from bayeslmm.formula import parse  # noqa: E402
-from bayeslmm.simulate import simulate_dragons  # noqa: E402
+from bayeslmm.model import checks  # noqa: E402
+from bayeslmm.model.data import prepare  # noqa: E402
+from bayeslmm.model.formula import parse  # noqa: E402
+from bayeslmm.model.simulate import simulate_dragons  # noqa: E402
 
 SEED = 20260409
 #: (levels of g, levels of h, rows per cell) of the crossed designs.

@@ -22,9 +22,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from bayeslmm import frequentist
-from bayeslmm.formula import model_frame, parse
-from bayeslmm.profile import profile_ci
+from bayeslmm.lme4 import frequentist
+from bayeslmm.lme4.profile import profile_ci
+from bayeslmm.model.formula import model_frame, parse
 
 DESIGNS = ("100x10", "1000x3", "8x3x20", "80x3x20", "800x3x20")
 SEED = 20260401

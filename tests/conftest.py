@@ -33,7 +33,7 @@ def reference() -> dict:
 
 @pytest.fixture(scope="session")
 def study():
-    from bayeslmm.study import load
+    from bayeslmm.model.study import load
 
     return load(STUDY)
 
@@ -59,7 +59,7 @@ def builtin(study):
 @pytest.fixture(scope="session")
 def real_fits(study, dragons, tmp_path_factory):
     """Every tutorial model fitted once to the real data (seeded, default sampler settings)."""
-    from bayeslmm.options import RunOptions, SamplerOptions
+    from bayeslmm.model.options import RunOptions, SamplerOptions
     from bayeslmm.runner import fit_models
 
     cache = tmp_path_factory.mktemp("fits")

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from bayeslmm import bayes, predict
-from bayeslmm.formula import parse
-from bayeslmm.options import RunOptions, SamplerOptions
+from bayeslmm.engines import bayes
+from bayeslmm.model.formula import parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.summary import predict
 
 TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayeslmm import bayes, compare, marginal
+from bayeslmm.engines import bayes, marginal
 from bayeslmm.errors import OptionsError
-from bayeslmm.formula import model_frame, parse
-from bayeslmm.options import RunOptions, SamplerOptions
+from bayeslmm.model.formula import model_frame, parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.summary import compare
 
 FORMULA = parse("testScore ~ bodyLength2 + (1|mountainRange)")
 TINY = SamplerOptions(draws=50, tune=50, chains=2, seed=3)

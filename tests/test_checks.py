@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import checks
 from bayeslmm.errors import DataError
-from bayeslmm.formula import group_codes, parse
+from bayeslmm.model import checks
+from bayeslmm.model.formula import group_codes, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BAYESLMM_SHARED", ROOT.parent / "shared"))

@@ -118,7 +118,7 @@ def test_next_run_removes_the_stage_of_a_killed_run_and_keeps_a_live_one(builtin
     builtin.to_csv(csv, index=False)
     out = tmp_path / "one"
     cmd = [sys.executable, "-m", "bayeslmm.cli", "fit", str(csv), "testScore ~ bodyLength2", "--out", str(out), *SMALL]
-    hold = ("import sys, time\nfrom bayeslmm.output import staged_folder\n"
+    hold = ("import sys, time\nfrom bayeslmm.reporting.output import staged_folder\n"
             "with staged_folder(sys.argv[1]) as s:\n    print(s, flush=True)\n    time.sleep(600)\n")
     live = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import data
 from bayeslmm.errors import DataError
-from bayeslmm.simulate import TRUTH, simulate_dragons
+from bayeslmm.model import data
+from bayeslmm.model.simulate import TRUTH, simulate_dragons
 
 
 def test_scale_matches_r():

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 
 import bayeslmm
-from bayeslmm.document import Table, to_html, to_markdown
-from bayeslmm.export import render
 from bayeslmm.notices import collected, progress_shown, warning_note
 from bayeslmm.numbers import format_interval, format_number
-from bayeslmm.tables import format_table
+from bayeslmm.reporting.document import Table, to_html, to_markdown
+from bayeslmm.reporting.export import render
+from bayeslmm.summary.tables import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMULA = "y ~ bodyLength + (1|mountainRange)"
@@ -95,9 +95,9 @@ def test_every_table_renderer_uses_the_rule():
 
 
 def test_priors_keep_their_digits_at_a_tiny_scale():
-    from bayeslmm.bayes import build_model, model_data, prior_table
-    from bayeslmm.formula import parse
-    from bayeslmm.simulate import simulate_dragons
+    from bayeslmm.engines.bayes import build_model, model_data, prior_table
+    from bayeslmm.model.formula import parse
+    from bayeslmm.model.simulate import simulate_dragons
 
     df = simulate_dragons().assign(y=lambda d: d["testScore"] * 1e-6)
     formula = parse(FORMULA)
@@ -155,7 +155,7 @@ def test_progress_only_on_a_terminal():
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
     """The built-in dragons with the response times 1e-6 and times 1e6, as CSV files."""
-    from bayeslmm.simulate import simulate_dragons
+    from bayeslmm.model.simulate import simulate_dragons
 
     folder = tmp_path_factory.mktemp("scaled")
     out = {}

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import bayes, checks, data, study
 from bayeslmm.cli import main
+from bayeslmm.engines import bayes
 from bayeslmm.errors import BayeslmmError, DataError, FormulaError, OptionsError, OutputError, StudyError
-from bayeslmm.formula import parse
-from bayeslmm.options import RunOptions, SamplerOptions
+from bayeslmm.model import checks, data, study
+from bayeslmm.model.formula import parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
 
 NO_FIT = ["--draws", "10", "--tune", "10", "--chains", "1", "--no-progress"]
 
@@ -160,7 +161,7 @@ def test_api_exception_types(builtin, tmp_path):
         study.load(tmp_path / "missing.toml")
     with pytest.raises(OptionsError):
         SamplerOptions(draws=0)
-    from bayeslmm.output import staged_folder
+    from bayeslmm.reporting.output import staged_folder
 
     (tmp_path / "f").write_text("")
     with pytest.raises(OutputError), staged_folder(tmp_path / "f" / "x"):
@@ -258,7 +259,7 @@ def test_sampler_warnings_text():
 
 
 def test_pareto_k_warning_text():
-    from bayeslmm.compare import pareto_warnings
+    from bayeslmm.summary.compare import pareto_warnings
 
     table = pd.DataFrame({"model": ["a", "b", "b"], "pareto_k_bad": [0, 3, 3]})
     notes = pareto_warnings(table)

@@ -9,8 +9,8 @@ for the prior and the REML/posterior difference, not for a wrong model.
 import numpy as np
 import pytest
 
-from bayeslmm.options import RunOptions, SamplerOptions
-from bayeslmm.tables import diagnostics
+from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.summary.tables import diagnostics
 
 pytestmark = pytest.mark.slow
 
@@ -81,8 +81,8 @@ def test_ranef_levels_match_lme4(real_fits, reference):
 
 
 def test_builtin_truth_is_recovered(study, builtin, tmp_path):
-    from bayeslmm import bayes
-    from bayeslmm.simulate import TRUTH
+    from bayeslmm.engines import bayes
+    from bayeslmm.model.simulate import TRUTH
 
     fit = bayes.fit(study.model("mixed.lmer2").formula, builtin, SamplerOptions(seed=2), run=RunOptions(progress=False))
     truth = {("fixed", "", "(Intercept)"): TRUTH["(Intercept)"], ("fixed", "", "bodyLength2"): TRUTH["bodyLength2"],
@@ -96,8 +96,8 @@ def test_builtin_truth_is_recovered(study, builtin, tmp_path):
 
 
 def test_random_slopes_fit(builtin):
-    from bayeslmm import bayes
-    from bayeslmm.formula import parse
+    from bayeslmm.engines import bayes
+    from bayeslmm.model.formula import parse
 
     fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2||mountainRange)"), builtin,
                     SamplerOptions(draws=300, tune=500, seed=5), run=RunOptions(progress=False))

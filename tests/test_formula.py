@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bayeslmm.errors import FormulaError
-from bayeslmm.formula import correlation_note, model_frame, parse, to_bambi
+from bayeslmm.model.formula import correlation_note, model_frame, parse, to_bambi
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from bayeslmm.errors import OptionsError
-from bayeslmm.formula import ModelFrame, model_frame, parse
-from bayeslmm.frequentist import FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
-from bayeslmm.lmer import LmerProblem, satterthwaite
+from bayeslmm.lme4.frequentist import FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
+from bayeslmm.lme4.lmer import LmerProblem, satterthwaite
+from bayeslmm.model.formula import ModelFrame, model_frame, parse
 from bayeslmm.results import TIDY_COLUMNS
 
 SHARED = Path(__file__).parents[2] / "shared"  # /work/shared beside the repository at /work/main
@@ -54,7 +54,7 @@ def _method(entry: dict) -> str:
 
 @cache
 def _dragons() -> pd.DataFrame:
-    from bayeslmm.data import load, prepare
+    from bayeslmm.model.data import load, prepare
 
     return prepare(load(DATA), {"bodyLength2": "bodyLength"}, {"sample": ["mountainRange", "site"]})
 

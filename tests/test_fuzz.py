@@ -7,10 +7,11 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from bayeslmm import bayes, checks
 from bayeslmm.cli import _options, build_parser, main
+from bayeslmm.engines import bayes
 from bayeslmm.errors import BayeslmmError
-from bayeslmm.formula import parse
+from bayeslmm.model import checks
+from bayeslmm.model.formula import parse
 
 RNG_SEED = 20261126
 

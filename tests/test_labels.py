@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import labels, predict
-from bayeslmm.bayes import build_model, model_data
-from bayeslmm.bayes import fit as bayes_fit
-from bayeslmm.formula import fixed_design, parse
-from bayeslmm.options import RunOptions, SamplerOptions
-from bayeslmm.tables import fixed_draws, fixed_terms, tidy_posterior
+from bayeslmm import labels
+from bayeslmm.engines.bayes import build_model, model_data
+from bayeslmm.engines.bayes import fit as bayes_fit
+from bayeslmm.model.formula import fixed_design, parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.summary import predict
+from bayeslmm.summary.tables import fixed_draws, fixed_terms, tidy_posterior
 
 QUIET = RunOptions(progress=False)
 

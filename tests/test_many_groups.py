@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from scipy import optimize
 
-from bayeslmm import frequentist
-from bayeslmm.formula import model_frame, parse
-from bayeslmm.lmer import LmerProblem
-from bayeslmm.profile import profile_ci
+from bayeslmm.lme4 import frequentist
+from bayeslmm.lme4.lmer import LmerProblem
+from bayeslmm.lme4.profile import profile_ci
+from bayeslmm.model.formula import model_frame, parse
 
 DATA = Path(__file__).parent / "data" / "beyond"
 #: What R 4.x / lme4 1.1 report for the CSVs beside it, read with read.csv(stringsAsFactors =
@@ -127,7 +127,7 @@ def _groups(n_groups: int, per: int, seed: int) -> tuple[str, pd.DataFrame]:
 
 
 def _nested(n_ranges: int, n_sites: int, per: int, seed: int) -> tuple[str, pd.DataFrame]:
-    """The dragons recipe (bayeslmm.simulate) with more ranges: range sd 18, site sd 4.5, residual
+    """The dragons recipe (bayeslmm.model.simulate) with more ranges: range sd 18, site sd 4.5, residual
     15, and a standardised body length that tracks the range effects but has no effect itself."""
     rng = np.random.default_rng(seed)
     r = np.repeat(np.arange(n_ranges), n_sites * per)

@@ -28,13 +28,13 @@ import warnings
 import numpy as np
 import pytest
 
-from bayeslmm import marginal
-from bayeslmm import marginal_lik as ml
-from bayeslmm.bayes import SamplerOptions, build_model, model_data
-from bayeslmm.bayes import sample as bambi_sample
-from bayeslmm.formula import model_frame, parse
+from bayeslmm.engines import marginal
+from bayeslmm.engines import marginal_lik as ml
+from bayeslmm.engines.bayes import SamplerOptions, build_model, model_data
+from bayeslmm.engines.bayes import sample as bambi_sample
 from bayeslmm.intervals import eti
 from bayeslmm.labels import INTERCEPT, RESIDUAL, RESIDUAL_TERM, classify, sd_term, sd_variable
+from bayeslmm.model.formula import model_frame, parse
 
 LMER2 = "testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)"
 WRONG = "testScore ~ bodyLength2 + (1|mountainRange) + (1|site)"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bayeslmm.output import remove_stale_stages, staged_folder
+from bayeslmm.reporting.output import remove_stale_stages, staged_folder
 
 #: A process that stages ``argv[1]``, writes a file into the stage, says where, and waits to be killed
 #: (as a run does while it writes its report).
 HOLDER = """
 import sys, time
-from bayeslmm.output import staged_folder
+from bayeslmm.reporting.output import staged_folder
 with staged_folder(sys.argv[1]) as stage:
     (stage / "big.bin").write_bytes(b"x" * 100_000)
     print(stage, flush=True)

@@ -21,13 +21,14 @@ from matplotlib.patches import Ellipse
 from matplotlib.text import Annotation
 from PIL import Image
 
-from bayeslmm import figures, plots, plots_checks, plots_pooling, predict
-from bayeslmm.bayes import build_model
-from bayeslmm.bayes import fit as bayes_fit
-from bayeslmm.formula import parse
-from bayeslmm.options import RunOptions, SamplerOptions
+from bayeslmm.engines.bayes import build_model
+from bayeslmm.engines.bayes import fit as bayes_fit
+from bayeslmm.graphics import figures, plots, plots_checks, plots_pooling
+from bayeslmm.model.formula import parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
 from bayeslmm.runner import run_study
-from bayeslmm.tables import fixed_draws, sd_draws, variance_partition_draws
+from bayeslmm.summary import predict
+from bayeslmm.summary.tables import fixed_draws, sd_draws, variance_partition_draws
 
 SMALL = SamplerOptions(draws=150, tune=200, chains=2, seed=11)
 RANGES = 8

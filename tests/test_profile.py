@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from bayeslmm import frequentist
 from bayeslmm.errors import OptionsError
-from bayeslmm.formula import model_frame, parse
-from bayeslmm.profile import PROFILE_COLUMNS, _Profiler, profile_ci
+from bayeslmm.lme4 import frequentist
+from bayeslmm.lme4.profile import PROFILE_COLUMNS, _Profiler, profile_ci
+from bayeslmm.model.formula import model_frame, parse
 
 LMER2 = "testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)"
 #: The quantities of the reference's ``profile_ci95`` (lme4's names), each compared at both ends.

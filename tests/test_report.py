@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import report
 from bayeslmm.cli import main
+from bayeslmm.reporting import report
 from bayeslmm.runner import Fitted
 
 pytestmark = pytest.mark.slow

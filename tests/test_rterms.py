@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import bayes, frequentist, rterms
+from bayeslmm.engines import bayes
 from bayeslmm.errors import DataError, FormulaError
-from bayeslmm.formula import aliased_columns, drop_aliased, group_codes, model_frame, parse, to_bambi
+from bayeslmm.lme4 import frequentist
+from bayeslmm.model import rterms
+from bayeslmm.model.formula import aliased_columns, drop_aliased, group_codes, model_frame, parse, to_bambi
 
 
 @pytest.fixture(scope="module")

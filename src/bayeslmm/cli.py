@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
-    from bayeslmm.options import Engine, NaAction, RunOptions, Sampler, SamplerOptions
+    from bayeslmm.model.options import Engine, NaAction, RunOptions, Sampler, SamplerOptions
 
     d, r = SamplerOptions(), RunOptions()  # one source of truth for the defaults
     g = p.add_argument_group("sampling")
@@ -100,21 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args):
-    from bayeslmm.bayes import SamplerOptions
+    from bayeslmm.engines.bayes import SamplerOptions
 
     return SamplerOptions(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
                           target_accept=args.target_accept, sampler=args.sampler, engine=args.engine)
 
 
 def _run_options(args):
-    from bayeslmm.options import RunOptions
+    from bayeslmm.model.options import RunOptions
 
     return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress)
 
 
 def _cmd_run(args) -> int:
+    from bayeslmm.model.study import load
     from bayeslmm.runner import run_study
-    from bayeslmm.study import load
 
     study = load(args.study)
     result = run_study(study, data=args.data, obj=args.object, out=args.out, options=_options(args),
@@ -135,7 +135,7 @@ def _strict(args, result) -> int:
 
 def _cmd_fit(args) -> int:
     from bayeslmm.runner import fit_formula
-    from bayeslmm.tables import format_table
+    from bayeslmm.summary.tables import format_table
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
                          run=_run_options(args))
@@ -151,7 +151,7 @@ def _cmd_fit(args) -> int:
 def _cmd_table(args) -> int:
     import pandas as pd
 
-    from bayeslmm.export import compact_side, render
+    from bayeslmm.reporting.export import compact_side, render
 
     files = {"sidebyside": "sidebyside.csv", "comparison": "comparison.csv", "variance": "variance_partition.csv",
              "tidy": "tidy.csv"}
@@ -176,7 +176,7 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from bayeslmm.simulate import simulate_dragons
+    from bayeslmm.model.simulate import simulate_dragons
 
     df = simulate_dragons() if args.seed is None else simulate_dragons(args.seed)
     out = Path(args.out)

@@ -24,7 +24,7 @@ EFFECTS = ("fixed", "ran_pars", "ran_vals")
 
 
 class Fit(Protocol):
-    """The protocol both :class:`~bayeslmm.bayes.BayesFit` and :class:`~bayeslmm.frequentist.FreqFit` follow."""
+    """What both :class:`~bayeslmm.engines.bayes.BayesFit` and :class:`~bayeslmm.lme4.frequentist.FreqFit` answer."""
 
     name: str
     method: str

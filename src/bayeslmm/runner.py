@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayeslmm import bayes
-from bayeslmm import data as data_mod
-from bayeslmm.bayes import BayesFit
-from bayeslmm.formula import Formula, parse
+from bayeslmm.engines import bayes
+from bayeslmm.engines.bayes import BayesFit
+from bayeslmm.model import data as data_mod
+from bayeslmm.model.formula import Formula, parse
+from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.model.study import ModelSpec, Study
 from bayeslmm.notices import collected
-from bayeslmm.options import RunOptions, SamplerOptions
-from bayeslmm.study import ModelSpec, Study
 
 
 def _stderr(msg: str) -> None:
@@ -129,8 +129,8 @@ def run_study(
     echo : callable
         Where progress lines go (stderr by default).
     """
-    from bayeslmm import report
-    from bayeslmm.output import staged_folder
+    from bayeslmm.reporting import report
+    from bayeslmm.reporting.output import staged_folder
 
     options, run = options or SamplerOptions(), run or RunOptions()
     start = time.perf_counter()
@@ -173,7 +173,7 @@ def fit_formula(
     )
     if out is not None:
         return run_study(study, out=out, options=options, run=run, echo=echo)
-    from bayeslmm.tables import fixed_terms, tidy_posterior
+    from bayeslmm.summary.tables import fixed_terms, tidy_posterior
 
     run = run or RunOptions()
     with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)

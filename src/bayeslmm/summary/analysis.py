@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from bayeslmm import frequentist
-from bayeslmm.compare import compare_models
-from bayeslmm.formula import model_frame
-from bayeslmm.sidebyside import side_by_side, variance_partition_table
-from bayeslmm.tables import fixed_draws, variance_partition_draws
+from bayeslmm.lme4 import frequentist
+from bayeslmm.model.formula import model_frame
+from bayeslmm.summary.compare import compare_models
+from bayeslmm.summary.sidebyside import side_by_side, variance_partition_table
+from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
 
 def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
@@ -70,7 +70,7 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
     Models whose random terms the profiler does not handle (three or more correlated
     coefficients) keep Wald intervals for fixed effects and none for standard deviations.
     """
-    from bayeslmm.profile import profile_ci
+    from bayeslmm.lme4.profile import profile_ci
 
     out = {}
     for spec in study.models:

@@ -11,7 +11,7 @@ variable names, dims and coords, and a pointwise log-likelihood conditional on t
 effects as ``bambi.Model.compute_log_likelihood`` gives it, so LOO compares across engines.
 
 The numerical kernels (sparse Cholesky, selected inverse, gradient) are numba functions
-in :mod:`bayeslmm.marginal_lik`, cached across processes.  nutpie samples: its Rust threads
+in :mod:`bayeslmm.engines.marginal_lik`, cached across processes.  nutpie samples: its Rust threads
 call the C entry point of the kernel directly (nutpie's internal ``CompiledPyMCModel``, as
 ``nutpie.compile_pymc_model`` builds it; tested with the versions in
 :data:`NUTPIE_TESTED`), or, on another nutpie, through its public python-function
@@ -32,9 +32,16 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from bayeslmm import marginal_lik as ml
-from bayeslmm.formula import Formula, ModelFrame
-from bayeslmm.labels import RESIDUAL_VARIABLE, bambi_variable, effect_variable, factor_dim, hyper_variable, level_dim
+from bayeslmm.engines import marginal_lik as ml
+from bayeslmm.labels import (
+    RESIDUAL_VARIABLE,
+    bambi_variable,
+    effect_variable,
+    factor_dim,
+    hyper_variable,
+    level_dim,
+)
+from bayeslmm.model.formula import Formula, ModelFrame
 
 _STAT_NAMES = {
     "diverging": "diverging",
@@ -54,7 +61,7 @@ _STAT_NAMES = {
 #: The group of the engine's internal draws (what the log-likelihood is recomputed from).
 ENGINE_GROUP = "marginal_engine"
 ENGINE_GROUP_DESCRIPTION = ("bayeslmm's marginal engine: coefficients of its internal, centred design; the pointwise "
-                            "log-likelihood is recomputed from these (bayeslmm.bayes.log_likelihood)")
+                            "log-likelihood is recomputed from these (bayeslmm.engines.bayes.log_likelihood)")
 
 
 class Unsupported(Exception):
@@ -481,7 +488,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     model : bambi.Model
         The Bambi model of the formula (priors, names and dims are read from it).
     frame : ModelFrame
-        :func:`bayeslmm.formula.model_frame` of the same formula on the same data.
+        :func:`bayeslmm.model.formula.model_frame` of the same formula on the same data.
     options : SamplerOptions
         ``draws``, ``tune``, ``chains``, ``seed`` and ``target_accept`` are used.
     progress : bool
@@ -533,7 +540,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
             {
                 "inference_library": "nutpie",
                 "inference_library_version": nutpie.__version__,
-                "modeling_interface": "bayeslmm.marginal",
+                "modeling_interface": "bayeslmm.engines.marginal",
                 "sampling_time": sampling_time,
                 "fit_time": time.perf_counter() - start,
                 "tuning_steps": options.tune,

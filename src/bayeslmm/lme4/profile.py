@@ -40,8 +40,8 @@ import pandas as pd
 from scipy import linalg, optimize, stats
 
 from bayeslmm.errors import OptionsError
-from bayeslmm.formula import ModelFrame
-from bayeslmm.lmer import LmerProblem, blas_threads, hessian
+from bayeslmm.lme4.lmer import LmerProblem, blas_threads, hessian
+from bayeslmm.model.formula import ModelFrame
 
 #: Columns of :func:`profile_ci`.
 PROFILE_COLUMNS = ("effect", "group", "term", "conf_low", "conf_high", "lme4_name")
@@ -297,7 +297,7 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     frame : ModelFrame
         The frame the fit was made from (must have random terms).
     fit : FreqFit
-        A REML or ML fit of ``frame`` (:func:`bayeslmm.frequentist.fit_lmm`). Either way the profile
+        A REML or ML fit of ``frame`` (:func:`bayeslmm.lme4.frequentist.fit_lmm`). Either way the profile
         is of the ML deviance about the ML estimates, as lme4 does (see the module docstring).
     level : float
         Confidence level.

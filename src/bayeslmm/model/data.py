@@ -33,7 +33,7 @@ def load(source: str | Path, obj: str | None = None, seed: int | None = None) ->
         String columns become categoricals; the index is reset.
     """
     if str(source) == BUILTIN:
-        from bayeslmm.simulate import simulate_dragons
+        from bayeslmm.model.simulate import simulate_dragons
 
         return simulate_dragons() if seed is None else simulate_dragons(seed)
     path = Path(source)

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bayeslmm import plots, plots_checks, plots_pooling
-from bayeslmm.document import Image
-from bayeslmm.formula import materialize
+from bayeslmm.graphics import plots, plots_checks, plots_pooling
+from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
-from bayeslmm.plots import levels_of
-from bayeslmm.tables import fixed_draws
+from bayeslmm.model.formula import materialize
+from bayeslmm.reporting.document import Image
+from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
 MAX_COLOURS, MAX_FACETS = len(plots.PALETTE), 30

@@ -3,7 +3,7 @@
 The posterior holds the parameters under Bambi's names, not the linear predictor; these
 functions rebuild it draw by draw: ``X @ beta`` (formulae's design of the fixed part, the same
 columns Bambi used) plus, for every random term, each row's group effect times its covariate
-(:func:`bayeslmm.formula.group_codes` for the level of each row). All arrays are numpy, draws
+(:func:`bayeslmm.model.formula.group_codes` for the level of each row). All arrays are numpy, draws
 first: ``(draws, rows)``; chains are pooled (chain-major).
 
 ``max_draws`` keeps an evenly spaced subset of the draws (every k-th), which is enough for
@@ -17,9 +17,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from bayeslmm.formula import RandomTerm, fixed_design, group_codes, offset_values
 from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, effect_variable
-from bayeslmm.tables import column_draws
+from bayeslmm.model.formula import RandomTerm, fixed_design, group_codes, offset_values
+from bayeslmm.summary.tables import column_draws
 
 #: Largest block of draws x rows that :func:`fitted` holds at once.
 BLOCK_BYTES = 2**27
@@ -109,7 +109,7 @@ def covariate_values(df: pd.DataFrame, coef: str) -> np.ndarray:
     if coef == INTERCEPT:
         return np.ones(len(df))
     if coef not in df.columns:
-        from bayeslmm.rterms import evaluate
+        from bayeslmm.model.rterms import evaluate
 
         return np.asarray(next(iter(evaluate(coef, df).values())), dtype=float)
     return np.asarray(df[coef], dtype=float)

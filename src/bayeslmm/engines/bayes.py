@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm.checks import NaAction, sampler_warnings, validate
 from bayeslmm.errors import FormulaError, OptionsError
-from bayeslmm.formula import Formula, to_bambi
-from bayeslmm.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
+from bayeslmm.model.checks import NaAction, sampler_warnings, validate
+from bayeslmm.model.formula import Formula, to_bambi
+from bayeslmm.model.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
 from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
 
 
@@ -92,7 +92,7 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
-        from bayeslmm.tables import fixed_terms, tidy_posterior
+        from bayeslmm.summary.tables import fixed_terms, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
@@ -114,10 +114,10 @@ class BayesFit:
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
-    """The columns a formula uses (and those its R expressions make, :func:`~bayeslmm.formula.materialize`),
+    """The columns a formula uses (and those its R expressions make, :func:`~bayeslmm.model.formula.materialize`),
     grouping columns as categoricals in R's level order (ids are labels)."""
-    from bayeslmm.formula import materialize
-    from bayeslmm.rterms import as_factor
+    from bayeslmm.model.formula import materialize
+    from bayeslmm.model.rterms import as_factor
 
     data = materialize(formula, df.loc[:, list(formula.variables)].copy())
     for r in formula.random:
@@ -219,7 +219,7 @@ def find_cached(folder: str | Path | None, key: str) -> Path | None:
 def _required_groups(engine: str | None) -> tuple[str, ...]:
     base = ("posterior", "sample_stats", "observed_data")
     if engine == "marginal":
-        from bayeslmm.marginal import ENGINE_GROUP
+        from bayeslmm.engines.marginal import ENGINE_GROUP
 
         return (*base, ENGINE_GROUP)
     return base
@@ -352,15 +352,15 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
             na: NaAction = "drop") -> Prepared:
     """Check a formula against the data, build its model, choose the engine and key the cache.
 
-    Every check runs here, once (:func:`bayeslmm.checks.validate`, then lme4's dropping of
+    Every check runs here, once (:func:`bayeslmm.model.checks.validate`, then lme4's dropping of
     aliased columns); nothing is sampled.
 
     Raises
     ------
     BayeslmmError
-        For data or a formula that cannot be fitted (see :mod:`bayeslmm.checks`).
+        For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
-    from bayeslmm.formula import correlation_note, drop_aliased, model_frame
+    from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame
 
     options = options or SamplerOptions()
     rows, check_notes = validate(formula, df, na)
@@ -413,7 +413,7 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
             return _with_diagnostics(BayesFit(idata=tree, seconds=0.0, cached=True, **made))
     start = time.perf_counter()
     if engine == "marginal":
-        from bayeslmm import marginal
+        from bayeslmm.engines import marginal
 
         tree = marginal.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False)
     else:
@@ -435,7 +435,7 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
     Parameters
     ----------
     formula : Formula
-        From :func:`bayeslmm.formula.parse`.
+        From :func:`bayeslmm.model.formula.parse`.
     df : DataFrame
         Prepared data.
     options : SamplerOptions, optional
@@ -469,20 +469,20 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     fit : BayesFit
     rows : slice, optional
         A contiguous range of rows of ``fit.data`` (all by default): memory is draws x rows x
-        8 bytes, so large data is best taken in chunks (:func:`bayeslmm.compare.loo` does).
+        8 bytes, so large data is best taken in chunks (:func:`bayeslmm.summary.compare.loo` does).
 
     Returns
     -------
     xarray.DataArray
         Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of ``fit.data``.
     """
-    from bayeslmm.formula import model_frame
+    from bayeslmm.model.formula import model_frame
 
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
     model = fit.model if fit.model is not None else build_model(fit.formula, fit.data)
     if fit.engine == "marginal":
-        from bayeslmm import marginal
+        from bayeslmm.engines import marginal
 
         return marginal.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
     whole = rows == slice(0, n, 1)
@@ -519,7 +519,7 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
-    from bayeslmm import marginal
+    from bayeslmm.engines import marginal
 
     reason = marginal.supports(formula, frame, model)
     if reason is None:
@@ -531,7 +531,7 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
 
 def _with_diagnostics(fit: BayesFit) -> BayesFit:
     """Add the sampler's warnings (divergences, r_hat, ESS, tree depth) to the fit's notes."""
-    from bayeslmm.tables import diagnostics
+    from bayeslmm.summary.tables import diagnostics
 
     core = fit.tidy(effects=("fixed", "ran_pars"))
     return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit, core), engine=fit.engine)))

@@ -3,7 +3,7 @@
 Each function returns a :class:`matplotlib.figure.Figure` and never calls ``show()``. Figures
 are built without pyplot's global state, so a notebook shows each once (the returned value)
 and a report saves and drops them without ``plt.close``. Model checks live in
-:mod:`bayeslmm.plots_checks`, the partial-pooling figures in :mod:`bayeslmm.plots_pooling`.
+:mod:`bayeslmm.graphics.plots_checks`, the partial-pooling figures in :mod:`bayeslmm.graphics.plots_pooling`.
 """
 
 from __future__ import annotations

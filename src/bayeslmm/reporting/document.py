@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayeslmm.export import render
 from bayeslmm.numbers import DIGITS
+from bayeslmm.reporting.export import render
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats
 
-from bayeslmm import predict
-from bayeslmm.intervals import eti, percent
-from bayeslmm.plots import (
+from bayeslmm.graphics.plots import (
     BAYES,
     NEUTRAL,
     PALETTE,
@@ -29,7 +27,9 @@ from bayeslmm.plots import (
     new_figure,
     panel_grid,
 )
-from bayeslmm.tables import fixed_draws
+from bayeslmm.intervals import eti, percent
+from bayeslmm.summary import predict
+from bayeslmm.summary.tables import fixed_draws
 
 _HALO = [patheffects.Stroke(linewidth=4, foreground="white"), patheffects.Normal()]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bayeslmm.formula import fixed_design
 from bayeslmm.intervals import eti
 from bayeslmm.labels import INTERCEPT, RESIDUAL_TERM, SAMPLE_DIMS, FixedColumn, classify, sd_term
+from bayeslmm.model.formula import fixed_design
 from bayeslmm.numbers import DIGITS, format_number
 from bayeslmm.results import conform
 

@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
-from bayeslmm.formula import Formula, group_codes
-from bayeslmm.options import NaAction
+from bayeslmm.model.formula import Formula, group_codes
+from bayeslmm.model.options import NaAction
 
 FEW_LEVELS = 5
 #: A non-negative integer response with at least this share of zeros looks like counts ...
@@ -199,7 +199,7 @@ def integer_predictor_hint(df: pd.DataFrame, term: str) -> str | None:
 
 
 def _fixed_matrix(formula: Formula, df: pd.DataFrame) -> np.ndarray:
-    """The fixed-effect matrix (as :func:`~bayeslmm.formula.model_frame` builds it, without the
+    """The fixed-effect matrix (as :func:`~bayeslmm.model.formula.model_frame` builds it, without the
     random blocks); the intercept alone where it cannot be built (the fit then says why)."""
     import formulae
 
@@ -455,7 +455,7 @@ def label_reuse(
 
 
 def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi") -> list[str]:
-    """Sampler trouble from :func:`bayeslmm.tables.diagnostics`, each with what to do."""
+    """Sampler trouble from :func:`bayeslmm.summary.tables.diagnostics`, each with what to do."""
     notes = []
     if diag["divergences"]:
         fix = ("use --engine marginal (no funnel) or raise --target-accept (e.g. 0.99)" if engine == "bambi" else
@@ -481,7 +481,7 @@ def validate(formula: Formula, df: pd.DataFrame, na: NaAction = "drop") -> tuple
     (DataFrame, list of str)
         The rows to fit and the warnings to show.
     """
-    from bayeslmm.formula import materialize
+    from bayeslmm.model.formula import materialize
 
     check_columns(formula, df)
     df, notes = drop_missing(formula, df, na)

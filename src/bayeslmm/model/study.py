@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from bayeslmm.errors import BayeslmmError, StudyError
-from bayeslmm.formula import Formula, parse
+from bayeslmm.model.formula import Formula, parse
 
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}

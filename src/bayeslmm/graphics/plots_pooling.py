@@ -19,13 +19,13 @@ from matplotlib.patches import Ellipse
 from matplotlib.ticker import PercentFormatter
 from scipy import stats
 
-from bayeslmm import predict
-from bayeslmm.formula import fixed_design
+from bayeslmm.graphics.plots import BAYES, FREQ, NEUTRAL, colour, new_figure, panel_grid, place_labels
+from bayeslmm.graphics.plots_checks import as_fits, kde
 from bayeslmm.intervals import eti, percent
 from bayeslmm.labels import INTERCEPT, RESIDUAL, RESIDUAL_TERM, SD_PREFIX, sd_term, sd_variable
-from bayeslmm.plots import BAYES, FREQ, NEUTRAL, colour, new_figure, panel_grid, place_labels
-from bayeslmm.plots_checks import as_fits, kde
-from bayeslmm.tables import fixed_draws, sd_draws, variance_partition_draws
+from bayeslmm.model.formula import fixed_design
+from bayeslmm.summary import predict
+from bayeslmm.summary.tables import fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
 
@@ -322,13 +322,13 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
 
 
 def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
-    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.tables.sd_draws`.
+    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.summary.tables.sd_draws`.
 
     The priors are Bambi's, read from the model rebuilt from the fit's formula and data
     (``prior_predictive`` of that model); if they differ from the priors recorded in the fit,
     a ValueError says so.
     """
-    from bayeslmm.bayes import build_model, prior_table
+    from bayeslmm.engines.bayes import build_model, prior_table
 
     model = build_model(fit.formula, fit.data)
     if prior_table(model) != fit.priors:

@@ -4,7 +4,7 @@ Handles ``(1|g)``, ``(x|g)``, ``(1 + x|g)``, ``(0 + x|g)``, ``(x||g)``, ``(1|a/b
 ``(1|a:b)`` random terms beside ordinary fixed-effect terms: columns, interactions, and R's
 idioms (``factor(x)``, ``I(x^2)``, ``log/exp/sqrt/scale/poly``, backticked names, ``offset()``,
 a transformed response), which :func:`materialize` evaluates into columns named as R names the
-terms (:mod:`bayeslmm.rterms`). Parsing is pure string work; :func:`fixed_design` builds the
+terms (:mod:`bayeslmm.model.rterms`). Parsing is pure string work; :func:`fixed_design` builds the
 fixed-effect matrix with every column's names (formulae's, as Bambi builds it), :func:`model_frame`
 the arrays (response, fixed-effect matrix, random-effect blocks) that the frequentist and
 marginal engines use; :func:`drop_aliased` drops collinear terms as lme4 does.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from bayeslmm import rterms
 from bayeslmm.errors import DataError, FormulaError
 from bayeslmm.labels import FixedColumn, fixed_columns
+from bayeslmm.model import rterms
 
 
 @dataclass(frozen=True)
@@ -380,7 +380,7 @@ def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
 
     ``log(z)``, ``I(x^2)``, ``factor(period)``, ``poly(x, 2)`` (two columns ``poly(x, 2)1`` and
     ``2``), ``offset(...)`` and a transformed response become columns, so Bambi, the lme4 side
-    and the figures all read plain columns (:mod:`bayeslmm.rterms`). Existing columns are kept.
+    and the figures all read plain columns (:mod:`bayeslmm.model.rterms`). Existing columns are kept.
     """
     new: dict[str, pd.Series] = {}
     for expr in formula.derived:

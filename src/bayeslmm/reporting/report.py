@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bayeslmm import analysis
-from bayeslmm.compare import pareto_warnings
-from bayeslmm.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
-from bayeslmm.export import SUFFIX, compact_side, render
-from bayeslmm.figures import focus_term, make_figures
+from bayeslmm.graphics.figures import focus_term, make_figures
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
-from bayeslmm.tables import diagnostics
+from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
+from bayeslmm.reporting.export import SUFFIX, compact_side, render
+from bayeslmm.summary import analysis
+from bayeslmm.summary.compare import pareto_warnings
+from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
     from bayeslmm.runner import Fitted
@@ -86,7 +86,7 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
 
 def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     """Each comparison: LOO beside the LRT and AIC/BIC, and a plain-language reading."""
-    from bayeslmm.compare import reading
+    from bayeslmm.summary.compare import reading
 
     if table.empty:
         return []

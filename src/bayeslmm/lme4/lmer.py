@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, optimize, sparse
 
-from bayeslmm.formula import ModelFrame, RandomBlock
+from bayeslmm.model.formula import ModelFrame, RandomBlock
 
 try:  # a dependency of pymc's
     from threadpoolctl import threadpool_limits

@@ -6,7 +6,7 @@ models using lme4", J. Stat. Softw. 67(1), section 3: with the relative covarian
 ``Lambda' Z'Z Lambda + I``; that gives the profiled deviance (ML) or REML criterion as a function
 of ``theta`` alone, which is minimised under bounds (diagonal elements of each term's factor
 >= 0). Fixed-effect tests use lmerTest's Satterthwaite degrees of freedom. The machinery is in
-:mod:`bayeslmm.lmer`; this module assembles results with lme4's names and R's conventions.
+:mod:`bayeslmm.lme4.lmer`; this module assembles results with lme4's names and R's conventions.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandas as pd
 from scipy import linalg, stats
 
 from bayeslmm.errors import DataError, OptionsError
-from bayeslmm.formula import ModelFrame
-from bayeslmm.lmer import LmerProblem, Pls, blas_threads, satterthwaite
+from bayeslmm.lme4.lmer import LmerProblem, Pls, blas_threads, satterthwaite
+from bayeslmm.model.formula import ModelFrame
 from bayeslmm.results import EFFECTS, conform, memo
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
@@ -210,7 +210,7 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
         ``REML = TRUE`` or ``FALSE``.
     dense : bool, optional
         Force dense (``True``) or blockwise sparse (``False``) linear algebra; by default
-        dense for several terms with up to :data:`~bayeslmm.lmer.DENSE_MAX_Q` random effects.
+        dense for several terms with up to :data:`~bayeslmm.lme4.lmer.DENSE_MAX_Q` random effects.
 
     Returns
     -------

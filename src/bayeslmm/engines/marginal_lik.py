@@ -36,7 +36,7 @@ import numpy as np
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-# Prior families (codes shared with bayeslmm.marginal).  Location priors act on a
+# Prior families (codes shared with bayeslmm.engines.marginal).  Location priors act on a
 # fixed-effect coefficient; scale priors act on a standard deviation s = exp(theta),
 # with the log-Jacobian of that transform (theta) added, as PyMC's log transform does.
 NORMAL, STUDENT_T = 0, 1

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import BayeslmmError
-from bayeslmm.frequentist import FreqFit, lrt
+from bayeslmm.lme4.frequentist import FreqFit, lrt
 
 PARETO_K_BAD = 0.7
 COMPARISON_COLUMNS = [
@@ -25,7 +25,7 @@ LOO_CHUNK_BYTES = 2**27
 def loo(fit, chunk_bytes: int = LOO_CHUNK_BYTES) -> object:
     """PSIS-LOO of one fit (ArviZ's ``ELPDDataLOO``, pointwise), in bounded memory.
 
-    The pointwise log-likelihood is recomputed (:func:`bayeslmm.bayes.log_likelihood`) a
+    The pointwise log-likelihood is recomputed (:func:`bayeslmm.engines.bayes.log_likelihood`) a
     block of rows at a time, at most ``chunk_bytes`` of it at once. PSIS smooths each
     observation's weights on its own, so every pointwise value is exactly what ArviZ's
     ``loo`` gives on the whole array; the relative efficiency is ArviZ's (mean ESS of the
@@ -34,7 +34,7 @@ def loo(fit, chunk_bytes: int = LOO_CHUNK_BYTES) -> object:
     import arviz as az
     import xarray as xr
 
-    from bayeslmm.bayes import log_likelihood
+    from bayeslmm.engines.bayes import log_likelihood
 
     post = fit.idata["posterior"]
     chains, draws = post.sizes["chain"], post.sizes["draw"]

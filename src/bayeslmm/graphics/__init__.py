@@ -1,0 +1,1 @@
+"""graphics: see the package's design note in bayeslmm/__init__.py."""

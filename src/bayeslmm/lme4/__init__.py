@@ -1,0 +1,1 @@
+"""lme4: see the package's design note in bayeslmm/__init__.py."""

@@ -1,0 +1,1 @@
+"""reporting: see the package's design note in bayeslmm/__init__.py."""
