@@ -146,22 +146,14 @@ def _formulae_term(term: str) -> str:
 
 
 def _split_top(text: str, sep: str, where: int = 0) -> list[tuple[str, int]]:
-    """Split ``text`` on ``sep`` outside parentheses; keep each part's start offset."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise FormulaError(f"unbalanced ')' at position {where + i + 1}; remove it")
-        elif ch == sep and depth == 0:
-            parts.append((text[start:i], where + start))
-            start = i + 1
-    if depth != 0:
-        raise FormulaError("unbalanced '(' in formula; close every random term like (1|group)")
-    parts.append((text[start:], where + start))
-    return parts
+    """Split ``text`` on ``sep`` outside parentheses; keep each part's start offset (``where`` added)."""
+    try:
+        parts, _ = rterms.split_top(text, sep)
+    except rterms.Unbalanced as exc:
+        if exc.closing:
+            raise FormulaError(f"unbalanced ')' at position {where + exc.position + 1}; remove it") from None
+        raise FormulaError("unbalanced '(' in formula; close every random term like (1|group)") from None
+    return [(part, where + at) for part, at in parts]
 
 
 def _parse_random(inner: str, pos: int) -> list[RandomTerm]:

@@ -52,10 +52,26 @@ def quote(name: str) -> str:
     return name if _IDENT.fullmatch(name) and not name.startswith(".") else f"`{name}`"
 
 
-def _scan(term: str) -> tuple[list[str], list[str]]:
-    """Operands of a term and the ``:``/``*`` operators between them (outside parentheses and backticks)."""
+class Unbalanced(ValueError):
+    """A ``)`` without its ``(``, or a ``(`` never closed, at ``position`` (0-based)."""
+
+    def __init__(self, position: int, closing: bool) -> None:
+        super().__init__(f"unbalanced {')' if closing else '('} at {position}")
+        self.position, self.closing = position, closing
+
+
+def split_top(text: str, seps: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """Split ``text`` at any character of ``seps`` outside parentheses and backticks.
+
+    Returns the parts with their start offsets, and the separators between them.
+
+    Raises
+    ------
+    Unbalanced
+        At the first ``)`` without its ``(``, or at the end when a ``(`` is never closed.
+    """
     parts, ops, depth, start, tick = [], [], 0, 0, False
-    for i, ch in enumerate(term):
+    for i, ch in enumerate(text):
         if ch == "`":
             tick = not tick
         elif tick:
@@ -64,12 +80,22 @@ def _scan(term: str) -> tuple[list[str], list[str]]:
             depth += 1
         elif ch == ")":
             depth -= 1
-        elif ch in ":*" and depth == 0:
-            parts.append(term[start:i].strip())
+            if depth < 0:
+                raise Unbalanced(i, closing=True)
+        elif ch in seps and depth == 0:
+            parts.append((text[start:i], start))
             ops.append(ch)
             start = i + 1
-    parts.append(term[start:].strip())
+    if depth != 0:
+        raise Unbalanced(len(text), closing=False)
+    parts.append((text[start:], start))
     return parts, ops
+
+
+def _scan(term: str) -> tuple[list[str], list[str]]:
+    """Operands of a term and the ``:``/``*`` operators between them."""
+    parts, ops = split_top(term, ":*")
+    return [p.strip() for p, _ in parts], ops
 
 
 def split_operands(term: str) -> list[str]:
@@ -134,21 +160,11 @@ def call_of(expr: str) -> tuple[str, list[str]] | None:
     m = re.fullmatch(r"\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\((.*)\)\s*", expr, flags=re.S)
     if not m:
         return None
-    inner, depth, args, start = m.group(2), 0, [], 0
-    for i, ch in enumerate(inner):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                return None
-        elif ch == "," and depth == 0:
-            args.append(inner[start:i].strip())
-            start = i + 1
-    if depth != 0:
+    try:
+        parts, _ = split_top(m.group(2), ",")
+    except Unbalanced:
         return None
-    args.append(inner[start:].strip())
-    return m.group(1), args
+    return m.group(1), [p.strip() for p, _ in parts]
 
 
 def poly_degree(expr: str) -> int | None:
