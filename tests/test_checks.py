@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ from bayeslmm.model import checks
 from bayeslmm.model.formula import group_codes, parse
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("BAYESLMM_SHARED", ROOT.parent / "shared"))
-DRAGONS_RDATA = SHARED / "data" / "dragons.RData"
 WRONG = "testScore ~ bodyLength2 + (1|mountainRange) + (1|site)"
 
 
@@ -73,22 +70,10 @@ def test_mixed_wrong_on_the_builtin_data(builtin):
     assert not _nesting(_warnings("testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)", builtin))
 
 
-@pytest.fixture(scope="module")
-def real_dragons(study) -> pd.DataFrame:
-    """The tutorial's data, prepared; skipped without shared/ unless CI=true, where it must be there."""
-    if not DRAGONS_RDATA.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"tutorial data not found at {DRAGONS_RDATA} (CI must have it)")
-        pytest.skip(f"tutorial data not found at {DRAGONS_RDATA}")
-    from bayeslmm.runner import prepared_data
-
-    return prepared_data(study, DRAGONS_RDATA)
-
-
-def test_mixed_wrong_on_the_real_data(real_dragons):
-    notes = _nesting(_warnings(WRONG, real_dragons))
+def test_mixed_wrong_on_the_real_data(dragons):
+    notes = _nesting(_warnings(WRONG, dragons))
     assert len(notes) == 1 and "(1|mountainRange/site)" in notes[0], notes
-    assert not _nesting(_warnings("testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)", real_dragons))
+    assert not _nesting(_warnings("testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)", dragons))
 
 
 def test_crossed_designs_rarely_alarm():
@@ -175,8 +160,8 @@ def test_continuous_scores_are_not_called_counts(builtin):
     assert checks.response_warning(rounded, "testScore") is None
 
 
-def test_real_scores_are_not_called_counts(real_dragons):
-    assert checks.response_warning(real_dragons, "testScore") is None
+def test_real_scores_are_not_called_counts(dragons):
+    assert checks.response_warning(dragons, "testScore") is None
 
 
 @pytest.mark.parametrize("values", [["yes", "no"], [True, False]])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import warnings
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,25 +15,25 @@ from bayeslmm.lme4.frequentist import FreqFit, fit, fit_lmm, fit_ols, lrt, tidy,
 from bayeslmm.lme4.lmer import LmerProblem, satterthwaite
 from bayeslmm.model.formula import ModelFrame, model_frame, parse
 from bayeslmm.results import TIDY_COLUMNS
+from conftest import DRAGONS_RDATA, LME4_REFERENCE, STUDY, require
 
-SHARED = Path(__file__).parents[2] / "shared"  # /work/shared beside the repository at /work/main
 #: What R reports for the tutorial's models: R 4.2.2, lme4 1.1-31, lmerTest 3.1-3 (versions also in
-#: the file under "info"); described in shared/reference/README.md.
-REFERENCE = SHARED / "reference" / "dragons_lme4.json"
-#: The tutorial's data (Coding Club, "Introduction to linear mixed models").
-DATA = SHARED / "data" / "dragons.RData"
-MISSING = f"needs {REFERENCE} and {DATA} (the shared reference data is not present)"
-have_shared = pytest.mark.skipif(not (REFERENCE.exists() and DATA.exists()), reason=MISSING)
+#: the file under "info"), in conftest.LME4_REFERENCE; described in shared/reference/README.md.
+#: The tutorial's data (Coding Club, "Introduction to linear mixed models"): conftest.DRAGONS_RDATA.
 
 #: Relative tolerance against lme4. Our optimum is at least as good as lme4's (test below): the
 #: differences are BOBYQA's stopping tolerance in lme4 (largest seen: 5.3e-5 on the site variance
 #: of mixed.WRONG, with our REML criterion 2e-9 lower than lme4's).
 REL = 1e-4
-#: Fields of the reference compared by test_matches_lme4; the others are named here with why not.
-COMPARED = {
-    "coef", "fixef", "se", "t", "p", "sigma", "r_squared", "logLik", "AIC", "BIC",
-    "deviance_or_REMLcrit", "variance", "sd", "ranef", "satterthwaite_df",
+#: What R reports for each kind of fit of the study (lm; lmer by REML, with lmerTest's tests; lmer
+#: by ML), each compared for every term, group or level by test_matches_lme4.
+QUANTITIES = {
+    "ols": ("coef", "se", "t", "p", "sigma", "r_squared", "logLik", "AIC"),
+    "reml": ("fixef", "se", "p", "satterthwaite_df", "variance", "sd", "ranef", "logLik", "AIC", "BIC",
+             "deviance_or_REMLcrit"),
+    "ml": ("fixef", "se", "variance", "sd", "ranef", "logLik", "AIC", "BIC", "deviance_or_REMLcrit"),
 }
+#: The reference's other fields, with why they are not compared there.
 NOT_COMPARED = {
     "formula": "input, not output",
     "REML": "decides the method we fit with",
@@ -42,21 +41,29 @@ NOT_COMPARED = {
 }
 
 
+def _study_methods() -> dict[str, str]:
+    """Each model of the study (models/dragons.toml, the models the reference holds) and how lme4 fits it."""
+    from bayeslmm.model.study import load
+
+    return {m.name: (m.lme4_method if m.formula.is_mixed else "ols") for m in load(STUDY).models}
+
+
+#: Known without the reference, so the comparisons are collected (and skip, or fail under CI) without it.
+METHODS = _study_methods()
+
+
+@cache
 def _reference() -> dict:
-    return json.loads(REFERENCE.read_text())["models"] if REFERENCE.exists() else {}
-
-
-def _method(entry: dict) -> str:
-    if "REML" not in entry:
-        return "ols"
-    return "reml" if entry["REML"] else "ml"
+    require(LME4_REFERENCE)
+    return json.loads(LME4_REFERENCE.read_text())["models"]
 
 
 @cache
 def _dragons() -> pd.DataFrame:
+    require(DRAGONS_RDATA)
     from bayeslmm.model.data import load, prepare
 
-    return prepare(load(DATA), {"bodyLength2": "bodyLength"}, {"sample": ["mountainRange", "site"]})
+    return prepare(load(DRAGONS_RDATA), {"bodyLength2": "bodyLength"}, {"sample": ["mountainRange", "site"]})
 
 
 @cache
@@ -66,35 +73,20 @@ def _frame(formula: str) -> ModelFrame:
 
 @cache
 def _fit(name: str) -> FreqFit:
-    entry = _reference()[name]
-    return fit(_frame(entry["formula"]), _method(entry))
+    return fit(_frame(_reference()[name]["formula"]), METHODS[name])
 
 
-def _cases() -> list:
-    cases = []
-    for name, entry in _reference().items():
-        if not isinstance(entry, dict) or "formula" not in entry:
-            continue
-        unknown = set(entry) - COMPARED - set(NOT_COMPARED)
-        assert not unknown, f"reference field(s) {unknown} of {name} are neither compared nor excused"
-        for quantity in sorted(COMPARED & set(entry)):
-            value = entry[quantity]
-            if quantity == "ranef":
-                for group, levels in value.items():
-                    cases += [(name, quantity, (group, lv), v) for lv, v in levels.items()]
-            elif isinstance(value, dict):
-                cases += [(name, quantity, key, v) for key, v in value.items()]
-            else:
-                cases.append((name, quantity, None, value))
-    if not cases:
-        return [pytest.param(None, None, None, None, marks=pytest.mark.skip(reason=MISSING))]
-    def name(key) -> str:
-        return "" if key is None else "-" + ("/".join(key) if isinstance(key, tuple) else key)
-
-    return [pytest.param(*c, id=f"{c[0]}-{c[1]}{name(c[2])}") for c in cases]
+def test_reference_holds_the_study_and_what_we_compare() -> None:
+    ref = _reference()
+    assert {name for name, entry in ref.items() if isinstance(entry, dict) and "formula" in entry} == set(METHODS)
+    for name, method in METHODS.items():
+        entry = ref[name]
+        assert entry.get("REML") == {"ols": None, "reml": True, "ml": False}[method], name
+        assert set(entry) - set(NOT_COMPARED) == set(QUANTITIES[method]), name
 
 
-def _actual(f: FreqFit, quantity: str, key) -> float:
+def _actual(f: FreqFit, quantity: str) -> float | dict:
+    """Our value of one of R's quantities: a number, or a dict keyed as the reference's."""
     scalars = {
         "sigma": f.sigma, "r_squared": f.r_squared, "logLik": f.loglik, "AIC": f.aic, "BIC": f.bic,
         "deviance_or_REMLcrit": f.reml_criterion if f.method == "reml" else f.deviance,
@@ -103,25 +95,29 @@ def _actual(f: FreqFit, quantity: str, key) -> float:
         return scalars[quantity]
     series = {"coef": f.fixef, "fixef": f.fixef, "se": f.se, "t": f.t, "p": f.p, "satterthwaite_df": f.df}
     if quantity in series:
-        return series[quantity][key]
+        return series[quantity].to_dict()
     if quantity == "ranef":
-        group, level = key
-        return f.ranef[group].at[level, "(Intercept)"]
-    vc = f.varcorr
-    row = vc[(vc.group == key) & vc.term.isin(["sd__(Intercept)", "sd__Observation"])]
-    assert len(row) == 1, f"no single variance row for {key!r}"
-    return row[quantity].iloc[0]
+        return {group: values["(Intercept)"].to_dict() for group, values in f.ranef.items()}
+    vc = f.varcorr[f.varcorr.term.isin(["sd__(Intercept)", "sd__Observation"])]
+    assert not vc.group.duplicated().any(), "more than one variance row for a group"
+    return dict(zip(vc.group, vc[quantity], strict=True))
 
 
-@have_shared
-@pytest.mark.parametrize(("model", "quantity", "key", "expected"), _cases())
-def test_matches_lme4(model: str, quantity: str, key, expected: float) -> None:
+@pytest.mark.parametrize(("model", "quantity"),
+                         [pytest.param(m, q, id=f"{m}-{q}") for m, how in METHODS.items() for q in QUANTITIES[how]])
+def test_matches_lme4(model: str, quantity: str) -> None:
+    expected = _reference()[model][quantity]
     f = _fit(model)
     assert f.converged
-    assert _actual(f, quantity, key) == pytest.approx(expected, rel=REL, abs=0)
+    got = _actual(f, quantity)
+    if quantity == "ranef":  # {group: {level: value}}: one comparison per group, every level
+        assert set(got) == set(expected)
+        for group in expected:
+            assert got[group] == pytest.approx(expected[group], rel=REL, abs=0), group
+    else:
+        assert got == pytest.approx(expected, rel=REL, abs=0)
 
 
-@have_shared
 @pytest.mark.parametrize("key", ["chisq", "df", "p", "AIC.reduced", "AIC.full"])
 def test_anova_reduced_vs_full(key: str) -> None:
     expected = _reference()["anova_reduced_vs_full"]
@@ -134,7 +130,6 @@ def test_anova_reduced_vs_full(key: str) -> None:
     assert got == pytest.approx(expected, rel=REL, abs=0)
 
 
-@have_shared
 def test_icc() -> None:
     share = variance_partition(_fit("mixed.lmer"))
     assert share["mountainRange"] == pytest.approx(_reference()["icc_mixed.lmer"], rel=REL, abs=0)
@@ -147,7 +142,6 @@ def _lme4_varpar(entry: dict, problem: LmerProblem) -> np.ndarray:
     return np.array([entry["sd"][b.term.group] / sigma for b in problem.blocks] + [sigma])
 
 
-@have_shared
 @pytest.mark.parametrize("model", ["mixed.lmer", "mixed.WRONG", "mixed.lmer2", "full.lmer", "reduced.lmer"])
 def test_criterion_at_lme4_estimates(model: str) -> None:
     """Our deviance function is lme4's: at lme4's theta it gives R's value to 1e-9, and our
@@ -159,7 +153,6 @@ def test_criterion_at_lme4_estimates(model: str) -> None:
     assert problem.objective(_fit(model).theta.to_numpy()) <= problem.objective(theta) + 1e-9
 
 
-@have_shared
 @pytest.mark.parametrize("model", ["mixed.lmer", "mixed.WRONG", "mixed.lmer2"])
 def test_satterthwaite_at_lme4_estimates(model: str) -> None:
     """At lme4's own estimates our numDeriv-style derivatives give lmerTest's df to 1e-6 (seen:
@@ -172,7 +165,6 @@ def test_satterthwaite_at_lme4_estimates(model: str) -> None:
     assert sat.df == pytest.approx(expected, rel=1e-6, abs=0)
 
 
-@have_shared
 def test_block_factorization_equals_dense() -> None:
     """The sparse (blockwise) path used beyond DENSE_MAX_Q random effects gives the dense results."""
     frame = _frame("testScore ~ bodyLength2 + (1|mountainRange/site)")
@@ -185,7 +177,6 @@ def test_block_factorization_equals_dense() -> None:
     assert dense.loglik == pytest.approx(_fit("mixed.lmer2").loglik, rel=1e-12)
 
 
-@have_shared
 def test_tidy_schema_and_values() -> None:
     f = _fit("mixed.lmer2")
     out = tidy(f, "mixed.lmer2", conf_level=0.9)
@@ -206,7 +197,6 @@ def test_tidy_schema_and_values() -> None:
     assert set(ols.effect) == {"fixed", "ran_pars"} and set(ols.method) == {"ols"}
 
 
-@have_shared
 def test_condvar_is_the_conditional_covariance() -> None:
     """ran_vals' std_error = sqrt(diag(Cov(b | y))) at the estimates, Cov = (Z'Z/s2 + G^-1)^-1."""
     f = _fit("mixed.lmer2")
@@ -220,7 +210,6 @@ def test_condvar_is_the_conditional_covariance() -> None:
     np.testing.assert_allclose(np.sqrt(np.diag(cov)), expected, rtol=1e-10)
 
 
-@have_shared
 def test_lrt_and_dispatch_errors() -> None:
     with pytest.raises(OptionsError, match="REML"):
         lrt(_fit("mixed.lmer"), _fit("full.lmer"))
@@ -310,20 +299,11 @@ def _v_of(f: FreqFit, frame: ModelFrame) -> np.ndarray:
     return z @ np.kron(np.eye(len(frame.blocks[0].levels)), cov) @ z.T + f.sigma**2 * np.eye(z.shape[0])
 
 
-def test_crossed_design() -> None:
+def test_crossed_design(crossed: pd.DataFrame) -> None:
     """Fully crossed subjects x items: statsmodels (variance components) and the marginal likelihood."""
     import statsmodels.api as sm
 
-    rng = np.random.default_rng(7)
-    n_subj, n_item, reps = 20, 12, 2
-    s = np.repeat(np.arange(n_subj), n_item * reps)
-    it = np.tile(np.repeat(np.arange(n_item), reps), n_subj)
-    x = rng.normal(size=s.size)
-    y = 5 + 0.5 * x + 1.2 * rng.normal(size=n_subj)[s] + 0.8 * rng.normal(size=n_item)[it] + rng.normal(size=s.size)
-    data = pd.DataFrame({
-        "y": y, "x": x,
-        "subj": pd.Categorical([f"s{i:02d}" for i in s]), "item": pd.Categorical([f"i{i:02d}" for i in it]),
-    })
+    data = crossed
     frame = model_frame(parse("y ~ x + (1|subj) + (1|item)"), data)
     f = fit_lmm(frame, "reml")
     assert f.converged and f.ngroups == {"subj": 20, "item": 12}
@@ -340,7 +320,7 @@ def test_crossed_design() -> None:
     assert f.loglik == pytest.approx(res.llf, abs=1e-6)
     assert f.loglik >= res.llf - 1e-9
     z_s, z_i = (b.z_matrix() for b in frame.blocks)
-    V = vc["subj"] * z_s @ z_s.T + vc["item"] * z_i @ z_i.T + vc["Residual"] * np.eye(len(y))
+    V = vc["subj"] * z_s @ z_s.T + vc["item"] * z_i @ z_i.T + vc["Residual"] * np.eye(len(data))
     ll, beta, se = _marginal_reml(frame, V)
     assert f.loglik == pytest.approx(ll, rel=1e-12)
     np.testing.assert_allclose(f.fixef, beta, rtol=1e-10)
