@@ -1,4 +1,5 @@
-"""Many groups: lme4's answers for 1,000 groups x 3 rows, and designs whose fits or profiles failed.
+"""Many groups: 1,000 groups x 3 rows (lme4's answers for it: tests/test_lme4_beyond.py), and
+designs whose fits or profiles failed.
 
 Up to commit 2a5f2c8 the lme4 side factored ``X'X - R_ZX'R_ZX`` by Cholesky, a difference that
 cancels to rounding error (potrf: "not positive definite") once an intercept lies in the span
@@ -9,9 +10,6 @@ profiles died from about 120 groups on, and some ML and REML fits of nested desi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,86 +19,22 @@ from bayeslmm.lme4 import frequentist
 from bayeslmm.lme4.lmer import LmerProblem
 from bayeslmm.lme4.profile import profile_ci
 from bayeslmm.model.formula import model_frame, parse
-
-DATA = Path(__file__).parent / "data" / "beyond"
-#: What R 4.x / lme4 1.1 report for the CSVs beside it, read with read.csv(stringsAsFactors =
-#: TRUE); made outside the project, copied from shared/reference/beyond/ (README.md there and here).
-REFERENCE = DATA / "lme4_reference.json"
-#: Relative tolerance of the fit against lme4: the project's (tests/test_frequentist.py), set by
-#: where lme4's BOBYQA stops; here the largest difference is 5.4e-9 (the intercept's se).
-FIT_REL = 1e-4
-#: Relative tolerance of the profile intervals against R's. lme4 reads the ends off an
-#: interpolation spline of zeta on a grid, we solve zeta = +-1.96 with a root finder; on this
-#: nearly quadratic profile the two agree to 6.9e-8 (the lower end of the group sd), so 1e-6
-#: leaves a margin of 14. (On the tutorial's data R's spline is off by 2.2e-5, hence 1e-4 in
-#: tests/test_profile.py.)
-PROFILE_REL = 1e-6
-#: lme4's confint names (oldNames = FALSE) and ours (lme4's .sigNN names).
-PROFILE_NAMES = {"sd_(Intercept)|group": ".sig01", "sigma": ".sigma", "(Intercept)": "(Intercept)", "x": "x"}
-
-
-def _reference(name: str) -> dict:
-    return {entry["name"]: entry for entry in json.loads(REFERENCE.read_text())}[name]
+from conftest import beyond
 
 
 @pytest.fixture(scope="module")
 def many_groups():
-    entry = _reference("many_groups")
-    df = pd.read_csv(DATA / entry["data"])
-    df["group"] = pd.Categorical(df["group"])  # read.csv(stringsAsFactors = TRUE): levels sorted as strings
+    """tests/data/beyond/many_groups.csv fitted by REML (lme4's answers on it: tests/test_lme4_beyond.py)."""
+    entry, df = beyond("many_groups")
     frame = model_frame(parse(entry["formula"]), df)
-    return entry, frame, frequentist.fit(frame, "reml")
-
-
-def test_reference_holds_what_we_compare(many_groups):
-    entry, frame, _ = many_groups
-    assert entry["method"] == "REML" and entry["nobs"] == frame.y.size == 3000
-    assert {row["par"] for row in entry["confint"]} == set(PROFILE_NAMES)
-    assert [(row["grp"], row["var1"]) for row in entry["varcorr"]] == [("group", "(Intercept)"), ("Residual", None)]
-
-
-def test_reml_fit_matches_lme4(many_groups):
-    entry, _, fit = many_groups
-    assert fit.ngroups == {"group": 1000} and not fit.singular and fit.converged
-    for name, value in entry["fixef"].items():
-        assert fit.fixef[name] == pytest.approx(value, rel=FIT_REL, abs=0)
-        assert fit.se[name] == pytest.approx(entry["se"][name], rel=FIT_REL, abs=0)
-    vc = fit.varcorr.set_index("group")
-    for row in entry["varcorr"]:
-        assert vc.at[row["grp"], "variance"] == pytest.approx(row["vcov"], rel=FIT_REL, abs=0)
-        assert vc.at[row["grp"], "sd"] == pytest.approx(row["sdcor"], rel=FIT_REL, abs=0)
-    for ours, theirs in ((fit.loglik, "logLik"), (fit.aic, "AIC"), (fit.bic, "BIC")):
-        assert ours == pytest.approx(entry[theirs], rel=FIT_REL, abs=0)
-
-
-def test_criteria_at_lme4_estimates(many_groups):
-    """At lme4's theta our REML criterion is R's -2 logLik to 1e-9 (seen: 5e-15), and our ML fit's
-    deviance is R's ML deviance (at an optimum the deviance is flat, so 1e-9 holds; seen: 3e-15)."""
-    entry, frame, _ = many_groups
-    sd = {row["grp"]: row["sdcor"] for row in entry["varcorr"]}
-    theta = np.array([sd["group"] / sd["Residual"]])
-    assert LmerProblem(frame, reml=True).objective(theta) == pytest.approx(-2 * entry["logLik"], rel=1e-9, abs=0)
-    assert frequentist.fit(frame, "ml").deviance == pytest.approx(entry["deviance"], rel=1e-9, abs=0)
-
-
-@pytest.fixture(scope="module")
-def many_groups_ci(many_groups):
-    _, frame, fit = many_groups
-    return profile_ci(frame, fit).set_index("lme4_name")
-
-
-@pytest.mark.parametrize("side", ["lo", "hi"])
-@pytest.mark.parametrize("par", list(PROFILE_NAMES))
-def test_profile_matches_lme4(many_groups, many_groups_ci, par, side):
-    want = {row["par"]: row for row in many_groups[0]["confint"]}[par][side]
-    got = many_groups_ci.at[PROFILE_NAMES[par], "conf_low" if side == "lo" else "conf_high"]
-    assert got == pytest.approx(want, rel=PROFILE_REL, abs=0), f"{par} {side}: {got} vs lme4's {want}"
+    return frame, frequentist.fit(frame, "reml")
 
 
 def test_profiler_stays_near_the_estimates(many_groups, monkeypatch):
     """The nuisance parameters move in units of their Wald se, so no theta far from the estimate
     is tried (the first step on the old scale took sigma to its bound: theta = 1e8)."""
-    _, frame, fit = many_groups
+    frame, fit = many_groups
+    assert fit.ngroups == {"group": 1000}
     seen, solve = [], LmerProblem.solve
 
     def spy(self, theta):
@@ -202,21 +136,12 @@ def test_criterion_is_finite_at_extreme_theta(design):
             np.testing.assert_allclose(values[0][:4], values[1][:4], rtol=1e-10)
 
 
-def test_optimizer_leaves_a_saddle_on_the_bound():
+def test_optimizer_leaves_a_saddle_on_the_bound(crossed):
     """(x|subj): the criterion is even in the slope's diagonal theta, so at 0 its slope is 0 and
     L-BFGS-B (and the gradient check) can stop there although the curvature is negative. Seen on
-    this crossed design (tests/test_frequentist.py's) once the R_X change moved L-BFGS-B's path."""
-    rng = np.random.default_rng(7)
-    n_subj, n_item, reps = 20, 12, 2
-    s = np.repeat(np.arange(n_subj), n_item * reps)
-    it = np.tile(np.repeat(np.arange(n_item), reps), n_subj)
-    x = rng.normal(size=s.size)
-    y = 5 + 0.5 * x + 1.2 * rng.normal(size=n_subj)[s] + 0.8 * rng.normal(size=n_item)[it] + rng.normal(size=s.size)
-    df = pd.DataFrame({
-        "y": y, "x": x,
-        "subj": pd.Categorical([f"s{i:02d}" for i in s]), "item": pd.Categorical([f"i{i:02d}" for i in it]),
-    })  # fmt: skip
-    m = LmerProblem(model_frame(parse("y ~ x + (x|subj) + (1|item)"), df), reml=True)
+    this crossed design (conftest's, fitted in tests/test_frequentist.py too) once the R_X change
+    moved L-BFGS-B's path."""
+    m = LmerProblem(model_frame(parse("y ~ x + (x|subj) + (1|item)"), crossed), reml=True)
     assert m.theta_names[2] == "subj.x"
     saddle = np.array([1.4774778, 0.0209838, 0.0, 0.7638932])  # where L-BFGS-B stopped
     e = np.array([0.0, 0.0, 1e-3, 0.0])
