@@ -1,5 +1,6 @@
 """The command line end to end on the built-in data (small draws: structure, not accuracy)."""
 
+import shutil
 import subprocess
 import sys
 
@@ -8,15 +9,15 @@ import pytest
 
 from bayeslmm.cli import main
 from bayeslmm.results import TIDY_COLUMNS
+from conftest import STUDY_RUN_FLAGS
 
 SMALL = ["--draws", "100", "--tune", "150", "--chains", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "dragons"
-    assert main(["run", "models/dragons.toml", "--out", str(out), *SMALL]) == 0
-    return out
+def report_dir(study_run):
+    """The report folder of the session's one tiny run of the study (conftest.STUDY_RUN); read only."""
+    return study_run.out
 
 
 def test_run_writes_the_report(report_dir):
@@ -48,8 +49,11 @@ def test_tidy_schema(report_dir):
     assert len(mr) == 8 and set(mr["term"]) == {"(Intercept)"}
 
 
-def test_second_run_reuses_the_cache(report_dir, capsys):
-    assert main(["run", "models/dragons.toml", "--out", str(report_dir), *SMALL]) == 0
+def test_second_run_reuses_the_cache(report_dir, tmp_path, capsys):
+    """The same settings given as flags find every posterior of the first run (on a copy of its folder)."""
+    out = tmp_path / "dragons"
+    shutil.copytree(report_dir, out)
+    assert main(["run", "models/dragons.toml", "--out", str(out), *STUDY_RUN_FLAGS, "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert err.count("reused cached posterior") == 7
 

@@ -2,8 +2,9 @@
 
 Structure, not pixels: axes, titles, labels, lines, collections, arrows and legend entries. The
 fits are tiny (2 chains x 150 draws): enough for every figure to have something to draw, not for
-accurate posteriors. The whole study is run once through ``runner.run_study`` (which calls
-``figures.make_figures``) and its fits are reused by the per-figure tests.
+accurate posteriors. The whole study is run once per session through ``runner.run_study`` (which
+calls ``figures.make_figures``; conftest's ``study_run``, shared with test_cli.py) and its fits are
+reused by the per-figure tests.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from bayeslmm.engines.bayes import fit as bayes_fit
 from bayeslmm.graphics import figures, plots, plots_checks, plots_pooling
 from bayeslmm.model.formula import parse
 from bayeslmm.model.options import RunOptions, SamplerOptions
-from bayeslmm.runner import run_study
 from bayeslmm.summary import predict
 from bayeslmm.summary.tables import fixed_draws, sd_draws, variance_partition_draws
 
@@ -36,12 +36,9 @@ SITES = 24
 
 
 @pytest.fixture(scope="module")
-def run(study, tmp_path_factory):
-    """The dragons study run end to end on the built-in data with tiny fits."""
-    out = tmp_path_factory.mktemp("plots") / "dragons"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return run_study(study, out=out, options=SMALL, echo=lambda m: None, run=RunOptions(progress=False))
+def run(study_run):
+    """The dragons study run end to end on the built-in data with tiny fits (conftest.STUDY_RUN)."""
+    return study_run
 
 
 @pytest.fixture(scope="module")
