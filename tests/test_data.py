@@ -7,6 +7,7 @@ import pytest
 from bayeslmm.errors import DataError
 from bayeslmm.model import data
 from bayeslmm.model.simulate import TRUTH, simulate_dragons
+from conftest import DRAGONS_RDATA, require
 
 
 def test_scale_matches_r():
@@ -60,8 +61,15 @@ def test_read_formats(tmp_path, builtin):
     assert len(data.load(pq)) == len(builtin)
 
 
-def test_read_rdata(dragons):
-    assert {"testScore", "bodyLength", "mountainRange", "site"} <= set(dragons.columns)
+def test_read_rdata(reference):
+    """The tutorial's .RData as stored, against R: factors keep R's levels, numbers R's values."""
+    require(DRAGONS_RDATA)
+    raw = data.load(DRAGONS_RDATA)
+    assert len(raw) == 480 and {"testScore", "bodyLength", "mountainRange", "site"} <= set(raw.columns)
+    assert list(raw["mountainRange"].cat.categories) == list(reference["mixed.lmer"]["ranef"]["mountainRange"])
+    assert list(raw["site"].cat.categories) == list(reference["mixed.WRONG"]["ranef"]["site"])
+    # lm(testScore ~ scale(bodyLength)): the intercept is the mean test score (R's, to its 11 digits)
+    assert raw["testScore"].mean() == pytest.approx(reference["basic.lm"]["coef"]["(Intercept)"], rel=1e-10)
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01garbage\xff" * 50])

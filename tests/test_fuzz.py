@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from bayeslmm.cli import _options, build_parser, main
+from bayeslmm.cli import _options, _run_options, build_parser, main
 from bayeslmm.engines import bayes
 from bayeslmm.errors import BayeslmmError
 from bayeslmm.model import checks
@@ -96,15 +96,37 @@ def test_random_formulas(builtin, tmp_path, capsys):
     assert valid > 5 and cli_runs > 5  # the generator explores both sides
 
 
-@pytest.mark.parametrize("option", ["--draws", "--tune", "--chains", "--seed", "--target-accept", "--ci"])
+#: What an accepted value of each option must be: counts are whole numbers >= 1, the seed >= 0,
+#: probabilities strictly between 0 and 1.
+VALID = {
+    "--draws": lambda v: isinstance(v, int) and v >= 1,
+    "--tune": lambda v: isinstance(v, int) and v >= 1,
+    "--chains": lambda v: isinstance(v, int) and v >= 1,
+    "--seed": lambda v: isinstance(v, int) and v >= 0,
+    "--target-accept": lambda v: isinstance(v, float) and 0 < v < 1,
+    "--ci": lambda v: isinstance(v, float) and 0 < v < 1,
+}
+
+
+@pytest.mark.parametrize("option", list(VALID))
 def test_random_option_values(option):
+    """Each value is either refused with a message naming the option, or kept as written and valid
+    (the parser and SamplerOptions agree: nothing the parser lets through fails later)."""
     rng = np.random.default_rng(RNG_SEED + len(option))
     values = ["0", "-1", "1e9", "nan", "inf", "", "abc", "1.5", "0.999", "3", "-0.0", "10000000000000000000000"]
     values += [str(v) for v in rng.normal(0, 1000, 10)]
     parser = build_parser()
+    accepted, refused = 0, 0
     for value in values:
         try:
             args = parser.parse_args(["fit", "x.csv", "y ~ x", option, value])
-            _options(args)
-        except BayeslmmError:
+        except BayeslmmError as exc:
+            assert option in str(exc) and "\n" not in str(exc), (value, str(exc))
+            refused += 1
             continue
+        kept = getattr(args, option.removeprefix("--").replace("-", "_"))
+        assert VALID[option](kept), (value, kept)
+        assert kept == type(kept)(value)
+        _options(args), _run_options(args)  # SamplerOptions and RunOptions take what the parser accepted
+        accepted += 1
+    assert accepted >= 1 and refused >= 5  # both sides explored
