@@ -201,11 +201,10 @@ def integer_predictor_hint(df: pd.DataFrame, term: str) -> str | None:
 def _fixed_matrix(formula: Formula, df: pd.DataFrame) -> np.ndarray:
     """The fixed-effect matrix (as :func:`~bayeslmm.model.formula.model_frame` builds it, without the
     random blocks); the intercept alone where it cannot be built (the fit then says why)."""
-    import formulae
+    from bayeslmm.model.formula import fixed_design
 
     try:
-        return np.asarray(formulae.design_matrices(formula.fixed_formula, df, na_action="error").common.design_matrix,
-                          dtype=float)
+        return fixed_design(formula, df).X
     except Exception:  # advice only: building the model for the fit reports the real problem
         return np.ones((len(df), 1))
 
