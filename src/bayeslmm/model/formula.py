@@ -376,6 +376,8 @@ def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     """
     new: dict[str, pd.Series] = {}
     for expr in formula.derived:
+        if all(c in df.columns for c in rterms.column_names(expr)):
+            continue  # already made (model_frame, predictions and offsets call this on fitted data)
         for name, values in rterms.evaluate(expr, df).items():
             if name not in df.columns:
                 new[name] = values
