@@ -53,7 +53,8 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-accept", type=_prob, default=d.target_accept,
                    help=f"NUTS target acceptance ({d.target_accept})")
     g.add_argument("--engine", choices=get_args(Engine), default=d.engine,
-                   help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS")
+                   help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS; "
+                        "pymc: bayeslmm's plain PyMC model (the reference for correlated effects)")
     g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
                    help=f"NUTS implementation of the Bambi engine ({d.sampler})")
     g.add_argument("--ci", type=_prob, default=r.ci, help=f"credible interval mass ({r.ci})")
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("formula", help="lmer formula, e.g. 'y ~ x + (1|g)'")
     fit.add_argument("--object", help="which data frame of an .RData file")
     fit.add_argument("--out", help="also write a report folder here")
+    fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
+                     help="a prior, e.g. 'cor ~ LKJ(2)' or 'cor(Subject) ~ LKJ(4)' (repeatable; LKJ(1) by default)")
     _sampler_args(fit)
 
     tab = sub.add_parser("table", help="print a table of a report folder as text, markdown, LaTeX or HTML")
@@ -134,11 +137,12 @@ def _strict(args, result) -> int:
 
 
 def _cmd_fit(args) -> int:
+    from bayeslmm.model.priors import Priors
     from bayeslmm.runner import fit_formula
     from bayeslmm.summary.tables import format_table
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
-                         run=_run_options(args))
+                         run=_run_options(args), priors=Priors.from_texts(args.prior))
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]

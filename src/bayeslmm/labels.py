@@ -25,6 +25,8 @@ INTERCEPT, BAMBI_INTERCEPT = "(Intercept)", "Intercept"
 RESIDUAL, RESIDUAL_TERM, RESIDUAL_VARIABLE = "Residual", "sd__Observation", "sigma"
 #: Prefix of a standard deviation's term in broom.mixed (``sd__(Intercept)``).
 SD_PREFIX = "sd__"
+#: Prefix of a correlation's term in broom.mixed (``cor__(Intercept).Days``).
+COR_PREFIX = "cor__"
 
 
 def effect_variable(group: str, coef: str) -> str:
@@ -42,13 +44,39 @@ def sd_term(coef: str) -> str:
     return f"{SD_PREFIX}{coef}"
 
 
-def sd_variable(group: str, term: str) -> str:
-    """Bambi's variable of a standard deviation given broom.mixed's ``(group, term)``.
+def cor_term(a: str, b: str) -> str:
+    """broom.mixed's term of the correlation of two coefficients' effects (``cor__(Intercept).Days``).
 
-    ``("g", "sd__x")`` -> ``x|g_sigma``; ``("Residual", "sd__Observation")`` -> ``sigma``.
+    ``a`` comes first in the random term (lme4 prints ``cor__(Intercept).Days``, never the reverse).
+    """
+    return f"{COR_PREFIX}{a}.{b}"
+
+
+def cor_variable(group: str, a: str, b: str) -> str:
+    """The posterior variable of a correlation: its broom.mixed term and group, ``cor__(Intercept).Days|Subject``.
+
+    Bambi has no correlated group effects, so bayeslmm names these itself (both Bayesian engines
+    that estimate correlations, the marginal one and the PyMC reference, use this name).
+    """
+    return f"{cor_term(a, b)}|{group}"
+
+
+def cor_pairs(coefs: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """The coefficient pairs of a correlated block, in lme4's order: ``(a, b)`` for b after a, by column of
+    the lower triangle (``(1, x), (1, z), (x, z)``), as ``VarCorr`` and broom.mixed list them."""
+    return [(coefs[i], coefs[j]) for i in range(len(coefs)) for j in range(i + 1, len(coefs))]
+
+
+def sd_variable(group: str, term: str) -> str:
+    """Bambi's variable of a standard deviation (or bayeslmm's of a correlation) given broom.mixed's ``(group, term)``.
+
+    ``("g", "sd__x")`` -> ``x|g_sigma``; ``("Residual", "sd__Observation")`` -> ``sigma``;
+    ``("g", "cor__(Intercept).x")`` -> ``cor__(Intercept).x|g``.
     """
     if (group, term) == (RESIDUAL, RESIDUAL_TERM):
         return RESIDUAL_VARIABLE
+    if term.startswith(COR_PREFIX):
+        return f"{term}|{group}"
     if not term.startswith(SD_PREFIX):
         raise ValueError(f"{term!r} is not the term of a standard deviation (sd__<coefficient>)")
     return hyper_variable(effect_variable(group, term[len(SD_PREFIX):]))
@@ -59,11 +87,15 @@ def classify(variable: str) -> tuple[str, str, str]:
 
     ``sigma`` -> ``("ran_pars", "Residual", "sd__Observation")``;
     ``1|g_sigma`` -> ``("ran_pars", "g", "sd__(Intercept)")``; ``x|g`` -> ``("ran_vals", "g", "x")``;
-    ``Intercept`` -> ``("fixed", "", "(Intercept)")``; ``x`` -> ``("fixed", "", "x")``. A fixed
+    ``Intercept`` -> ``("fixed", "", "(Intercept)")``; ``x`` -> ``("fixed", "", "x")``;
+    ``cor__(Intercept).x|g`` -> ``("ran_pars", "g", "cor__(Intercept).x")``. A fixed
     variable with levels (``factor(period)``) gets one term per level: see :class:`FixedColumn`.
     """
     if variable == RESIDUAL_VARIABLE:
         return "ran_pars", RESIDUAL, RESIDUAL_TERM
+    if variable.startswith(COR_PREFIX) and "|" in variable:
+        term, group = variable.rsplit("|", 1)
+        return "ran_pars", group, term
     if "|" in variable:
         expr, group = variable.split("|", 1)
         coef = INTERCEPT if expr == "1" else expr

@@ -15,6 +15,7 @@ from bayeslmm.engines.bayes import BayesFit
 from bayeslmm.model import data as data_mod
 from bayeslmm.model.formula import Formula, parse
 from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.model.priors import Priors
 from bayeslmm.model.study import ModelSpec, Study
 from bayeslmm.notices import collected
 
@@ -79,7 +80,7 @@ def fit_models(
     for spec in models:
         with collected() as caught:
             try:
-                prep = bayes.prepare(spec.formula, df, options, name=spec.name, na=run.na)
+                prep = bayes.prepare(spec.formula, df, options, name=spec.name, na=run.na, priors=spec.priors)
             except BayeslmmError as exc:
                 if len(models) == 1:
                     raise
@@ -159,9 +160,12 @@ def fit_formula(
     out: str | Path | None = None,
     options: SamplerOptions | None = None,
     run: RunOptions | None = None,
+    priors: Priors | None = None,
     echo: Callable[[str], None] = _stderr,
 ) -> RunResult:
     """Fit one formula to a data file; with ``out``, write the same kind of report folder.
+
+    ``priors`` are the user's (``--prior``); the rest are Bambi's defaults.
 
     Without ``out`` the result's tidy table holds the fixed effects and standard deviations
     (what the console shows; ``fit.ranef()`` gives the group levels) and no LOO is computed.
@@ -169,8 +173,9 @@ def fit_formula(
     formula = parse(formula) if isinstance(formula, str) else formula
     study = Study(
         name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
-        source=str(data), data_object=obj, models=(ModelSpec("model", formula),),
+        source=str(data), data_object=obj, models=(ModelSpec("model", formula, priors=priors or Priors()),),
     )
+    (priors or Priors()).check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
     if out is not None:
         return run_study(study, out=out, options=options, run=run, echo=echo)
     from bayeslmm.summary.tables import fixed_terms, tidy_posterior

@@ -26,6 +26,8 @@ from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.model.checks import NaAction, sampler_warnings, validate
 from bayeslmm.model.formula import Formula, to_bambi
 from bayeslmm.model.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
+from bayeslmm.model.priors import Priors
+from bayeslmm.numbers import format_number
 from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
 
 
@@ -143,8 +145,11 @@ def build_model(formula: Formula, data: pd.DataFrame):
     return model
 
 
-def prior_table(model) -> dict[str, str]:
-    """Each parameter's prior as text, read from the Bambi model."""
+def prior_table(model, formula: Formula | None = None, priors: Priors | None = None) -> dict[str, str]:
+    """Each parameter's prior as text: Bambi's model's, and the LKJ prior of each correlated term.
+
+    A correlated term's correlations are keyed by their group's correlation matrix, ``cor(Subject)``.
+    """
     out: dict[str, str] = {}
     for comp in model.conditional_parameters.values():
         for name, term in comp.terms.items():
@@ -153,12 +158,15 @@ def prior_table(model) -> dict[str, str]:
                 out[name] = _prior_text(prior)
     for name, comp in model.marginal_parameters.items():
         out[name] = _prior_text(comp.prior)
+    priors = priors or Priors()
+    for term in formula.random if formula is not None else ():
+        if term.correlated:
+            out[f"cor({term.group})"] = f"LKJ(eta={format_number(priors.lkj_eta(term.group))})"
     return out
 
 
 def _prior_text(prior) -> str:
     """A Bambi prior as text, numbers with 4 significant digits: ``Normal(mu=4.2e-05, sigma=3.1e-06)``."""
-    from bayeslmm.numbers import format_number
 
     if not hasattr(prior, "args"):
         return str(prior)
@@ -346,10 +354,11 @@ class Prepared:
     key: str
     notes: tuple[str, ...]
     options: SamplerOptions
+    user_priors: Priors = field(default_factory=Priors)
 
 
 def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
-            na: NaAction = "drop") -> Prepared:
+            na: NaAction = "drop", priors: Priors | None = None) -> Prepared:
     """Check a formula against the data, build its model, choose the engine and key the cache.
 
     Every check runs here, once (:func:`bayeslmm.model.checks.validate`, then lme4's dropping of
@@ -363,17 +372,21 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame
 
     options = options or SamplerOptions()
+    user_priors = priors or Priors()
+    user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
     rows, check_notes = validate(formula, df, na)
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
     model = build_model(formula, data)
-    priors = prior_table(model)
+    table = prior_table(model, formula, user_priors)
     frame = model_frame(formula, data)
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
     # The cache knows the engine that ran, so "auto" and an explicit choice share posteriors.
-    key = cache_key(formula, data, priors, replace(options, engine=engine))
-    notes = (*alias_notes, *check_notes, *(n for n in [correlation_note(formula)] if n))
-    return Prepared(name, formula, data, model, frame, priors, engine, engine_note, key, notes, options)
+    key = cache_key(formula, data, table, replace(options, engine=engine))
+    # only Bambi's engine drops the correlations of (x|g)
+    dropped = [correlation_note(formula)] if engine == "bambi" else []
+    notes = (*alias_notes, *check_notes, *(n for n in dropped if n))
+    return Prepared(name, formula, data, model, frame, table, engine, engine_note, key, notes, options, user_priors)
 
 
 def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save_dir: str | Path | None = None,
@@ -415,7 +428,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
     if engine == "marginal":
         from bayeslmm.engines import marginal
 
-        tree = marginal.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False)
+        tree = marginal.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
+                               priors=prep.user_priors)
     else:
         tree = sample(prep.model, options, progress=progress, log_likelihood=False)
     seconds = time.perf_counter() - start

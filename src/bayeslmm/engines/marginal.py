@@ -1,10 +1,13 @@
 """The marginal engine: exact, fast posterior sampling for Gaussian mixed models.
 
 For a Gaussian model with identity link the random effects integrate out exactly:
-``y ~ N(X b, sigma^2 I + sum_k s_k^2 Z_k Z_k')``.  NUTS (nutpie) then samples only the
-fixed effects and the standard deviations -- a few well-conditioned dimensions, no
-funnel -- and the random effects are drawn afterwards from their exact conditional
-normal given each posterior draw.  The posterior is the Bambi model's posterior: the
+``y ~ N(X b, sigma^2 I + Z D Z')`` with ``D`` block diagonal (one ``Sigma = diag(s) R diag(s)``
+per level of a correlated term, ``s^2`` per level of an uncorrelated one).  NUTS (nutpie) then
+samples only the fixed effects, the standard deviations and the correlations -- a few
+well-conditioned dimensions, no funnel -- and the random effects are drawn afterwards from
+their exact conditional normal given each posterior draw.  The posterior is the Bambi
+model's posterior (for ``(x|g)``: Bambi's priors on the sds and fixed effects, and an LKJ
+prior on each correlation matrix, which Bambi lacks): the
 priors are read from the Bambi model object, and the fixed-effect design is centred and
 the intercept reported exactly as Bambi does it.  The returned ``DataTree`` has Bambi's
 variable names, dims and coords, and a pointwise log-likelihood conditional on the random
@@ -36,12 +39,15 @@ from bayeslmm.engines import marginal_lik as ml
 from bayeslmm.labels import (
     RESIDUAL_VARIABLE,
     bambi_variable,
+    cor_pairs,
+    cor_variable,
     effect_variable,
     factor_dim,
     hyper_variable,
     level_dim,
 )
 from bayeslmm.model.formula import Formula, ModelFrame
+from bayeslmm.model.priors import Priors
 
 _STAT_NAMES = {
     "diverging": "diverging",
@@ -88,6 +94,24 @@ class _Random:
 
 
 @dataclass(frozen=True)
+class CorBlock:
+    """A correlated term ``(1 + x|g)``: its coefficients' sds and an LKJ prior on their correlations."""
+
+    group: str
+    coefs: tuple[str, ...]  # lme4's names, in the term's order
+    components: tuple[int, ...]  # their sds' positions in Spec.random
+    eta: float
+    cor: slice  # the correlations' unconstrained values within theta's correlation part
+    variables: tuple[str, ...]  # posterior variable of each pair, in labels.cor_pairs order
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Matrix positions ``(row, column)``, row > column, of each variable's correlation."""
+        k = len(self.coefs)
+        return [(j, i) for i in range(k) for j in range(i + 1, k)]
+
+
+@dataclass(frozen=True)
 class Spec:
     """Everything the engine needs, read from the Bambi model and the model frame."""
 
@@ -105,10 +129,17 @@ class Spec:
     bpar: np.ndarray
     scode: np.ndarray
     spar: np.ndarray
+    blocks: tuple[CorBlock, ...] = ()
+
+    @property
+    def n_cor(self) -> int:
+        """Number of correlation parameters."""
+        return sum(len(b.variables) for b in self.blocks)
 
     @property
     def n_dim(self) -> int:
-        return self.X.shape[1] + len(self.random) + 1
+        """Length of theta: coefficients, log sds, log sigma, correlations' unconstrained values."""
+        return self.X.shape[1] + len(self.random) + 1 + self.n_cor
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,8 +230,12 @@ def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
     return code, par
 
 
-def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
-    """Read the engine's inputs from the Bambi model and the model frame.
+def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = None) -> Spec:
+    """Read the engine's inputs from the Bambi model, the model frame and the user's priors.
+
+    Bambi fits ``(x|g)`` as ``(1|g) + (0 + x|g)``: its model gives the sds' and fixed
+    effects' priors; the formula says which coefficients are correlated, ``priors`` the
+    LKJ shape of each group's correlations.
 
     Raises
     ------
@@ -212,11 +247,7 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         raise Unsupported(f"non-Gaussian family ({family.name})")
     if family.link["mu"].name != "identity":
         raise Unsupported(f"non-identity link ({family.link['mu'].name})")
-    corr = [r for r in formula.random if r.correlated]
-    if corr:
-        r = corr[0]
-        coefs = " + ".join("1" if c == "(Intercept)" else c for c in r.coefs)
-        raise Unsupported(f"correlated random effects ({coefs}|{r.group}); the marginal engine fits (x||g) only")
+    priors = priors or Priors()
     cond = model.conditional_parameters
     if set(cond) != {"mu"}:
         raise Unsupported("distributional sub-models (a formula for sigma)")
@@ -317,6 +348,20 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         random.append(_Random(name, hyper_variable(name, hyper), group_names.index(group), slot, order, dim, groups))
         scodes.append(code)
         spars.append(par)
+    names = [r.name for r in random]
+    cor_blocks, ncor = [], 0
+    for term in formula.random:
+        if not term.correlated:
+            continue
+        comps = tuple(names.index(effect_variable(term.group, c)) for c in term.coefs)
+        slots = [random[c].slot for c in comps]
+        if slots != list(range(slots[0], slots[0] + len(slots))):
+            raise Unsupported(f"the coefficients of {term.lme4} are not adjacent in the Bambi model")
+        pairs = cor_pairs(term.coefs)
+        cor_blocks.append(CorBlock(term.group, term.coefs, comps, priors.lkj_eta(term.group),
+                                   slice(ncor, ncor + len(pairs)), tuple(cor_variable(term.group, a, b)
+                                                                         for a, b in pairs)))
+        ncor += len(pairs)
     factors = []
     for group in group_names:
         entries = factor_cols[group]
@@ -325,7 +370,9 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
             if not np.array_equal(block.index, block0.index):
                 raise Unsupported(f"random terms on {group} have different levels")
         values = np.column_stack([block.values[:, j] for block, j, _ in entries])
-        factors.append(ml.Factor(len(block0.levels), block0.index, values, tuple(c for _, _, c in entries)))
+        fblocks = tuple(ml.Block(tuple(random[c].slot for c in b.components), b.cor.start, b.eta)
+                        for b in cor_blocks if b.group == group)
+        factors.append(ml.Factor(len(block0.levels), block0.index, values, tuple(c for _, _, c in entries), fblocks))
     if len(frame.blocks) and sum(b.values.shape[1] for b in frame.blocks) != len(random):
         raise Unsupported("random terms of the formula and of the Bambi model differ")
 
@@ -350,16 +397,17 @@ def spec(formula: Formula, frame: ModelFrame, model) -> Spec:
         bpar=np.ascontiguousarray(bpar),
         scode=np.asarray(scodes, dtype=np.int64),
         spar=np.ascontiguousarray(np.vstack(spars)),
+        blocks=tuple(cor_blocks),
     )
 
 
 def supports(formula: Formula, frame: ModelFrame, model) -> str | None:
     """``None`` when the marginal engine applies to this model, else a one-line reason.
 
-    It applies to Gaussian models with identity link, random intercepts and uncorrelated
-    (numeric) random slopes, nested or crossed, with the priors Bambi uses by default
+    It applies to Gaussian models with identity link, random intercepts and (numeric) random
+    slopes, correlated or not, nested or crossed, with the priors Bambi uses by default
     (Normal/StudentT on fixed effects; HalfNormal, HalfStudentT, HalfCauchy, Exponential,
-    Gamma or InverseGamma on standard deviations).
+    Gamma or InverseGamma on standard deviations) and LKJ on correlations.
     """
     try:
         spec(formula, frame, model)
@@ -475,12 +523,13 @@ def initial_point(sp: Spec) -> np.ndarray:
     sd_y = float(np.std(sp.y)) or 1.0
     theta = np.empty(sp.n_dim)
     theta[:p] = sp.bpar[:, 0]
-    theta[p : p + len(sp.random)] = np.log(0.5 * sd_y)
-    theta[-1] = np.log(0.5 * sd_y)
+    theta[p : p + len(sp.random) + 1] = np.log(0.5 * sd_y)  # the sds and sigma
+    theta[p + len(sp.random) + 1 :] = 0.0  # correlations at 0
     return theta
 
 
-def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelihood: bool = True) -> xr.DataTree:
+def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelihood: bool = True,
+           priors: Priors | None = None) -> xr.DataTree:
     """Sample the posterior of a Gaussian mixed model with the random effects integrated out.
 
     Parameters
@@ -495,6 +544,8 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
         Show nutpie's progress bar (on stderr, and only when it is a terminal).
     log_likelihood : bool
         Compute the pointwise log-likelihood (draws x rows: needed for LOO, large for big data).
+    priors : Priors, optional
+        The user's priors (the LKJ shape of correlations); Bambi's model gives the rest.
 
     Returns
     -------
@@ -512,7 +563,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     from bayeslmm.notices import progress_shown
 
     start = time.perf_counter()
-    sp = spec(frame.formula, frame, model)
+    sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     compiled = compile_model(sp, stats)
     cores = min(options.chains, os.cpu_count() or 1)
@@ -562,8 +613,9 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
 
     rng = np.random.default_rng([int(options.seed), 7])
     z = rng.standard_normal((S, stats.q))
-    u = ml.draw_effects(flat, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
-                        stats.Rk, stats.Rpos, stats.comp)  # fmt: skip
+    u = ml.draw_effects(flat, K, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
+                        stats.Rk, stats.Rpos, *stats.blocks())  # fmt: skip
+    corr = ml.correlations(flat, p, K, *stats.blocks()[:4]) if sp.blocks else None
 
     n = sp.y.size
     cd = ("chain", "draw")
@@ -585,6 +637,10 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     assert start + sum(f.index.stop - f.index.start for f in sp.fixed) == p
     for k, r in enumerate(sp.random):
         post[r.sigma_name] = (cd, sds[:, k].reshape(chains, draws))
+    for block in sp.blocks:
+        t = _block_type(stats, block)
+        for var, (a, b) in zip(block.variables, block.pairs, strict=True):
+            post[var] = (cd, corr[:, t, a, b].reshape(chains, draws))
     for r in sp.random:
         cols = stats.columns[r.factor][r.order, r.slot]
         coords[r.dim] = r.groups
@@ -617,13 +673,19 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     return xr.DataTree.from_dict(groups)
 
 
+def _block_type(stats: ml.Stats, block: CorBlock) -> int:
+    """The kernel's block type of a correlated term (the one holding its first correlation)."""
+    return int(np.flatnonzero(stats.tcor == block.cor.start)[0])
+
+
 def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice) -> np.ndarray:
     """Log-likelihood (draws, rows) of ``rows``: one kernel for the fit and the recomputation."""
     y = (sp.y - sp.offset - sp.shift)[rows]
     return ml.pointwise_loglik(y, sp.X[rows], beta, stats.cols[rows], stats.vals[rows], u, sigma)
 
 
-def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None)) -> xr.DataArray:
+def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None),
+                   priors: Priors | None = None) -> xr.DataArray:
     """The pointwise log-likelihood of ``rows`` of the data, recomputed from a saved posterior.
 
     Bit for bit what :func:`sample` computes (same kernel, same draws): the fixed effects come
@@ -646,7 +708,7 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     xarray.DataArray
         Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of the data.
     """
-    sp = spec(frame.formula, frame, model)
+    sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     post = tree["posterior"]
     chains, draws = post.sizes["chain"], post.sizes["draw"]

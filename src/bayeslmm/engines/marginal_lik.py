@@ -3,8 +3,11 @@ random effects integrated out, its gradient, and exact conditional draws of the 
 
 Model (after the fixed-effect design has been centred as Bambi centres it)::
 
-    y = X b + Z u + e,   u ~ N(0, D),   D = diag(s_c(i)^2),   e ~ N(0, sigma^2 I)
+    y = X b + Z u + e,   u ~ N(0, D),   e ~ N(0, sigma^2 I)
 
+``D`` is block diagonal, lme4's ``Lambda_theta Lambda_theta'``: one block per level of a grouping
+factor and correlated term, ``Sigma = diag(s) R diag(s)`` (a single ``s^2`` for an uncorrelated
+coefficient).
 so that ``y ~ N(X b, V)`` with ``V = sigma^2 I + Z D Z'``.  Everything is computed from
 sufficient statistics (``X'X, X'y, y'y, Z'Z, Z'X, Z'y``), so after one pass over the rows
 the cost of a density evaluation does not depend on the number of rows.  With
@@ -15,9 +18,13 @@ linear algebra) and ``r = y - X b``, ``w = Z'r``, ``u_hat = A^-1 w``:
     r'V^-1 r   = (r'r - w'u_hat) / sigma^2
     u | y, ... ~ N(u_hat, sigma^2 A^-1)
 
-The gradient needs ``diag(A^-1)``, which the selected inverse (Takahashi's equations on
+The gradient (Fisher's identity: the expectation, given ``y``, of the complete-data score)
+needs the diagonal blocks of ``A^-1``, which the selected inverse (Takahashi's equations on
 the pattern of ``L``) gives at the cost of the factorisation.  Parameters on the
-sampler's (unconstrained) scale are ``theta = [b, log s_1..log s_K, log sigma]``.
+sampler's (unconstrained) scale are ``theta = [b, log s_1..log s_K, log sigma, y_1..y_C]``:
+the ``y`` are the correlations' unconstrained values, ``tanh(y)`` the canonical partial
+correlations of each block's Cholesky factor (Stan's ``cholesky_corr`` transform, whose
+log-Jacobian is added), with an LKJ(eta) prior on each block's correlation matrix.
 
 All kernels are numba functions compiled with ``cache=True``: the first process compiles
 them once (about 6 s on the project's machine), later processes load the machine code from
@@ -120,24 +127,21 @@ def scale_prior(code, par, t):
 
 
 @nb.njit(**_JIT)
-def factor(Lp, Li, Ax, Rp, Rk, Rpos, diag_add, Lx, pos):
-    """Numeric Cholesky ``A = L L'`` into ``Lx`` on the precomputed pattern (``Lp``, ``Li``).
+def factor(Lp, Li, Rp, Rk, Rpos, Lx, pos):
+    """Numeric Cholesky ``A = L L'`` in place: ``Lx`` holds the lower triangle of ``A``.
 
-    ``Ax`` holds the lower triangle of ``Z'Z`` on the pattern of ``L`` (zeros at fill-in),
-    ``diag_add`` what is added to the diagonal; ``(Rp, Rk, Rpos)`` lists, for each row
-    ``j``, the columns ``k < j`` with ``L[j, k] != 0`` and the position of that entry.
-    ``pos`` is integer work space of length ``q``.  Returns ``False`` if ``A`` is not
-    numerically positive definite.
+    ``Lx`` comes in with ``A``'s lower triangle on the precomputed pattern (``Lp``, ``Li``;
+    zeros at fill-in: see :func:`fill`) and leaves with ``L``; ``(Rp, Rk, Rpos)`` lists, for
+    each row ``j``, the columns ``k < j`` with ``L[j, k] != 0`` and the position of that
+    entry.  ``pos`` is integer work space of length ``q``.  Returns ``False`` if ``A`` is
+    not numerically positive definite.
     """
     q = Lp.size - 1
-    for p in range(Lx.size):
-        Lx[p] = Ax[p]
     for j in range(q):
         start, end = Lp[j], Lp[j + 1]
         if Rp[j] < Rp[j + 1]:
             for p in range(start, end):
                 pos[Li[p]] = p
-        Lx[start] += diag_add[j]
         # rows j, j+1, ..., contiguous (a filled-in block): updates are plain axpys
         full = Li[end - 1] - j == end - 1 - start
         for r in range(Rp[j], Rp[j + 1]):
@@ -278,26 +282,167 @@ def _sum_log_diag(Lp, Lx):
 
 
 # ---------------------------------------------------------------------------------------
+# Covariance blocks: Sigma = diag(s) R diag(s), R = L L' from canonical partial correlations
+# ---------------------------------------------------------------------------------------
+
+
+@nb.njit(**_JIT)
+def corr_cholesky(y, k, eta, L, dL, dlp):
+    """Cholesky factor ``L`` (k, k) of a correlation matrix from ``k(k-1)/2`` unconstrained values.
+
+    ``tanh(y)`` are the canonical partial correlations, row by row (Stan's ``cholesky_corr``
+    transform).  Returns the log-Jacobian of ``y -> L`` plus the LKJ(eta) log density of ``L``
+    (without its normalising constant); ``dL[c]`` gets ``dL/dy_c`` and ``dlp[c]`` the derivative of
+    the returned value (forward mode, one pass per ``c``: ``k`` is small).
+    """
+    nc = k * (k - 1) // 2
+    lp = 0.0
+    for c in range(max(nc, 1)):
+        for a in range(k):
+            for b in range(k):
+                L[a, b] = 0.0
+                if nc:
+                    dL[c, a, b] = 0.0
+        L[0, 0] = 1.0
+        val = 0.0
+        der = 0.0
+        idx = 0
+        for i in range(1, k):
+            ss = 0.0
+            dss = 0.0
+            for j in range(i):
+                z = math.tanh(y[idx])
+                dz = 1.0 - z * z if idx == c else 0.0
+                val += math.log1p(-z * z)
+                if idx == c:
+                    der += -2.0 * z
+                if j == 0:
+                    x, dx = z, dz
+                else:
+                    rem = 1.0 - ss
+                    val += 0.5 * math.log(rem)
+                    der += -0.5 * dss / rem
+                    r = math.sqrt(rem)
+                    x, dx = z * r, dz * r - z * 0.5 * dss / r
+                L[i, j] = x
+                dL[c, i, j] = dx
+                ss += x * x
+                dss += 2.0 * x * dx
+                idx += 1
+            d = math.sqrt(1.0 - ss)
+            L[i, i] = d
+            dd = -0.5 * dss / d
+            dL[c, i, i] = dd
+            w = k - i - 1 + 2.0 * (eta - 1.0)
+            val += w * math.log(d)
+            der += w * dd / d
+        lp = val
+        if nc:
+            dlp[c] = der
+    return lp
+
+
+@nb.njit(**_JIT)
+def block_precisions(theta, p, K, tsize, tcomp, tcor, teta, P, Rinv, Lc, dLc, ldet, cgrad):
+    """Per block type: ``P[t] = Sigma_t^-1``, ``ldet[t] = log|Sigma_t|``, ``Rinv[t] = R_t^-1``.
+
+    Returns the correlations' log prior (LKJ plus the transform's log-Jacobian); ``cgrad`` gets
+    its gradient in the correlations' unconstrained values, ``Lc[t]``/``dLc[t]`` each correlated
+    type's Cholesky factor and its derivatives.  ``-inf`` when a correlation matrix is singular.
+    """
+    ycor = theta[p + K + 1 :]
+    lp = 0.0
+    for t in range(tsize.size):
+        k = tsize[t]
+        if k == 1:
+            lsd = theta[p + tcomp[t, 0]]
+            P[t, 0, 0] = math.exp(-2.0 * lsd)
+            Rinv[t, 0, 0] = 1.0
+            ldet[t] = 2.0 * lsd
+            continue
+        o = tcor[t]
+        nc = k * (k - 1) // 2
+        L = Lc[t]
+        lp += corr_cholesky(ycor[o : o + nc], k, teta[t], L, dLc[t], cgrad[o : o + nc])
+        ld = 0.0
+        for a in range(k):
+            if not L[a, a] > 1e-150:
+                return -np.inf
+            ld += 2.0 * (theta[p + tcomp[t, a]] + math.log(L[a, a]))
+        ldet[t] = ld
+        # R^-1 = L'^-1 L^-1 from the triangular inverse of L
+        Li = np.zeros((k, k))
+        for a in range(k):
+            Li[a, a] = 1.0 / L[a, a]
+            for b in range(a):
+                v = 0.0
+                for m in range(b, a):
+                    v += L[a, m] * Li[m, b]
+                Li[a, b] = -v / L[a, a]
+        for a in range(k):
+            for b in range(k):
+                v = 0.0
+                for m in range(max(a, b), k):
+                    v += Li[m, a] * Li[m, b]
+                Rinv[t, a, b] = v
+                P[t, a, b] = v * math.exp(-theta[p + tcomp[t, a]] - theta[p + tcomp[t, b]])
+    return lp
+
+
+@nb.njit(**_JIT)
+def fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx):
+    """``A = Z'Z + sigma^2 D^-1`` on the pattern of ``L`` into ``Lx``: each block instance
+    (first column ``icol[m]``, type ``itype[m]``) adds ``sigma^2 Sigma^-1`` to its diagonal block,
+    whose entry ``(c0 + a, c0 + b)``, ``a >= b``, sits at ``Lp[c0 + b] + a - b``."""
+    for j in range(Lx.size):
+        Lx[j] = Ax[j]
+    for m in range(icol.size):
+        t = itype[m]
+        c0 = icol[m]
+        k = tsize[t]
+        for b in range(k):
+            base = Lp[c0 + b] - b
+            for a in range(b, k):
+                Lx[base + a] += sigma2 * P[t, a, b]
+
+
+# ---------------------------------------------------------------------------------------
 # Log posterior density and gradient
 # ---------------------------------------------------------------------------------------
 
 
 @nb.njit(**_JIT)
 def logp_grad(
-    theta, grad, n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, comp,
+    theta, grad, n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype,
     bcode, bpar, scode, spar,
 ):  # fmt: skip
     """Log posterior (marginal likelihood + priors) at ``theta``; gradient into ``grad``.
 
-    Returns ``-inf`` (gradient zero) where ``A`` is not numerically positive definite.
-    ``bcode/bpar``: one location prior per coefficient; ``scode/spar``: one scale prior
-    per standard deviation, the residual sigma last.
+    Returns ``-inf`` (gradient zero) where ``A`` or a correlation matrix is not numerically
+    positive definite.  ``bcode/bpar``: one location prior per coefficient; ``scode/spar``: one
+    scale prior per standard deviation, the residual sigma last; block types (``tsize``,
+    ``tcomp``, ``tcor``, ``teta``) and their instances (``icol``, ``itype``) as :class:`Stats`.
     """
     p = Xty.size
     K = scode.size - 1
     q = Zty.size
+    T = tsize.size
+    kmax = tcomp.shape[1]
     lsig = theta[p + K]
     sigma2 = math.exp(2.0 * lsig)
+    for a in range(grad.size):
+        grad[a] = 0.0
+
+    P = np.zeros((T, kmax, kmax))
+    Rinv = np.zeros((T, kmax, kmax))
+    Lc = np.zeros((T, kmax, kmax))
+    nc_max = max(kmax * (kmax - 1) // 2, 1)
+    dLc = np.zeros((T, nc_max, kmax, kmax))
+    ldet = np.zeros(T)
+    cgrad = grad[p + K + 1 :]
+    lp_cor = block_precisions(theta, p, K, tsize, tcomp, tcor, teta, P, Rinv, Lc, dLc, ldet, cgrad)
+    if not math.isfinite(lp_cor):
+        return -np.inf
 
     XtXb = np.empty(p)
     rr = yy
@@ -308,35 +453,28 @@ def logp_grad(
         XtXb[a] = s
         rr += theta[a] * (s - 2.0 * Xty[a])
     w = np.empty(q)
-    dadd = np.empty(q)
-    dk = np.empty(K)  # 1 / s_k^2
-    sk = np.empty(K)  # sigma^2 / s_k^2
-    cnt = np.zeros(K)
-    for k in range(K):
-        dk[k] = math.exp(-2.0 * theta[p + k])
-        sk[k] = sigma2 * dk[k]
     for i in range(q):
         s = Zty[i]
         for c in range(p):
             s -= ZtX[i, c] * theta[c]
         w[i] = s
-        c = comp[i]
-        dadd[i] = sk[c]
-        cnt[c] += 1.0
+    count = np.zeros(T)
+    for m in range(icol.size):
+        count[itype[m]] += 1.0
     sumlogd = 0.0
-    for k in range(K):
-        sumlogd += 2.0 * theta[p + k] * cnt[k]
+    for t in range(T):
+        sumlogd += count[t] * ldet[t]
 
-    for a in range(grad.size):
-        grad[a] = 0.0
     logdet_a = 0.0
     u = w.copy()
     uw = 0.0
     Sx = np.empty(Ax.size)
     if q > 0:
         Lx = np.empty(Ax.size)
-        pos = np.empty(q, dtype=np.int64)
-        if not factor(Lp, Li, Ax, Rp, Rk, Rpos, dadd, Lx, pos):
+        fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx)
+        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64)):
+            for a in range(grad.size):
+                grad[a] = 0.0
             return -np.inf
         logdet_a = 2.0 * _sum_log_diag(Lp, Lx)
         lsolve(Lp, Li, Lx, u)
@@ -352,25 +490,76 @@ def logp_grad(
         for i in range(q):
             s -= ZtX[i, a] * u[i]
         grad[a] = s / sigma2
-    # d/dlog s_k and d/dlog sigma (see the module docstring for the derivation)
-    gk = np.zeros(K)
-    trk = np.zeros(K)
-    for i in range(q):
-        c = comp[i]
-        gk[c] += u[i] * u[i]
-        trk[c] += Sx[Lp[i]]
-    tr = 0.0
-    udu = 0.0
-    for k in range(K):
-        m = sk[k] * trk[k]  # sum of Var(u_i | y) / d_i
-        ud = dk[k] * gk[k]  # sum of u_i^2 / d_i
-        grad[p + k] = m - cnt[k] + ud
-        tr += m
-        udu += ud
+    # Fisher's identity: E[u_l u_l' | y] = u_hat_l u_hat_l' + sigma^2 (A^-1)_ll per block instance
+    GU = np.zeros((T, kmax, kmax))
+    GS = np.zeros((T, kmax, kmax))
+    for m in range(icol.size):
+        t = itype[m]
+        c0 = icol[m]
+        k = tsize[t]
+        for b in range(k):
+            base = Lp[c0 + b] - b
+            for a in range(b, k):
+                gu = u[c0 + a] * u[c0 + b]
+                gs = Sx[base + a]
+                GU[t, a, b] += gu
+                GS[t, a, b] += gs
+                if a != b:
+                    GU[t, b, a] += gu
+                    GS[t, b, a] += gs
+    udu = 0.0  # sum_l u_l' Sigma^-1 u_l
+    trds = 0.0  # sum_l tr(Sigma^-1 (A^-1)_ll)
+    for t in range(T):
+        k = tsize[t]
+        G = np.empty((k, k))
+        for a in range(k):
+            for b in range(k):
+                G[a, b] = GU[t, a, b] + sigma2 * GS[t, a, b]
+                udu += P[t, a, b] * GU[t, b, a]
+                trds += P[t, a, b] * GS[t, b, a]
+        # d/dlog s_a = (Sigma^-1 G)_aa - n_t
+        PG = np.zeros((k, k))
+        for a in range(k):
+            for b in range(k):
+                v = 0.0
+                for m in range(k):
+                    v += P[t, a, m] * G[m, b]
+                PG[a, b] = v
+        for a in range(k):
+            grad[p + tcomp[t, a]] += PG[a, a] - count[t]
+        if k == 1:
+            continue
+        # d/dR = Q = (R^-1 Gt R^-1 - n_t R^-1) / 2 with Gt = diag(1/s) G diag(1/s); dR = dL L' + L dL'
+        Gt = np.empty((k, k))
+        for a in range(k):
+            for b in range(k):
+                Gt[a, b] = G[a, b] * math.exp(-theta[p + tcomp[t, a]] - theta[p + tcomp[t, b]])
+        Q = np.zeros((k, k))
+        for a in range(k):
+            for b in range(k):
+                v = 0.0
+                for m in range(k):
+                    for r in range(k):
+                        v += Rinv[t, a, m] * Gt[m, r] * Rinv[t, r, b]
+                Q[a, b] = 0.5 * (v - count[t] * Rinv[t, a, b])
+        QL = np.zeros((k, k))  # dll/dL = 2 Q L
+        for a in range(k):
+            for b in range(k):
+                v = 0.0
+                for m in range(k):
+                    v += Q[a, m] * Lc[t, m, b]
+                QL[a, b] = 2.0 * v
+        o = tcor[t]
+        for c in range(k * (k - 1) // 2):
+            v = 0.0
+            for a in range(k):
+                for b in range(a + 1):
+                    v += QL[a, b] * dLc[t, c, a, b]
+            grad[p + K + 1 + o + c] += v
     ee = rr - uw - sigma2 * udu
-    grad[p + K] = -(n - q + tr) + ee / sigma2
+    grad[p + K] = -(n - q + sigma2 * trds) + ee / sigma2
 
-    lp = ll
+    lp = ll + lp_cor
     for a in range(p):
         v, g = location_prior(bcode[a], bpar[a], theta[a])
         lp += v
@@ -388,31 +577,69 @@ def logp_grad(
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def draw_effects(thetas, z, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, comp):
-    """Exact draws of ``u | y, b, s, sigma ~ N(A^-1 w, sigma^2 A^-1)``, one per row of ``thetas``.
+def correlations(thetas, p, K, tsize, tcomp, tcor, teta):
+    """Each draw's correlation matrices: ``(draws, T, kmax, kmax)`` (identity for uncorrelated types)."""
+    S = thetas.shape[0]
+    T = tsize.size
+    kmax = tcomp.shape[1]
+    nc_max = max(kmax * (kmax - 1) // 2, 1)
+    out = np.zeros((S, T, kmax, kmax))
+    L = np.zeros((kmax, kmax))
+    dL = np.zeros((nc_max, kmax, kmax))
+    dlp = np.zeros(nc_max)
+    for s in range(S):
+        for t in range(T):
+            k = tsize[t]
+            if k == 1:
+                out[s, t, 0, 0] = 1.0
+                continue
+            o = tcor[t]
+            corr_cholesky(thetas[s, p + K + 1 + o :], k, teta[t], L, dL, dlp)
+            for a in range(k):
+                for b in range(k):
+                    v = 0.0
+                    for m in range(min(a, b) + 1):
+                        v += L[a, m] * L[b, m]
+                    out[s, t, a, b] = v
+    return out
 
-    ``z`` holds standard normal variates, shape ``(draws, q)``; returns ``(draws, q)``
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def draw_effects(thetas, K, z, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype):
+    """Exact draws of ``u | y, b, Sigma, sigma ~ N(A^-1 w, sigma^2 A^-1)``, one per row of ``thetas``.
+
+    ``K`` is the number of standard deviations (the residual's not counted); ``z`` holds
+    standard normal variates, shape ``(draws, q)``; returns ``(draws, q)``
     (NaN rows where ``A`` is not positive definite, which a posterior draw never is).
     """
     S = thetas.shape[0]
     q = Zty.size
     p = ZtX.shape[1]
-    K = thetas.shape[1] - p - 1
+    T = tsize.size
+    kmax = tcomp.shape[1]
+    nc_max = max(kmax * (kmax - 1) // 2, 1)
     out = np.empty((S, q))
     for s in range(S):
         th = thetas[s]
         sigma2 = math.exp(2.0 * th[p + K])
-        dadd = np.empty(q)
+        P = np.zeros((T, kmax, kmax))
+        Rinv = np.zeros((T, kmax, kmax))
+        Lc = np.zeros((T, kmax, kmax))
+        dLc = np.zeros((T, nc_max, kmax, kmax))
+        cg = np.zeros(th.size)
+        if not math.isfinite(block_precisions(th, p, K, tsize, tcomp, tcor, teta, P, Rinv, Lc, dLc, np.zeros(T),
+                                              cg[p + K + 1 :])):
+            out[s, :] = np.nan
+            continue
         w = np.empty(q)
         for i in range(q):
             v = Zty[i]
             for c in range(p):
                 v -= ZtX[i, c] * th[c]
             w[i] = v
-            dadd[i] = sigma2 * math.exp(-2.0 * th[p + comp[i]])
         Lx = np.empty(Ax.size)
-        pos = np.empty(q, dtype=np.int64)
-        if not factor(Lp, Li, Ax, Rp, Rk, Rpos, dadd, Lx, pos):
+        fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx)
+        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64)):
             out[s, :] = np.nan
             continue
         lsolve(Lp, Li, Lx, w)
@@ -463,26 +690,51 @@ def _pointwise_loglik(y, X, beta, cols, vals, u, sigma, out):
 
 
 @dataclass(frozen=True)
+class Block:
+    """Coefficients of one grouping factor that share a covariance block.
+
+    ``slots`` (contiguous) index the factor's columns; ``cor`` is the offset of the block's
+    correlations among all correlations (``-1`` for a single, uncorrelated coefficient);
+    ``eta`` the LKJ shape of its correlation matrix.
+    """
+
+    slots: tuple[int, ...]
+    cor: int = -1
+    eta: float = 1.0
+
+
+@dataclass(frozen=True)
 class Factor:
     """Random effects sharing one grouping factor.
 
     ``index`` (n,) level code of each row; ``values`` (n, k) one column per coefficient
-    (ones for an intercept); ``components`` the standard-deviation number of each column.
+    (ones for an intercept); ``components`` the standard-deviation number of each column;
+    ``blocks`` its covariance blocks (every column on its own when empty: the ``||`` model).
     """
 
     n_levels: int
     index: np.ndarray
     values: np.ndarray
     components: tuple[int, ...]
+    blocks: tuple[Block, ...] = ()
+
+    def covariance_blocks(self) -> tuple[Block, ...]:
+        """The blocks, each column not in a correlated block standing alone."""
+        taken = {s for b in self.blocks for s in b.slots}
+        alone = [Block((s,)) for s in range(self.values.shape[1]) if s not in taken]
+        return tuple(sorted((*self.blocks, *alone), key=lambda b: b.slots[0]))
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Sufficient statistics, the pattern of ``L`` and the row layout of ``Z``.
+    """Sufficient statistics, the pattern of ``L``, the covariance blocks and the row layout of ``Z``.
 
     ``columns[f]`` (n_levels, k) gives the internal column of every level and coefficient
     of factor ``f``; ``cols``/``vals`` (n, K) the column and value of each row in each
-    component (for the pointwise log-likelihood).
+    component (for the pointwise log-likelihood).  Block types: ``tsize`` (T,) coefficients,
+    ``tcomp`` (T, kmax) their standard-deviation numbers, ``tcor`` (T,) offset of their
+    correlations (-1: none), ``teta`` (T,) LKJ shapes; instances (one per level and type):
+    ``icol`` first column, ``itype`` type.
     """
 
     n: int
@@ -497,7 +749,12 @@ class Stats:
     Rp: np.ndarray
     Rk: np.ndarray
     Rpos: np.ndarray
-    comp: np.ndarray
+    tsize: np.ndarray
+    tcomp: np.ndarray
+    tcor: np.ndarray
+    teta: np.ndarray
+    icol: np.ndarray
+    itype: np.ndarray
     columns: tuple[np.ndarray, ...]
     cols: np.ndarray
     vals: np.ndarray
@@ -506,20 +763,30 @@ class Stats:
     def q(self) -> int:
         return int(self.Zty.size)
 
+    @property
+    def n_cor(self) -> int:
+        """Number of correlation parameters."""
+        return int(sum(k * (k - 1) // 2 for k in self.tsize))
+
     def arrays(self) -> tuple:
         """The arguments of :func:`logp_grad` after ``theta, grad``, before the priors."""
         return (
             float(self.n), self.yy, self.Xty, self.XtX, self.Zty, self.ZtX, self.Lp, self.Li,
-            self.Ax, self.Rp, self.Rk, self.Rpos, self.comp,
+            self.Ax, self.Rp, self.Rk, self.Rpos, *self.blocks(),
         )  # fmt: skip
+
+    def blocks(self) -> tuple:
+        """``tsize, tcomp, tcor, teta, icol, itype``."""
+        return self.tsize, self.tcomp, self.tcor, self.teta, self.icol, self.itype
 
 
 def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_components: int) -> Stats:
-    """Cross-products of ``y``, ``X`` and ``Z`` and the symbolic Cholesky of ``Z'Z + D^-1``.
+    """Cross-products of ``y``, ``X`` and ``Z``, the block layout and the symbolic Cholesky of ``A``.
 
     Columns are ordered factor by factor, the factor with most levels first (as lme4
-    orders its random terms): nested designs then factor with no fill-in at all and
-    crossed designs fill in only the blocks of the smaller factors.
+    orders its random terms), level-major within a factor (a level's coefficients are
+    adjacent, so its covariance block is a diagonal block of ``A``): nested designs then
+    factor with no fill-in at all and crossed designs fill in only the smaller factors.
     """
     import scipy.sparse as sp
 
@@ -532,23 +799,41 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
         offsets[f] = off
         off += factors[f].n_levels * factors[f].values.shape[1]
     q = off
-    comp = np.empty(q, dtype=np.int64)
     columns = []
     cols = np.zeros((n, n_components), dtype=np.int64)
     vals = np.zeros((n, n_components))
     rows_, cols_, vals_ = [], [], []
+    types: list[tuple[int, tuple[int, ...], int, float]] = []
+    icol, itype, pat_r, pat_c = [], [], [], []
     for f, fac in enumerate(factors):
         k = fac.values.shape[1]
         colmap = offsets[f] + np.arange(fac.n_levels)[:, None] * k + np.arange(k)[None, :]
         columns.append(colmap)
         for j, c in enumerate(fac.components):
-            comp[colmap[:, j]] = c
             cj = colmap[fac.index, j]
             cols[:, c] = cj
             vals[:, c] = fac.values[:, j]
             rows_.append(np.arange(n))
             cols_.append(cj)
             vals_.append(fac.values[:, j])
+        for block in fac.covariance_blocks():
+            slots = block.slots
+            if list(slots) != list(range(slots[0], slots[0] + len(slots))):
+                raise ValueError(f"covariance block {slots} is not contiguous")
+            types.append((len(slots), tuple(fac.components[s] for s in slots), block.cor, block.eta))
+            icol.append(colmap[:, slots[0]])
+            itype.append(np.full(fac.n_levels, len(types) - 1))
+            for a in slots:  # the whole block is in the pattern, even where Z'Z has a zero
+                for b in slots:
+                    pat_r.append(colmap[:, a])
+                    pat_c.append(colmap[:, b])
+    kmax = max((t[0] for t in types), default=1)
+    tsize = np.array([t[0] for t in types], dtype=np.int64)
+    tcomp = np.full((len(types), kmax), -1, dtype=np.int64)
+    for t, (k, comps, _, _) in enumerate(types):
+        tcomp[t, :k] = comps
+    tcor = np.array([t[2] for t in types], dtype=np.int64)
+    teta = np.array([t[3] for t in types], dtype=float)
     if q:
         Z = sp.csr_matrix(
             (np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))), shape=(n, q)
@@ -556,30 +841,37 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
         ZtZ = (Z.T @ Z).tocsc()
         Zty = np.asarray(Z.T @ y, dtype=float)
         ZtX = np.ascontiguousarray(np.asarray(Z.T @ X, dtype=float).reshape(q, X.shape[1]))
+        r, c = np.concatenate(pat_r), np.concatenate(pat_c)
+        pattern = abs(ZtZ) + sp.csc_matrix((np.ones(r.size), (r, c)), shape=(q, q))
     else:
-        ZtZ = sp.csc_matrix((0, 0))
+        ZtZ = pattern = sp.csc_matrix((0, 0))
         Zty = np.zeros(0)
         ZtX = np.zeros((0, X.shape[1]))
-    Lp, Li, Ax, Rp, Rk, Rpos = symbolic(ZtZ)
+    Lp, Li, Ax, Rp, Rk, Rpos = symbolic(ZtZ, pattern)
     return Stats(
         n=n, yy=float(y @ y), Xty=X.T @ y, XtX=np.ascontiguousarray(X.T @ X), Zty=Zty, ZtX=ZtX,
-        Lp=Lp, Li=Li, Ax=Ax, Rp=Rp, Rk=Rk, Rpos=Rpos, comp=comp, columns=tuple(columns),
-        cols=cols, vals=vals,
+        Lp=Lp, Li=Li, Ax=Ax, Rp=Rp, Rk=Rk, Rpos=Rpos, tsize=tsize, tcomp=tcomp, tcor=tcor, teta=teta,
+        icol=np.concatenate(icol).astype(np.int64) if icol else np.zeros(0, np.int64),
+        itype=np.concatenate(itype).astype(np.int64) if itype else np.zeros(0, np.int64),
+        columns=tuple(columns), cols=cols, vals=vals,
     )  # fmt: skip
 
 
-def symbolic(ZtZ) -> tuple[np.ndarray, ...]:
-    """Pattern of the Cholesky factor of ``Z'Z + diag`` (elimination tree, no pivoting).
+def symbolic(ZtZ, pattern=None) -> tuple[np.ndarray, ...]:
+    """Pattern of the Cholesky factor of ``Z'Z + sigma^2 D^-1`` (elimination tree, no pivoting).
 
-    Returns ``Lp, Li`` (CSC pattern, diagonal first, rows sorted), ``Ax`` (lower triangle
-    of ``Z'Z`` on that pattern) and the row lists ``Rp, Rk, Rpos`` that
-    :func:`factor` uses.
+    ``pattern`` (default ``Z'Z``'s) is the nonzero structure of ``A``, a superset of ``Z'Z``'s
+    holding every covariance block.  Returns ``Lp, Li`` (CSC pattern, diagonal first, rows
+    sorted), ``Ax`` (lower triangle of ``Z'Z`` on that pattern) and the row lists
+    ``Rp, Rk, Rpos`` that :func:`factor` uses.
     """
     import scipy.sparse as sp
 
     q = ZtZ.shape[0]
-    low = sp.tril(ZtZ, format="csc")
+    low = sp.tril(ZtZ if pattern is None else pattern, format="csc")
     low.sort_indices()
+    vals = sp.tril(ZtZ, format="csc")
+    vals.sort_indices()
     structs: list[np.ndarray] = []
     children: list[list[int]] = [[] for _ in range(q)]
     for j in range(q):
@@ -598,8 +890,8 @@ def symbolic(ZtZ) -> tuple[np.ndarray, ...]:
     for j in range(q):
         Li[Lp[j]] = j
         Li[Lp[j] + 1 : Lp[j + 1]] = structs[j]
-        rows = low.indices[low.indptr[j] : low.indptr[j + 1]]
-        data = low.data[low.indptr[j] : low.indptr[j + 1]]
+        rows = vals.indices[vals.indptr[j] : vals.indptr[j + 1]]
+        data = vals.data[vals.indptr[j] : vals.indptr[j + 1]]
         where = np.searchsorted(Li[Lp[j] : Lp[j + 1]], rows)
         Ax[Lp[j] + where] = data
     # row lists: for each row i the (column k < i, position of L[i, k])
@@ -622,25 +914,27 @@ def symbolic(ZtZ) -> tuple[np.ndarray, ...]:
 
 #: Layout of the packed buffer: a header of sizes, then every array in a fixed order
 #: (integer arrays stored as their int64 bit patterns).
-_HEADER = 8  # total length, n, y'y, p, K, q, nnz(L), entries of the row lists
+_HEADER = 12  # total length, n, y'y, p, K, q, nnz(L), entries of the row lists, T, kmax, M, C
 
 
 def pack(stats: Stats, bcode, bpar, scode, spar) -> np.ndarray:
     """All inputs of :func:`logp_grad` in one float64 buffer for :func:`c_logp`."""
     p = stats.Xty.size
     K = np.asarray(scode).size - 1
+    ints = [stats.Lp, stats.Li]
     parts = [
-        stats.Xty, stats.XtX, stats.Zty, stats.ZtX,
-        stats.Lp.view(np.float64), stats.Li.view(np.float64), stats.Ax,
+        stats.Xty, stats.XtX, stats.Zty, stats.ZtX, *(a.view(np.float64) for a in ints), stats.Ax,
         stats.Rp.view(np.float64), stats.Rk.view(np.float64), stats.Rpos.view(np.float64),
-        stats.comp.view(np.float64),
+        stats.tsize.view(np.float64), np.ascontiguousarray(stats.tcomp).view(np.float64),
+        stats.tcor.view(np.float64), stats.teta, stats.icol.view(np.float64), stats.itype.view(np.float64),
         np.ascontiguousarray(bcode, dtype=np.int64).view(np.float64), np.asarray(bpar, dtype=float),
         np.ascontiguousarray(scode, dtype=np.int64).view(np.float64), np.asarray(spar, dtype=float),
     ]  # fmt: skip
     body = np.concatenate([np.ascontiguousarray(a, dtype=np.float64).ravel() for a in parts])
     header = np.array(
-        [_HEADER + body.size, stats.n, stats.yy, p, K, stats.q, stats.Li.size, stats.Rk.size], dtype=float
-    )
+        [_HEADER + body.size, stats.n, stats.yy, p, K, stats.q, stats.Li.size, stats.Rk.size,
+         stats.tsize.size, stats.tcomp.shape[1], stats.icol.size, stats.n_cor], dtype=float,
+    )  # fmt: skip
     return np.ascontiguousarray(np.concatenate([header, body]))
 
 
@@ -653,6 +947,9 @@ def _unpack(buf):
     q = int(buf[5])
     nnz = int(buf[6])
     nr = int(buf[7])
+    T = int(buf[8])
+    kmax = int(buf[9])
+    M = int(buf[10])
     o = _HEADER
     Xty = buf[o : o + p]
     o += p
@@ -674,8 +971,18 @@ def _unpack(buf):
     o += nr
     Rpos = buf[o : o + nr].view(np.int64)
     o += nr
-    comp = buf[o : o + q].view(np.int64)
-    o += q
+    tsize = buf[o : o + T].view(np.int64)
+    o += T
+    tcomp = buf[o : o + T * kmax].view(np.int64).reshape((T, kmax))
+    o += T * kmax
+    tcor = buf[o : o + T].view(np.int64)
+    o += T
+    teta = buf[o : o + T]
+    o += T
+    icol = buf[o : o + M].view(np.int64)
+    o += M
+    itype = buf[o : o + M].view(np.int64)
+    o += M
     bcode = buf[o : o + p].view(np.int64)
     o += p
     bpar = buf[o : o + 3 * p].reshape((p, 3))
@@ -683,7 +990,8 @@ def _unpack(buf):
     scode = buf[o : o + K + 1].view(np.int64)
     o += K + 1
     spar = buf[o : o + 3 * (K + 1)].reshape((K + 1, 3))
-    return n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, comp, bcode, bpar, scode, spar
+    return (n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype,
+            bcode, bpar, scode, spar)
 
 
 _LOGP_SIG = nb.types.int64(
@@ -710,10 +1018,12 @@ def c_logp(dim, x_, out_, logp_, data_):
     x = nb.carray(x_, (dim,))
     out = nb.carray(out_, (dim,))
     logp = nb.carray(logp_, (1,))
-    (n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, comp, bcode, bpar, scode, spar) = _unpack(buf)
-    if dim != Xty.size + scode.size:
+    (n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype,
+     bcode, bpar, scode, spar) = _unpack(buf)  # fmt: skip
+    if dim != Xty.size + scode.size + int(buf[11]):
         return -1
-    val = logp_grad(x, out, n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, comp, bcode, bpar, scode, spar)
+    val = logp_grad(x, out, n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol,
+                    itype, bcode, bpar, scode, spar)  # fmt: skip
     logp[0] = val
     if not math.isfinite(val):
         return 4

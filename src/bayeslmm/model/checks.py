@@ -105,7 +105,7 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
         levels, _ = group_codes(df, r.group)
         if len(levels) < 2:
             raise DataError(f"grouping factor {r.group!r} has only one level; a random effect needs at least two "
-                            f"groups (drop ({' + '.join(r.coefs)}|{r.group}))")
+                            f"groups (drop {r.lme4})")
     n_params = _count_parameters(formula, df)
     if len(df) <= n_params:
         raise DataError(f"{len(df)} rows cannot estimate {n_params} parameters; simplify the formula or add data")

@@ -55,6 +55,12 @@ class RandomTerm:
         """Data columns that make up the grouping factor."""
         return tuple(self.group.split(":"))
 
+    @property
+    def lme4(self) -> str:
+        """The term in lme4's syntax: ``(1 + Days|Subject)``, ``(0 + x|g)``, ``(1|g)``."""
+        slopes = [c for c in self.coefs if c != "(Intercept)"]
+        return f"({' + '.join(['1' if self.intercept else '0', *slopes])}|{self.group})"
+
 
 @dataclass(frozen=True)
 class Formula:
@@ -293,7 +299,7 @@ def correlation_note(formula: Formula) -> str | None:
     corr = [r for r in formula.random if r.correlated]
     if not corr:
         return None
-    terms = ", ".join(f"({' + '.join(r.coefs)}|{r.group})" for r in corr)
+    terms = ", ".join(r.lme4 for r in corr)
     return (
         f"{terms}: the Bayesian fit estimates no correlation between a group's intercept and "
         "slope (lme4 does); results are those of the '||' model"

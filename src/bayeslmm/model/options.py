@@ -16,7 +16,7 @@ import numpy as np
 from bayeslmm.errors import OptionsError
 
 Sampler = Literal["pymc", "nutpie"]
-Engine = Literal["auto", "bambi", "marginal"]
+Engine = Literal["auto", "bambi", "marginal", "pymc"]
 NaAction = Literal["drop", "fail"]
 
 

@@ -10,10 +10,11 @@ from typing import Literal, get_args
 
 from bayeslmm.errors import BayeslmmError, StudyError
 from bayeslmm.model.formula import Formula, parse
+from bayeslmm.model.priors import Priors
 
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}
-_MODEL_KEYS = {"name", "formula", "question", "lme4_method"}
+_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior"}
 _COMPARISON_KEYS = {"name", "models", "question"}
 
 
@@ -25,6 +26,7 @@ class ModelSpec:
     formula: Formula
     question: str = ""
     lme4_method: Lme4Method = "reml"
+    priors: Priors = field(default_factory=Priors)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,14 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
         if method not in get_args(Lme4Method):
             raise StudyError(f"{where}{_line_of(text, 'lme4_method')}: model {mname!r}: "
                              f"lme4_method must be 'reml' or 'ml', not {method!r}")
-        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method))
+        texts = m.get("prior", [])
+        texts = [texts] if isinstance(texts, str) else _expect(texts, list, where, f"model {mname!r} prior")
+        try:
+            priors = Priors.from_texts(texts)
+            priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
+        except BayeslmmError as exc:
+            raise StudyError(f"{where}{_line_of(text, 'prior')}: model {mname!r}: {exc}") from exc
+        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors))
     if not models:
         raise StudyError(f"{where}: no [[model]] entries; add at least one with name and formula")
     names = [m.name for m in models]
