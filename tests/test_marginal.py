@@ -226,6 +226,167 @@ def test_pointwise_loglik_is_the_normal_density():
     np.testing.assert_allclose(out, ref, rtol=1e-12)
 
 
+# ---------------------------------------------------------------------------------------
+# Correlated blocks (lme4's (x|g)): the same checks with block-diagonal D
+# ---------------------------------------------------------------------------------------
+
+
+def _cpc_cholesky(y, k):
+    """Cholesky factor of a correlation matrix from canonical partial correlations tanh(y): an
+    independent numpy transcription of Stan's ``cholesky_corr_constrain`` (rows in order)."""
+    L = np.zeros((k, k))
+    L[0, 0] = 1.0
+    it = iter(np.tanh(y))
+    for i in range(1, k):
+        for j in range(i):
+            L[i, j] = next(it) * np.sqrt(1.0 - np.sum(L[i, :j] ** 2))
+        L[i, i] = np.sqrt(1.0 - np.sum(L[i, :i] ** 2))
+    return L
+
+
+def _toy_correlated(seed=1, n=90):
+    """Three factors: a 3-coefficient correlated block, an uncorrelated (1|g2) + (0 + x|g2) crossed
+    with it, and a nested 2-coefficient block; random parameters (7 sds, 3 + 1 correlations)."""
+    rng = np.random.default_rng(seed)
+    g1, g2 = rng.integers(0, 5, n), rng.integers(0, 3, n)
+    x, x2 = rng.normal(size=n), rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    y = rng.normal(size=n) * 3 + 2
+    factors = [
+        ml.Factor(5, g1, np.column_stack([np.ones(n), x, x2]), (0, 1, 2), (ml.Block((0, 1, 2), 0, 1.5),)),
+        ml.Factor(3, g2, np.column_stack([np.ones(n), x]), (3, 4)),
+        ml.Factor(15, g1 * 3 + g2, np.column_stack([np.ones(n), x]), (5, 6), (ml.Block((0, 1), 3, 2.0),)),
+    ]
+    stats = ml.sufficient_stats(y, X, factors, 7)
+    theta = np.concatenate([[1.5, 0.3], np.log([1.2, 0.5, 0.7, 2.0, 0.3, 0.8, 0.4]), [np.log(1.5)],
+                            rng.uniform(-0.9, 0.9, 4)])
+    return y, X, factors, stats, theta
+
+
+def _dense_correlated(theta, y, X, factors, p=2, K=7):
+    """``V = sigma^2 I + sum_f Z_f (I x Sigma_f) Z_f'`` and the log-likelihood, by dense algebra."""
+    from scipy.stats import multivariate_normal
+
+    n = y.size
+    sds, sig, ycor = np.exp(theta[p : p + K]), np.exp(theta[p + K]), theta[p + K + 1 :]
+    V = sig**2 * np.eye(n)
+    covs = []
+    for fac in factors:
+        k = fac.values.shape[1]
+        cov = np.diag([sds[c] ** 2 for c in fac.components])
+        for b in fac.blocks:
+            L = _cpc_cholesky(ycor[b.cor : b.cor + len(b.slots) * (len(b.slots) - 1) // 2], len(b.slots))
+            s = np.array([sds[fac.components[j]] for j in b.slots])
+            cov[np.ix_(b.slots, b.slots)] = np.outer(s, s) * (L @ L.T)
+        Z = np.zeros((n, fac.n_levels * k))
+        for j in range(k):
+            Z[np.arange(n), fac.index * k + j] = fac.values[:, j]
+        V += Z @ np.kron(np.eye(fac.n_levels), cov) @ Z.T
+        covs.append(cov)
+    return multivariate_normal(X @ theta[:p], V).logpdf(y), covs
+
+
+def _cor_prior(theta, factors, p=2, K=7):
+    """The correlations' log prior (LKJ + the transform's log-Jacobian) as the kernel computes it."""
+    total = 0.0
+    for fac in factors:
+        for b in fac.blocks:
+            k = len(b.slots)
+            nc = k * (k - 1) // 2
+            y = theta[p + K + 1 + b.cor : p + K + 1 + b.cor + nc]
+            total += ml.corr_cholesky(y, k, b.eta, np.zeros((k, k)), np.zeros((nc, k, k)), np.zeros(nc))
+    return total
+
+
+def test_correlated_blocks_loglik_and_gradient_match_dense_algebra():
+    y, X, factors, stats, theta = _toy_correlated()
+    p, K = 2, 7
+    bcode, bpar, scode, spar = _flat_priors(p, K)
+
+    def prior(th):
+        v = sum(ml.location_prior(bcode[a], bpar[a], th[a])[0] for a in range(p))
+        v += sum(ml.scale_prior(scode[k], spar[k], th[p + k])[0] for k in range(K + 1))
+        return v + _cor_prior(th, factors)
+
+    grad = np.empty_like(theta)
+    value = ml.logp_grad(theta, grad, *stats.arrays(), bcode, bpar, scode, spar)
+    assert value - prior(theta) == pytest.approx(_dense_correlated(theta, y, X, factors)[0], abs=1e-9)
+    eps = 1e-6
+    fd = [(_dense_correlated(theta + h, y, X, factors)[0] + prior(theta + h)
+           - _dense_correlated(theta - h, y, X, factors)[0] - prior(theta - h)) / (2 * eps)
+          for h in eps * np.eye(theta.size)]  # fmt: skip
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("k", "eta"), [(2, 1.0), (3, 2.5), (4, 0.7)])
+def test_correlation_transform_is_lkj_times_its_jacobian(k, eta):
+    """The kernel's log density in y is the LKJ(eta) density of R, det(R)^(eta - 1), times the
+    Jacobian of y -> R's free entries (numerical), with no constant dropped but LKJ's own."""
+    rng = np.random.default_rng(k)
+    nc = k * (k - 1) // 2
+    y = rng.uniform(-1.2, 1.2, nc)
+    L, dL, dlp = np.zeros((k, k)), np.zeros((nc, k, k)), np.zeros(nc)
+    value = ml.corr_cholesky(y, k, eta, L, dL, dlp)
+    np.testing.assert_allclose(L, _cpc_cholesky(y, k), atol=1e-14)
+    low = np.tril_indices(k, -1)
+
+    def free(yy):
+        Lc = _cpc_cholesky(yy, k)
+        return (Lc @ Lc.T)[low]
+
+    eps = 1e-6
+    J = np.column_stack([(free(y + h) - free(y - h)) / (2 * eps) for h in eps * np.eye(nc)])
+    R = L @ L.T
+    expected = (eta - 1) * np.linalg.slogdet(R)[1] + np.linalg.slogdet(J)[1]
+    assert value == pytest.approx(expected, abs=1e-6)
+    fd = [(ml.corr_cholesky(y + h, k, eta, L, dL, np.zeros(nc)) - ml.corr_cholesky(y - h, k, eta, L, dL, np.zeros(nc)))
+          / (2 * eps) for h in eps * np.eye(nc)]  # fmt: skip
+    ml.corr_cholesky(y, k, eta, L, dL, dlp)
+    np.testing.assert_allclose(dlp, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_correlated_conditional_draws_have_the_exact_mean_and_covariance():
+    y, X, factors, stats, theta = _toy_correlated(3)
+    p, K = 2, 7
+    _, covs = _dense_correlated(theta, y, X, factors)
+    n, q = y.size, stats.q
+    Z = np.zeros((n, q))
+    D = np.zeros((q, q))
+    for f, fac in enumerate(factors):
+        for j in range(fac.values.shape[1]):
+            Z[np.arange(n), stats.columns[f][fac.index, j]] = fac.values[:, j]
+        for lev in range(fac.n_levels):
+            c = stats.columns[f][lev]
+            D[np.ix_(c, c)] = covs[f]
+    sigma2 = np.exp(2 * theta[p + K])
+    cov = np.linalg.inv(Z.T @ Z / sigma2 + np.linalg.inv(D))
+    mean = cov @ Z.T @ (y - X @ theta[:p]) / sigma2
+    z = np.vstack([np.zeros(q), np.eye(q)])
+    u = ml.draw_effects(np.tile(theta, (q + 1, 1)), K, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax,
+                        stats.Rp, stats.Rk, stats.Rpos, *stats.blocks())  # fmt: skip
+    np.testing.assert_allclose(u[0], mean, rtol=1e-9, atol=1e-10)
+    root = (u[1:] - u[0]).T
+    np.testing.assert_allclose(root @ root.T, cov, rtol=1e-8, atol=1e-12)
+    R = ml.correlations(theta[None, :], p, K, *stats.blocks()[:4])[0]
+    L = _cpc_cholesky(theta[p + K + 1 : p + K + 4], 3)
+    np.testing.assert_allclose(R[0, :3, :3], L @ L.T, atol=1e-14)
+
+
+def test_correlated_c_entry_point_gives_the_python_kernel_value():
+    _, _, _, stats, theta = _toy_correlated(2)
+    bcode, bpar, scode, spar = _flat_priors(2, 7)
+    g1 = np.empty_like(theta)
+    v1 = ml.logp_grad(theta, g1, *stats.arrays(), bcode, bpar, scode, spar)
+    buf = ml.pack(stats, bcode, bpar, scode, spar)
+    cfunc = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, *[ctypes.c_void_p] * 4)(ml.c_logp.address)
+    g2, lp = np.empty_like(theta), np.zeros(1)
+    assert cfunc(theta.size, theta.ctypes.data, g2.ctypes.data, lp.ctypes.data, buf.ctypes.data) == 0
+    assert lp[0] == pytest.approx(v1, rel=1e-14)
+    np.testing.assert_allclose(g2, g1, rtol=1e-13)
+    # a dimension without the correlations is refused (not read past the end)
+    assert cfunc(theta.size - 4, theta.ctypes.data, g2.ctypes.data, lp.ctypes.data, buf.ctypes.data) < 0
+
+
 def _pm_logp(name, args, value):
     """PyMC's log density, arguments in float64 (pytensor would make 2.5 a float32 constant).
 
