@@ -497,7 +497,7 @@ def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi") 
         fix = ("use --engine marginal (no funnel) or raise --target-accept (e.g. 0.99)" if engine == "bambi" else
                "raise --target-accept (e.g. 0.99), rescale predictors, or drop terms the data cannot identify")
         notes.append(f"{diag['divergences']} divergent transitions: the posterior has regions NUTS cannot explore "
-                     f"(often a standard deviation near 0); {fix}")
+                     f"(often a standard deviation near 0 or a correlation near +-1); {fix}")
     if diag["max_r_hat"] > 1.01:
         notes.append(f"r_hat up to {diag['max_r_hat']:.3f} (> 1.01): chains disagree; run more --draws and --tune")
     if diag["min_ess_bulk"] < ess_min or diag["min_ess_tail"] < ess_min:
