@@ -163,3 +163,18 @@ def crossed() -> pd.DataFrame:
         "y": y, "x": x,
         "subj": pd.Categorical([f"s{i:02d}" for i in s]), "item": pd.Categorical([f"i{i:02d}" for i in it]),
     })  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def three_slopes() -> pd.DataFrame:
+    """A correlated term of three coefficients, seeded: 30 groups x 12 rows, y = 2 + 0.5 x - 0.3 z +
+    (b0 + b1 x + b2 z)[g] + e with b ~ N(0, C), sds 2, 1, 0.8 and correlations 0.5, -0.375, 0.375,
+    residual sd 1.2 (tests/test_frequentist.py fits it, tests/test_profile.py profiles it)."""
+    rng = np.random.default_rng(5)
+    n_groups, per = 30, 12
+    g = np.repeat(np.arange(n_groups), per)
+    x, z = rng.normal(size=g.size), rng.normal(size=g.size)
+    cov = np.array([[4.0, 1.0, -0.6], [1.0, 1.0, 0.3], [-0.6, 0.3, 0.64]])
+    b = rng.normal(size=(n_groups, 3)) @ np.linalg.cholesky(cov).T
+    y = 2 + 0.5 * x - 0.3 * z + b[g, 0] + b[g, 1] * x + b[g, 2] * z + rng.normal(scale=1.2, size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "z": z, "g": pd.Categorical([f"g{i:02d}" for i in g])})

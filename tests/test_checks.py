@@ -194,3 +194,50 @@ def test_integer_predictor_gets_the_factor_hint(counts):
     assert "factor(period)" in hint[0] and "straight-line trend" in hint[0]
     many = df.assign(period=np.tile(np.arange(1, 11), 30))
     assert not any("factor(" in n for n in _warnings("birds ~ period + (1|site)", many))
+
+
+# --- correlated terms -----------------------------------------------------------------------------
+
+def _covariance(notes: list[str]) -> list[str]:
+    return [n for n in notes if "covariance parameters" in n]
+
+
+def test_correlated_term_with_too_few_levels_is_warned(builtin):
+    """(1 + x|g) has 3 covariance parameters: 8 mountain ranges (< 5 per parameter) draw the advice, in
+    lme4's syntax; 24 sites, the same term uncorrelated, or a single coefficient do not."""
+    notes = _covariance(_warnings("testScore ~ bodyLength2 + (1 + bodyLength2|mountainRange)", builtin))
+    assert len(notes) == 1 and notes[0].startswith("(1 + bodyLength2|mountainRange) has 3 covariance parameters "
+                                                   "(2 sds, 1 correlation) for 8 levels of 'mountainRange'")
+    assert "consider (1 + bodyLength2||mountainRange) or fewer terms" in notes[0]
+    assert checks.LEVELS_PER_COVARIANCE * 3 > 8  # the rule, not the wording, decides
+    for quiet in ("testScore ~ bodyLength2 + (1 + bodyLength2|sample)",
+                  "testScore ~ bodyLength2 + (bodyLength2||mountainRange)",
+                  "testScore ~ bodyLength2 + (0 + bodyLength2|mountainRange)"):
+        assert not _covariance(_warnings(quiet, builtin)), quiet
+    assert len(set(builtin["sample"])) >= checks.LEVELS_PER_COVARIANCE * 3
+
+
+def test_three_coefficients_count_six_parameters(three_slopes):
+    notes = _covariance(_warnings("y ~ x + z + (1 + x + z|g)", three_slopes))
+    assert notes == []  # 30 levels = 5 x 6
+    fewer = three_slopes[three_slopes["g"].cat.codes < 29]
+    (note,) = _covariance(_warnings("y ~ x + z + (1 + x + z|g)", fewer))
+    assert "6 covariance parameters (3 sds, 3 correlations) for 29 levels" in note
+    assert "(1 + x + z||g)" in note
+
+
+def test_slope_constant_within_groups_in_a_correlated_term(builtin):
+    df = builtin.assign(rangeLevel=builtin.groupby("mountainRange", observed=True)["bodyLength2"].transform("mean"))
+    notes = _warnings("testScore ~ bodyLength2 + (1 + rangeLevel|mountainRange)", df)
+    (note,) = [n for n in notes if "does not vary" in n]
+    assert "'rangeLevel' does not vary within levels of 'mountainRange'" in note
+    assert "(1 + rangeLevel|mountainRange) (and its correlations)" in note
+
+
+def test_more_random_effects_than_rows_is_refused_as_lme4_does(builtin):
+    """lme4's check.nobs.vs.nRE: n <= levels x coefficients of a term stops the fit."""
+    two_per_site = builtin.groupby("sample", observed=True).head(2)
+    with pytest.raises(DataError, match=r"48 rows for 48 random effects of \(1 \+ bodyLength2\|sample\)"):
+        checks.validate(parse("testScore ~ bodyLength2 + (1 + bodyLength2|sample)"), two_per_site)
+    three_per_site = builtin.groupby("sample", observed=True).head(3)
+    checks.validate(parse("testScore ~ bodyLength2 + (1 + bodyLength2|sample)"), three_per_site)

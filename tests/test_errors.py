@@ -12,7 +12,7 @@ from bayeslmm.engines import bayes
 from bayeslmm.errors import DataError, FormulaError, OptionsError, OutputError, StudyError
 from bayeslmm.model import checks, data, study
 from bayeslmm.model.formula import parse
-from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.model.options import SamplerOptions
 
 NO_FIT = ["--draws", "10", "--tune", "10", "--chains", "1", "--no-progress"]
 
@@ -265,10 +265,16 @@ def test_pareto_k_warning_text():
                      "cross-validation or moment matching"]
 
 
-def test_correlated_slope_is_announced(builtin):
-    fit = bayes.fit(parse("testScore ~ bodyLength2 + (bodyLength2|mountainRange)"), builtin,
-                    SamplerOptions(draws=20, tune=20, chains=1), run=RunOptions(progress=False))
-    assert any("no correlation" in n for n in fit.notes)
+def test_dropped_correlation_is_announced_only_where_it_is_dropped(builtin):
+    """The marginal engine (auto's choice) estimates the correlation of (x|g): no note. Bambi's engine
+    drops it: one note, naming the term in lme4's syntax."""
+    formula = parse("testScore ~ bodyLength2 + (bodyLength2|mountainRange)")
+    auto = bayes.prepare(formula, builtin, SamplerOptions())
+    assert auto.engine == "marginal" and not any("correlation between" in n for n in auto.notes)
+    dropped = bayes.prepare(formula, builtin, SamplerOptions(engine="bambi"))
+    (note,) = [n for n in dropped.notes if "correlation between" in n]
+    assert note.startswith("(1 + bodyLength2|mountainRange): Bambi's engine estimates no correlation")
+    assert "'||' model" in note
 
 
 @pytest.mark.slow

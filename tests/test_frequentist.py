@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayeslmm import labels
 from bayeslmm.errors import OptionsError
-from bayeslmm.lme4.frequentist import FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
+from bayeslmm.lme4.frequentist import SINGULAR_TOL, FreqFit, fit, fit_lmm, fit_ols, lrt, tidy, variance_partition
 from bayeslmm.lme4.lmer import LmerProblem, satterthwaite
 from bayeslmm.model.formula import ModelFrame, model_frame, parse
 from bayeslmm.results import TIDY_COLUMNS
@@ -337,6 +338,83 @@ def test_crossed_design(crossed: pd.DataFrame) -> None:
     for g in ("subj", "item"):
         np.testing.assert_allclose(block.ranef[g], dense.ranef[g], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(block.ranef_sd[g], dense.ranef_sd[g], rtol=1e-5)
+
+
+def test_three_correlated_coefficients_against_statsmodels_and_the_marginal_likelihood(three_slopes) -> None:
+    """(1 + x + z|g), a 3 x 3 covariance (lme4's theta: 6 elements of its Cholesky factor): the same
+    REML optimum as statsmodels' MixedLM (which parameterises the covariance its own way), and the
+    criterion equal to the marginal REML likelihood computed from V directly."""
+    import statsmodels.formula.api as smf
+
+    data = three_slopes
+    frame = model_frame(parse("y ~ x + z + (1 + x + z|g)"), data)
+    f = fit_lmm(frame, "reml")
+    assert f.converged and not f.singular and f.boundary == ()
+    assert list(f.theta.index) == ["g.(Intercept)", "g.x.(Intercept)", "g.z.(Intercept)", "g.x", "g.z.x", "g.z"]
+    coefs = ["(Intercept)", "x", "z"]
+    vc = f.varcorr.set_index("term")
+    assert list(vc.index) == [*labels.sdcor_terms(coefs), "sd__Observation"]
+    cov = np.diag([vc.at[labels.sd_term(c), "variance"] for c in coefs])
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        term = labels.cor_term(coefs[i], coefs[j])
+        cov[i, j] = cov[j, i] = vc.at[term, "variance"]
+        assert vc.at[term, "sd"] == pytest.approx(cov[i, j] / np.sqrt(cov[i, i] * cov[j, j]), rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sm = smf.mixedlm("y ~ x + z", data, groups="g", re_formula="~x + z").fit(reml=True, method=["lbfgs"])
+    # both maximise the same REML likelihood (seen: covariances within 6e-5 relative, ours 2e-8 higher)
+    np.testing.assert_allclose(cov, sm.cov_re.to_numpy(), rtol=1e-3)
+    assert f.loglik == pytest.approx(sm.llf, abs=1e-6) and f.loglik >= sm.llf - 1e-9
+    z = frame.blocks[0].z_matrix()
+    V = z @ np.kron(np.eye(len(frame.blocks[0].levels)), cov) @ z.T + f.sigma**2 * np.eye(len(data))
+    ll, beta, se = _marginal_reml(frame, V)
+    assert f.loglik == pytest.approx(ll, rel=1e-12)
+    np.testing.assert_allclose(f.fixef, beta, rtol=1e-10)
+    np.testing.assert_allclose(f.se, se, rtol=1e-8)
+    # the blockwise (sparse) path agrees
+    assert fit_lmm(frame, "reml", dense=False).loglik == pytest.approx(f.loglik, rel=1e-12)
+    # tidy lists the same rows in broom.mixed's order; varcorr_table is lme4's print(VarCorr(fit))
+    pars = f.tidy(effects=("ran_pars",))
+    assert list(pars.term) == list(vc.index)
+    table = f.varcorr_table()
+    assert list(table.columns) == ["Groups", "Name", "Std.Dev.", "Corr", "Corr.2"]
+    assert table.columns.name == "REML estimates"
+    assert list(table.Groups) == ["g", "", "", "Residual"] and list(table.Name) == [*coefs, ""]
+    np.testing.assert_allclose(table["Std.Dev."], [*np.sqrt(np.diag(cov)), f.sigma], rtol=1e-12)
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    np.testing.assert_allclose(table.loc[1:2, "Corr"], corr[1:, 0], rtol=1e-12)
+    assert table.at[2, "Corr.2"] == pytest.approx(corr[2, 1], rel=1e-12)
+    assert table.loc[[0, 3], "Corr"].isna().all() and table.loc[[0, 1, 3], "Corr.2"].isna().all()
+
+
+def _perfectly_correlated_data(seed: int = 0) -> pd.DataFrame:
+    """6 groups x 10 rows whose intercept and slope effects are one effect (slope = intercept / 2)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(6), 10)
+    x = np.tile(np.linspace(-1, 1, 10), 6)
+    u = rng.normal(size=6)
+    y = 1 + 0.5 * x + 2 * u[g] + u[g] * x + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical([f"g{i}" for i in g])})
+
+
+def test_correlation_at_the_boundary_is_what_makes_the_fit_singular() -> None:
+    """lme4's isSingular is a diagonal element of theta at 0; with both sds away from 0 that is the
+    correlation at +-1, and the fit says so (boundary_terms, the note) rather than blaming an sd."""
+    frame = model_frame(parse("y ~ x + (x|g)"), _perfectly_correlated_data())
+    f = fit_lmm(frame, "reml")
+    assert f.singular and f.theta["g.x"] < SINGULAR_TOL and f.theta["g.(Intercept)"] > 0.1
+    vc = f.varcorr.set_index("term")["sd"]
+    assert vc["sd__x"] > 0.1 * f.sigma and abs(vc["cor__(Intercept).x"]) == pytest.approx(1, abs=1e-6)
+    assert f.boundary_terms() == [("g", "cor__(Intercept).x")]
+    note = f.singular_note()
+    assert "cor__(Intercept).x of (1 + x|g) at +1" in note and "(x||g)" in note and "sd of" not in note
+    # slopes that do not vary: uncorrelated, lme4 puts their sd at 0, and the note says that instead
+    rng = np.random.default_rng(1)
+    data = _perfectly_correlated_data().assign(y=lambda d: 1 + 0.5 * d.x + 2 * rng.normal(size=6)[d.g.cat.codes]
+                                               + rng.normal(size=len(d)))
+    sd_zero = fit_lmm(model_frame(parse("y ~ x + (x||g)"), data), "reml")
+    assert sd_zero.singular and sd_zero.boundary_terms() == [("g", "sd__x")]
+    assert "the sd of (0 + x|g) at 0" in sd_zero.singular_note() and "correlation" not in sd_zero.singular_note()
 
 
 def test_ols_without_intercept_against_statsmodels() -> None:

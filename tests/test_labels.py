@@ -154,3 +154,19 @@ def test_tidy_posterior_needs_the_design_for_levels(tiny_fit):
     assert list(plain["term"]) == ["(Intercept)", "x", "sd__Observation"]
     full = tidy_posterior(post, "m", fixed_terms=fixed_terms(tiny_fit))
     assert "x:factor(period)2" in set(full["term"])
+
+
+def test_sdcor_terms_follow_lme4s_lower_triangle():
+    """broom.mixed's ran_pars order is as.data.frame(VarCorr(fit), order = "lower.tri"): the
+    covariance matrix's lower triangle column by column (theta's and confint's order), checked here
+    against that definition rather than a hand-written list."""
+    coefs = ("(Intercept)", "x", "z")
+    lower_tri = [(i, j) for j in range(3) for i in range(j, 3)]  # (row, column), column-major
+    want = [labels.sd_term(coefs[i]) if i == j else labels.cor_term(coefs[j], coefs[i]) for i, j in lower_tri]
+    assert labels.sdcor_terms(coefs) == want
+    assert want[:3] == ["sd__(Intercept)", "cor__(Intercept).x", "cor__(Intercept).z"]
+    assert labels.sdcor_terms(coefs, correlated=False) == ["sd__(Intercept)", "sd__x", "sd__z"]
+    assert labels.sdcor_terms(("(Intercept)",)) == ["sd__(Intercept)"]
+    # every correlation pair of cor_pairs appears once, in the same relative order
+    cors = [t for t in labels.sdcor_terms(coefs) if t.startswith(labels.COR_PREFIX)]
+    assert cors == [labels.cor_term(a, b) for a, b in labels.cor_pairs(coefs)]

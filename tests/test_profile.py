@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
+from bayeslmm import labels
 from bayeslmm.errors import OptionsError
 from bayeslmm.lme4 import frequentist
+from bayeslmm.lme4.lmer import LmerProblem
 from bayeslmm.lme4.profile import PROFILE_COLUMNS, _Profiler, profile_ci
 from bayeslmm.model.formula import model_frame, parse
 
@@ -118,10 +120,73 @@ def test_correlated_term(correlated_data):
         assert sign * np.sqrt(res.fun - prof.base) == pytest.approx(sign * Z95, abs=1e-5)
 
 
-def test_refuses_correlated_terms_with_three_coefficients(lmer2, correlated_data):
-    frame = model_frame(parse("y ~ x + (1 + x + x2|g)"), correlated_data)
-    with pytest.raises(NotImplementedError, match=r"cor__\(Intercept\)\.x, cor__\(Intercept\)\.x2, cor__x\.x2"):
-        profile_ci(frame, lmer2[1])
+@pytest.fixture(scope="module")
+def three(three_slopes):
+    """(1 + x + z|g) profiled: its frame, REML fit and intervals (lme4 profiles such terms too)."""
+    frame = model_frame(parse("y ~ x + z + (1 + x + z|g)"), three_slopes)
+    fit = frequentist.fit_lmm(frame, "reml")
+    return frame, fit, profile_ci(frame, fit).set_index("lme4_name")
+
+
+def test_sdcor_round_trip_for_three_coefficients(three_slopes):
+    """lme4's Cv_to_Sv and back (Sv_to_Cv) for a 3 x 3 term; correlations that make no valid
+    matrix are reported (shortfall = minus the smallest eigenvalue) and replaced by a valid one."""
+    frame = model_frame(parse("y ~ x + z + (1 + x + z|g)"), three_slopes)
+    fit = frequentist.fit_lmm(frame, "reml")
+    prof = _Profiler.__new__(_Profiler)  # the conversions only need the term layout
+    prof.blocks, prof.nth = [(0, 3, LmerProblem.tri(3))], 6
+    theta = fit.theta.to_numpy()
+    back, sigma, shortfall = prof.from_sdcor(prof.to_sdcor(theta, fit.sigma))
+    np.testing.assert_allclose(back, theta, rtol=1e-12)
+    assert sigma == fit.sigma and shortfall == 0
+    bad = np.array([1.0, 0.9, -0.9, 1.0, 0.9, 1.0, 1.0])  # sds 1, correlations 0.9, -0.9, 0.9: not valid
+    cor = np.array([[1, 0.9, -0.9], [0.9, 1, 0.9], [-0.9, 0.9, 1]])
+    theta, _, shortfall = prof.from_sdcor(bad)
+    assert shortfall == pytest.approx(-np.linalg.eigvalsh(cor)[0], rel=1e-12) and shortfall > 0
+    low = np.zeros((3, 3))
+    low[np.array(LmerProblem.tri(3)).T[0], np.array(LmerProblem.tri(3)).T[1]] = theta
+    valid = low @ low.T
+    assert np.diag(valid) == pytest.approx(np.ones(3)) and np.linalg.eigvalsh(valid)[0] > -1e-12
+
+
+@pytest.mark.slow
+def test_three_correlated_coefficients_are_profiled(three):
+    """Rows in lme4's order (.sig01 ... .sig06 along theta: the sdcor_terms order), every interval
+    around the ML estimate it is profiled about, correlations inside [-1, 1]."""
+    frame, fit, ci = three
+    assert list(ci.index) == [f".sig{i:02d}" for i in range(1, 7)] + [".sigma", "(Intercept)", "x", "z"]
+    assert list(ci.term[:6]) == labels.sdcor_terms(("(Intercept)", "x", "z"))
+    prof = _Profiler(frame, fit.theta.to_numpy())
+    est = np.append(prof.v_hat, prof.beta_hat)
+    assert (ci.conf_low.to_numpy() < est).all() and (est < ci.conf_high.to_numpy()).all()
+    cors = ci[ci.term.str.startswith("cor__")]
+    assert len(cors) == 3 and (cors.conf_low > -1).all() and (cors.conf_high < 1).all()
+
+
+@pytest.mark.slow
+def test_three_coefficient_ends_against_an_independent_optimiser(three):
+    """At each end of the three correlations' intervals zeta is +-1.96 when the other parameters are
+    optimised by Nelder-Mead over valid correlation matrices only (a point outside scores 1e10), from a
+    valid start: so the profiler's penalised path outside them does not move the ends."""
+    frame, fit, ci = three
+    prof = _Profiler(frame, fit.theta.to_numpy())
+    for k in np.flatnonzero(~prof.is_sd):
+        free = np.arange(prof.nth + 1) != k
+        for end, sign in ((ci.conf_low.iloc[k], -1), (ci.conf_high.iloc[k], 1)):
+            start = prof.v_hat.copy()
+            start[k] = end
+            while prof.from_sdcor(start)[2] > 0:  # shrink the other correlations until the matrix is valid
+                start[~prof.is_sd & free] *= 0.9
+
+            def dev(u, k=k, end=end):
+                v = np.insert(u, k, end)
+                if np.any(v[prof.is_sd] < 0) or prof.from_sdcor(v)[2] > 0:
+                    return 1e10
+                return prof.deviance_v(v)
+
+            res = optimize.minimize(dev, start[free], method="Nelder-Mead",
+                                    options={"xatol": 1e-10, "fatol": 1e-12, "maxfev": 40000, "adaptive": True})
+            assert sign * np.sqrt(res.fun - prof.base) == pytest.approx(sign * Z95, abs=1e-6), (k, end)
 
 
 def test_bad_arguments(lmer2, correlated_data):

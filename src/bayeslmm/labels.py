@@ -67,6 +67,23 @@ def cor_pairs(coefs: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     return [(coefs[i], coefs[j]) for i in range(len(coefs)) for j in range(i + 1, len(coefs))]
 
 
+def sdcor_terms(coefs: tuple[str, ...] | list[str], correlated: bool = True) -> list[str]:
+    """broom.mixed's ``ran_pars`` terms of one random term, in the order its tidy lists them.
+
+    broom.mixed reads lme4's ``as.data.frame(VarCorr(fit), order = "lower.tri")``: the lower
+    triangle of the term's covariance matrix column by column, each sd followed by its
+    correlations with the coefficients after it (the order of theta and of ``confint``):
+    ``sd__(Intercept), cor__(Intercept).x, cor__(Intercept).z, sd__x, cor__x.z, sd__z``.
+    ``correlated=False`` (``||`` or one coefficient) gives the sds alone.
+    """
+    out = []
+    for i, a in enumerate(coefs):
+        out.append(sd_term(a))
+        if correlated:
+            out += [cor_term(a, b) for b in coefs[i + 1:]]
+    return out
+
+
 def sd_variable(group: str, term: str) -> str:
     """Bambi's variable of a standard deviation (or bayeslmm's of a correlation) given broom.mixed's ``(group, term)``.
 

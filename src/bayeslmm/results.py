@@ -3,15 +3,18 @@
 A fit has a ``name``, a ``formula``, a ``method`` (``bayes``, ``reml``, ``ml``, ``ols``) and a
 ``tidy(ci)`` table in broom.mixed's schema (:data:`TIDY_COLUMNS`), computed once per interval
 mass and kept (pyfixest derives ``coef``/``se``/``pvalue`` from ``tidy()`` the same way). lme4's
-accessors -- :func:`fixef_table`, :func:`ranef_table`, :func:`varcorr_table` -- are views of it
-with the estimate first.
+accessors -- :func:`fixef_table`, :func:`ranef_table` -- are views of it with the estimate first;
+:func:`varcorr_table` lays its standard deviations and correlations out as lme4 prints ``VarCorr``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
+
+from bayeslmm.labels import RESIDUAL, RESIDUAL_TERM, SD_PREFIX, cor_term, sd_term
 
 #: broom.mixed's columns (``.`` written as ``_``): Bayesian rows fill ``r_hat`` and the ESS,
 #: lme4's fixed effects ``statistic``, ``df`` and ``p_value``; the others are missing.
@@ -55,9 +58,48 @@ def fixef_table(tidy: pd.DataFrame) -> pd.DataFrame:
     return _estimate_first(tidy[tidy["effect"] == "fixed"], ["term"]).set_index("term")
 
 
+#: What the estimates of :func:`varcorr_table` are, by the tidy table's ``method``.
+VARCORR_OF = {"bayes": "posterior means", "reml": "REML estimates", "ml": "ML estimates", "ols": "OLS estimates"}
+
+
 def varcorr_table(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Standard deviations and correlations per group, the residual last (lme4's ``VarCorr``)."""
-    return _estimate_first(tidy[tidy["effect"] == "ran_pars"], ["group", "term"]).reset_index(drop=True)
+    """Standard deviations and correlations per random term, as lme4's ``print(VarCorr(fit))`` lays them out.
+
+    Columns ``Groups``, ``Name``, ``Std.Dev.``, ``Corr`` (and ``Corr.2``, ... for terms of three or
+    more coefficients: lme4 prints them under one heading): one row per coefficient of each random
+    term, its group named on the term's first row; row p of a correlated term holds its
+    correlations with the term's coefficients before it (the lower triangle of the correlation
+    matrix), missing elsewhere; the residual last (``Residual``, no name). The values are the
+    ``estimate`` column of ``tidy``'s ``ran_pars`` rows of one fit: posterior means for a Bayesian fit
+    (the columns' name says which, :data:`VARCORR_OF`), lme4's estimates for its fits. Coefficients
+    of one grouping factor joined by a correlation row form one term; ``(x||g)`` shows as two.
+    """
+    rp = tidy[tidy["effect"] == "ran_pars"]
+    value = dict(zip(zip(rp["group"], rp["term"], strict=True), rp["estimate"], strict=True))
+    rows: list[dict] = []
+    width = 1
+    for group in dict.fromkeys(rp["group"]):
+        coefs = [t.removeprefix(SD_PREFIX) for g, t in value if g == group and t.startswith(SD_PREFIX)]
+        if group == RESIDUAL:
+            coefs = [""]
+        term: list[str] = []
+        for c in coefs:
+            if not any((group, cor_term(a, c)) in value for a in term):
+                term = []  # no correlation with the coefficients before: a new term
+            cors = [value.get((group, cor_term(a, c)), np.nan) for a in term]
+            rows.append({"Groups": group if not term else "", "Name": c,
+                         "Std.Dev.": value[(group, RESIDUAL_TERM if group == RESIDUAL else sd_term(c))],
+                         **{_corr_column(i): r for i, r in enumerate(cors)}})
+            term.append(c)
+            width = max(width, len(term))
+    out = pd.DataFrame(rows, columns=["Groups", "Name", "Std.Dev.", *(_corr_column(i) for i in range(width - 1))])
+    methods = set(rp["method"]) if "method" in rp else set()
+    out.columns.name = VARCORR_OF.get(next(iter(methods)), None) if len(methods) == 1 else None
+    return out
+
+
+def _corr_column(i: int) -> str:
+    return "Corr" if i == 0 else f"Corr.{i + 1}"
 
 
 def ranef_table(tidy: pd.DataFrame) -> pd.DataFrame:

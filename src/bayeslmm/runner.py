@@ -178,14 +178,11 @@ def fit_formula(
     (priors or Priors()).check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
     if out is not None:
         return run_study(study, out=out, options=options, run=run, echo=echo)
-    from bayeslmm.summary.tables import fixed_terms, tidy_posterior
-
     run = run or RunOptions()
     with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)
         df = prepared_data(study)
         fits = fit_models(study.models, df, options or SamplerOptions(), run, echo=echo)
-        tidy = pd.concat([tidy_posterior(f.idata["posterior"], f.name, run.ci, effects=("fixed", "ran_pars"),
-                                         fixed_terms=fixed_terms(f)) for f in fits.values()], ignore_index=True)
+        tidy = pd.concat([f.tidy(run.ci, ("fixed", "ran_pars")) for f in fits.values()], ignore_index=True)
     for note in stray:
         echo(f"warning: {note}")
     return RunResult(study, df, fits, tidy, None, 0.0, report_notes=tuple(stray))

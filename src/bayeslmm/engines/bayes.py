@@ -94,12 +94,12 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
-        from bayeslmm.summary.tables import fixed_terms, tidy_posterior
+        from bayeslmm.summary.tables import fixed_terms, ran_pars_order, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
                  lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects,
-                                        fixed_terms=fixed_terms(self)))
+                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula)))
         return t if median else t.drop(columns="median")
 
     def fixef(self, ci: float = 0.95) -> pd.DataFrame:
@@ -110,9 +110,14 @@ class BayesFit:
         """Posterior summary of each group level's effect (lme4's ``ranef``)."""
         return ranef_table(self.tidy(ci, ("ran_vals",)))
 
-    def varcorr(self, ci: float = 0.95) -> pd.DataFrame:
-        """Posterior summary of the standard deviations, residual last (lme4's ``VarCorr``)."""
-        return varcorr_table(self.tidy(ci, ("ran_pars",)))
+    def varcorr(self) -> pd.DataFrame:
+        """Posterior means of the standard deviations and correlations, laid out as lme4's ``print(VarCorr(fit))``.
+
+        Columns ``Groups``, ``Name``, ``Std.Dev.``, ``Corr`` (:func:`~bayeslmm.results.varcorr_table`;
+        the columns' name says "posterior means"); ``fit.tidy()``'s ``ran_pars`` rows have their sds
+        and intervals.
+        """
+        return varcorr_table(self.tidy(effects=("ran_pars",)))
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:

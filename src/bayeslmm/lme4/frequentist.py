@@ -20,9 +20,10 @@ import pandas as pd
 from scipy import linalg, stats
 
 from bayeslmm.errors import DataError, OptionsError
+from bayeslmm.labels import COR_PREFIX, SD_PREFIX, cor_term, sd_term, sdcor_terms
 from bayeslmm.lme4.lmer import LmerProblem, Pls, blas_threads, satterthwaite
-from bayeslmm.model.formula import ModelFrame
-from bayeslmm.results import EFFECTS, conform, memo
+from bayeslmm.model.formula import ModelFrame, RandomTerm
+from bayeslmm.results import EFFECTS, conform, memo, varcorr_table
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
 SINGULAR_TOL = 1e-4
@@ -58,16 +59,20 @@ class FreqFit:
     theta : Series or None
         lme4's relative covariance factor, in lme4's order and names (``getME(fit, "theta")``).
     varcorr : DataFrame or None
-        Columns group, term, variance, sd. Rows ``sd__<coef>`` per grouping factor, then
-        ``cor__<a>.<b>`` rows (``variance`` = covariance, ``sd`` = correlation, as lme4's
-        ``as.data.frame(VarCorr(fit))`` puts them in ``vcov``/``sdcor``), then group
-        ``Residual``, term ``sd__Observation``.
+        Columns group, term, variance, sd. Per random term (in lme4's order of terms), its
+        ``sd__<coef>`` and ``cor__<a>.<b>`` rows in lme4's ``as.data.frame(VarCorr(fit), order =
+        "lower.tri")`` order, as broom.mixed's tidy lists them (:func:`~bayeslmm.labels.sdcor_terms`);
+        a correlation's ``variance`` is the covariance and its ``sd`` the correlation (lme4's
+        ``vcov``/``sdcor``); then group ``Residual``, term ``sd__Observation``.
     ranef, ranef_sd : dict of str to DataFrame
         Conditional modes (lme4's ``ranef``) and their conditional sds (``condVar``) per
         grouping factor: index = levels, columns = coefficients.
     ngroups : dict of str to int
     converged, singular : bool
         Optimizer convergence (gradient check) and lme4's ``isSingular``.
+    boundary : tuple of (group, term, words)
+        The parameters that make the fit singular: an sd at 0 or a correlation at +-1
+        (:func:`_at_boundary`), each with what it is in words, naming its random term in lme4's syntax.
     """
 
     method: str
@@ -94,6 +99,7 @@ class FreqFit:
     ngroups: dict[str, int] = field(default_factory=dict)
     converged: bool = True
     singular: bool = False
+    boundary: tuple[tuple[str, str, str], ...] = ()
     name: str = "model"
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -102,31 +108,46 @@ class FreqFit:
         t = memo(self._summaries, float(ci), lambda: tidy(self, self.name, conf_level=ci))
         return t if tuple(effects) == EFFECTS else t[t["effect"].isin(effects)].reset_index(drop=True)
 
+    def varcorr_table(self) -> pd.DataFrame:
+        """Standard deviations and correlations as lme4's ``print(VarCorr(fit))`` lays them out
+        (:func:`~bayeslmm.results.varcorr_table`); the field ``varcorr`` holds ``as.data.frame(VarCorr(fit))``."""
+        return varcorr_table(self.tidy(effects=("ran_pars",)))
+
     @property
     def coef(self) -> pd.Series:
         """Alias of ``fixef`` (R's ``coef`` of an ``lm``)."""
         return self.fixef
 
     def boundary_terms(self) -> list[tuple[str, str]]:
-        """``(group, term)`` of each standard deviation lme4 put at 0 (what makes a fit singular).
+        """``(group, term)`` of each sd lme4 put at 0 and each correlation at +-1 (what makes a fit singular).
 
-        lme4's ``isSingular`` asks whether a diagonal element of theta (an sd over sigma) is below
-        :data:`SINGULAR_TOL`; the sds in ``varcorr`` are theta times sigma.
+        lme4's ``isSingular`` asks whether a diagonal element of theta is below :data:`SINGULAR_TOL`;
+        :func:`_at_boundary` says which sd or correlation that is.
         """
-        if self.varcorr is None:
-            return []
-        vc = self.varcorr[(self.varcorr["group"] != "Residual") & self.varcorr["term"].str.startswith("sd__")]
-        return [(r.group, r.term) for r in vc.itertuples() if r.sd < SINGULAR_TOL * self.sigma]
+        return [(g, t) for g, t, _ in self.boundary]
 
     def singular_note(self) -> str | None:
         """lme4's "boundary (singular) fit" in words, with what it means; ``None`` if not singular."""
         if not self.singular:
             return None
-        terms = [f"({'1' if t == 'sd__(Intercept)' else t.removeprefix('sd__')}|{g})" for g, t in self.boundary_terms()]
-        what = f"the sd of {', '.join(terms)} at 0" if terms else "a correlation at +-1"
-        return (f"boundary (singular) fit: lme4's {self.method.upper()} fit puts {what}: the data show no variation "
-                "there beyond what the rest of the model explains; the posterior (never exactly 0) says how large it "
-                "could still be; consider dropping that term")
+        what = ", ".join(words for _, _, words in self.boundary) or "a correlation at +-1"
+        cors = any(t.startswith(COR_PREFIX) for _, t, _ in self.boundary)
+        why = ("the groups' estimated effects on those coefficients lie on one line (common with few groups)" if cors
+               else "the data show no variation there beyond what the rest of the model explains")
+        advice = "dropping that term or its correlations (x||g)" if cors else "dropping that term"
+        return (f"boundary (singular) fit: lme4's {self.method.upper()} fit puts {what}: {why}; the posterior (never "
+                f"exactly at the boundary) says how large it could still be; consider {advice}")
+
+
+def _boundary_words(term: str, random: RandomTerm, value: float) -> str:
+    """One boundary parameter in words: ``the sd of (1|h) at 0``, ``the correlation cor__(Intercept).x of
+    (1 + x|g) at -1``."""
+    if term.startswith(SD_PREFIX):
+        where = random.lme4 if len(random.coefs) == 1 else f"{term.removeprefix(SD_PREFIX)} in {random.lme4}"
+        return f"the sd of {where} at 0"
+    if np.isfinite(value) and abs(value) > 0.99:
+        return f"the correlation {term} of {random.lme4} at {value:+.0f}"
+    return f"the correlation matrix of {random.lme4} on its boundary ({term} and others)"
 
 
 def _check_design(frame: ModelFrame) -> None:
@@ -246,7 +267,7 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
         cov = sigma**2 * linalg.cho_solve(pls.rx_chol, np.eye(p), check_finite=False)
         sat = satterthwaite(m.devfun_vp, m.covbeta, np.append(theta, sigma))
         npar = p + theta.size + 1
-        varcorr, ranef, ranef_sd = _random_parts(m, pls, sigma)
+        varcorr, ranef, ranef_sd, boundary = _random_parts(m, pls, sigma)
     return FreqFit(
         method=method,
         formula=frame.formula.text,
@@ -266,12 +287,13 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
         ngroups={b.term.group: len(b.levels) for b in m.blocks},
         converged=converged,
         singular=bool(np.any(theta[m.diag_theta] < SINGULAR_TOL)),
+        boundary=boundary,
     )
 
 
-def _random_parts(m: LmerProblem, pls: Pls, sigma: float) -> tuple[pd.DataFrame, dict, dict]:
-    """VarCorr rows, conditional modes and conditional sds, in lme4's order."""
-    rows, ranef, ranef_sd = [], {}, {}
+def _random_parts(m: LmerProblem, pls: Pls, sigma: float) -> tuple[pd.DataFrame, dict, dict, tuple]:
+    """VarCorr rows, conditional modes, conditional sds and the boundary parameters, in lme4's order."""
+    rows, ranef, ranef_sd, boundary = [], {}, {}, []
     b = pls.lam @ pls.u
     cond = pls.factor.inv_diag_blocks(m.layout)
     t_off = 0
@@ -284,11 +306,13 @@ def _random_parts(m: LmerProblem, pls: Pls, sigma: float) -> tuple[pd.DataFrame,
         t_off += len(tri)
         cov = sigma**2 * T @ T.T
         sd = np.sqrt(np.diag(cov))
-        rows += [(g, f"sd__{c}", cov[i, i], sd[i]) for i, c in enumerate(coefs)]
+        value = {sd_term(c): (cov[i, i], sd[i]) for i, c in enumerate(coefs)}
         for i in range(k):
             for j in range(i + 1, k):
                 cor = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
-                rows.append((g, f"cor__{coefs[i]}.{coefs[j]}", cov[i, j], cor))
+                value[cor_term(coefs[i], coefs[j])] = (cov[i, j], cor)
+        rows += [(g, term, *value[term]) for term in sdcor_terms(coefs)]
+        boundary += [(g, term, _boundary_words(term, blk.term, value[term][1])) for term in _at_boundary(T, coefs)]
         levels, cols = list(blk.levels), list(coefs)
         modes = pd.DataFrame(b[off : off + nl * k].reshape(nl, k), index=levels, columns=cols)
         csd = np.sqrt(np.einsum("ij,ljk,ik->li", T, cblk, T)) * sigma  # diag of sigma^2 T A^-1_ll T'
@@ -297,7 +321,27 @@ def _random_parts(m: LmerProblem, pls: Pls, sigma: float) -> tuple[pd.DataFrame,
             modes, csd = ranef[g].join(modes), ranef_sd[g].join(csd)
         ranef[g], ranef_sd[g] = modes, csd
     rows.append(("Residual", "sd__Observation", sigma**2, sigma))
-    return pd.DataFrame(rows, columns=["group", "term", "variance", "sd"]), ranef, ranef_sd
+    return pd.DataFrame(rows, columns=["group", "term", "variance", "sd"]), ranef, ranef_sd, tuple(boundary)
+
+
+def _at_boundary(T: np.ndarray, coefs: tuple[str, ...]) -> list[str]:
+    """The terms of one random term that put lme4's fit on the boundary (``isSingular``).
+
+    lme4 calls a fit singular when a diagonal element of a term's factor ``T`` (theta) is below
+    :data:`SINGULAR_TOL`: coefficient j's effects are then a linear function of those of the
+    coefficients before it. If its sd (row j of T) is 0 too, that sd is at the boundary; else its
+    correlations with the earlier coefficients are (for two coefficients: the correlation is +-1).
+    """
+    out = []
+    row_norm = np.sqrt((T**2).sum(axis=1))
+    for j in range(len(coefs)):
+        if T[j, j] >= SINGULAR_TOL:
+            continue
+        if row_norm[j] < SINGULAR_TOL:
+            out.append(sd_term(coefs[j]))
+        else:
+            out += [cor_term(coefs[i], coefs[j]) for i in range(j) if row_norm[i] >= SINGULAR_TOL]
+    return out
 
 
 def fit(frame: ModelFrame, method: Literal["reml", "ml", "ols"] = "reml") -> FreqFit:

@@ -28,6 +28,11 @@ sd, -1 and 1 for a correlation) rather than NA; so does :func:`profile_ci`.
 The nuisance parameters are re-optimised with L-BFGS-B on the sdcor scale under lme4's bounds
 (sd >= 0, -1 <= correlation <= 1), each in units of its Wald standard error, starting from the
 nearest point already profiled (lme4 uses BOBYQA, whose trust region keeps its steps as local).
+The correlations of a term of three or more coefficients are bounded jointly (they must make a
+positive semi-definite matrix), not only each by +-1: a point outside is scored as the nearest
+valid matrix plus a steep penalty (:meth:`_Profiler.deviance_v`), so the nuisance optimiser stays
+inside; every interval end is checked against an independent Nelder-Mead optimiser restricted to
+valid matrices in ``tests/test_profile.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import pandas as pd
 from scipy import linalg, optimize, stats
 
 from bayeslmm.errors import OptionsError
+from bayeslmm.labels import cor_term, sd_term
 from bayeslmm.lme4.lmer import LmerProblem, blas_threads, hessian
 from bayeslmm.model.formula import ModelFrame
 
@@ -49,21 +55,8 @@ PROFILE_COLUMNS = ("effect", "group", "term", "conf_low", "conf_high", "lme4_nam
 _XTOL = 1e-9
 #: Largest number of steps taken to bracket an interval end.
 _MAX_BRACKET = 40
-
-
-def _check_terms(frame: ModelFrame) -> None:
-    """Refuse correlated terms with more than two coefficients (their correlations are not profiled)."""
-    for blk in frame.blocks:
-        k = blk.values.shape[1]
-        if k > 2:
-            coefs = blk.term.coefs
-            cors = ", ".join(f"cor__{coefs[j]}.{coefs[i]}" for i, j in LmerProblem.tri(k) if i != j)
-            raise NotImplementedError(
-                f"profile intervals for the correlated term ({' + '.join(coefs)} | {blk.term.group}) "
-                f"are not implemented: its correlations ({cors}) must stay a positive-definite matrix "
-                "while profiling, which only terms with at most two coefficients guarantee; use "
-                "uncorrelated (x || g) terms or at most one slope per correlated term"
-            )
+#: Deviance added per unit by which a term's correlations fall short of a valid correlation matrix.
+_INVALID_PENALTY = 1e4
 
 
 class _Profiler:
@@ -80,7 +73,6 @@ class _Profiler:
     """
 
     def __init__(self, frame: ModelFrame, theta_start: np.ndarray, reml: bool = False) -> None:
-        _check_terms(frame)
         self.m = m = LmerProblem(frame, reml=reml)
         self.reml = reml
         self.blocks = []  # (theta offset, k, tri) per term
@@ -141,23 +133,45 @@ class _Profiler:
         v[-1] = sigma
         return v
 
-    def from_sdcor(self, v: np.ndarray) -> tuple[np.ndarray, float]:
-        """lme4's ``Sv_to_Cv``: back to theta (the Cholesky factor over sigma) and sigma."""
+    def from_sdcor(self, v: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """lme4's ``Sv_to_Cv``: back to theta (the Cholesky factor over sigma) and sigma.
+
+        Also returns how far the terms' correlations are from a valid (positive semi-definite)
+        correlation matrix, 0 when they are one: only possible with three or more coefficients,
+        whose correlations are bounded jointly; such a point is mapped to the nearest valid matrix.
+        """
         sigma = v[-1]
         theta = np.empty(self.nth)
-        for off, k, _ in self.blocks:
+        shortfall = 0.0
+        for off, k, tri in self.blocks:
             if k == 1:
                 theta[off] = v[off] / sigma
                 continue
-            # k == 2: positions (0,0) sd1, (1,0) correlation, (1,1) sd2
-            s1, rho, s2 = v[off] / sigma, v[off + 1], v[off + 2] / sigma
-            theta[off : off + 3] = (s1, s2 * rho, s2 * np.sqrt(max(0.0, 1 - rho * rho)))
-        return theta, sigma
+            if k == 2:  # positions (0,0) sd1, (1,0) correlation, (1,1) sd2
+                s1, rho, s2 = v[off] / sigma, v[off + 1], v[off + 2] / sigma
+                theta[off : off + 3] = (s1, s2 * rho, s2 * np.sqrt(max(0.0, 1 - rho * rho)))
+                continue
+            sd, cor = np.empty(k), np.eye(k)
+            for idx, (i, j) in enumerate(tri):
+                if i == j:
+                    sd[i] = v[off + idx] / sigma
+                else:
+                    cor[i, j] = cor[j, i] = v[off + idx]
+            low, short = _correlation_factor(cor)
+            shortfall += short
+            t = sd[:, None] * low
+            theta[off : off + len(tri)] = [t[i, j] for i, j in tri]
+        return theta, sigma, shortfall
 
     def deviance_v(self, v: np.ndarray) -> float:
-        """``devfun2``: the deviance at (sdcor, sigma), fixed effects profiled out."""
-        theta, sigma = self.from_sdcor(v)
-        return self.m.devfun_vp(np.append(theta, sigma))
+        """``devfun2``: the deviance at (sdcor, sigma), fixed effects profiled out.
+
+        Correlations that make no valid correlation matrix (three or more coefficients) get the
+        deviance at the nearest valid one plus :data:`_INVALID_PENALTY` per unit of the shortfall,
+        so the optimiser of the nuisance parameters is led back (lme4's ``Sv_to_Cv`` fails there).
+        """
+        theta, sigma, shortfall = self.from_sdcor(v)
+        return self.m.devfun_vp(np.append(theta, sigma)) + _INVALID_PENALTY * shortfall
 
     def deviance_beta(self, theta: np.ndarray, j: int, b: float) -> float:
         """The deviance at theta with fixed effect ``j`` held at ``b``, sigma and the others profiled.
@@ -289,6 +303,28 @@ class _Profiler:
         return steps
 
 
+def _correlation_factor(cor: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor of a correlation matrix, and its shortfall from positive semi-definiteness.
+
+    A matrix with a negative eigenvalue is replaced by the nearest valid one (eigenvalues clipped
+    at 0, the diagonal rescaled to 1); the shortfall is minus its smallest eigenvalue (0 if none is negative).
+    """
+    w, q = np.linalg.eigh(cor)
+    shortfall = max(0.0, -float(w[0]))
+    if shortfall > 0:
+        cor = (q * np.maximum(w, 0.0)) @ q.T
+        d = np.sqrt(np.diag(cor))
+        cor = cor / np.outer(d, d)
+    k = cor.shape[0]
+    low = np.zeros((k, k))
+    for j in range(k):  # Cholesky that allows a zero pivot (a matrix on the boundary)
+        d2 = cor[j, j] - low[j, :j] @ low[j, :j]
+        low[j, j] = np.sqrt(max(d2, 0.0))
+        for i in range(j + 1, k):
+            low[i, j] = (cor[i, j] - low[i, :j] @ low[j, :j]) / low[j, j] if low[j, j] > 1e-12 else 0.0
+    return low, shortfall
+
+
 def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     """Profile-likelihood intervals of every parameter, as lme4's ``confint(fit, method = "profile")``.
 
@@ -316,14 +352,11 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     ------
     OptionsError
         For a level outside (0, 1), an OLS fit, or a fit that does not belong to ``frame``.
-    NotImplementedError
-        For a correlated random term with more than two coefficients.
     """
     if not 0 < level < 1:
         raise OptionsError(f"level must be between 0 and 1, not {level}")
     if getattr(fit, "method", None) not in ("reml", "ml") or fit.theta is None:
         raise OptionsError("profile intervals need a mixed-model fit (fit_lmm, method 'reml' or 'ml')")
-    _check_terms(frame)
     nth = sum(b.values.shape[1] * (b.values.shape[1] + 1) // 2 for b in frame.blocks)
     if list(fit.fixef.index) != list(frame.x_names) or len(fit.theta) != nth:
         raise OptionsError(f"the fit ({fit.formula}) was not made from this frame ({frame.formula.text})")
@@ -339,7 +372,7 @@ def _profile_ci(frame: ModelFrame, fit, level: float) -> pd.DataFrame:
     for blk, (off, _, tri) in zip(prof.m.blocks, prof.blocks, strict=True):
         coefs = blk.term.coefs
         for idx, (i, j) in enumerate(tri):
-            term = f"sd__{coefs[i]}" if i == j else f"cor__{coefs[j]}.{coefs[i]}"
+            term = sd_term(coefs[i]) if i == j else cor_term(coefs[j], coefs[i])
             rows.append(("ran_pars", blk.term.group, term, off + idx, f".sig{off + idx + 1:02d}"))
     rows.append(("ran_pars", "Residual", "sd__Observation", prof.nth, ".sigma"))
     for j, name in enumerate(frame.x_names):

@@ -21,6 +21,10 @@ from bayeslmm.model.formula import Formula, group_codes
 from bayeslmm.model.options import NaAction
 
 FEW_LEVELS = 5
+#: A correlated term ``(1 + x|g)`` has k(k+1)/2 covariance parameters (k sds, k(k-1)/2 correlations);
+#: with fewer than FEW_LEVELS levels of its grouping factor per parameter (the ratio asked of a
+#: single sd) its correlations lean on their prior and lme4's fit is often singular.
+LEVELS_PER_COVARIANCE = FEW_LEVELS
 #: A non-negative integer response with at least this share of zeros looks like counts ...
 COUNT_ZEROS = 0.05
 #: ... as does one with 0 among at most this many distinct values.
@@ -106,6 +110,11 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
         if len(levels) < 2:
             raise DataError(f"grouping factor {r.group!r} has only one level; a random effect needs at least two "
                             f"groups (drop {r.lme4})")
+        q = len(levels) * len(r.coefs)
+        if len(df) <= q:  # lme4's check.nobs.vs.nRE, an error by default
+            raise DataError(f"{len(df)} rows for {q} random effects of {r.lme4} ({len(levels)} levels x "
+                            f"{len(r.coefs)} coefficients): they cannot be told apart from the residual (lme4 stops: "
+                            "number of observations <= number of random effects); drop coefficients from the term")
     n_params = _count_parameters(formula, df)
     if len(df) <= n_params:
         raise DataError(f"{len(df)} rows cannot estimate {n_params} parameters; simplify the formula or add data")
@@ -118,7 +127,13 @@ def _count_parameters(formula: Formula, df: pd.DataFrame) -> int:
             n += max(df[term].nunique() - 1, 1)
         else:
             n += 1
-    return n + sum(len(r.coefs) for r in formula.random)
+    return n + sum(_covariance_parameters(r) for r in formula.random)
+
+
+def _covariance_parameters(term) -> int:
+    """lme4's count for one random term: k sds, and k(k-1)/2 correlations if it is correlated."""
+    k = len(term.coefs)
+    return k * (k + 1) // 2 if term.correlated else k
 
 
 def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
@@ -139,8 +154,10 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
     for r in formula.random:
         for s in r.slopes:
             if s in df.columns and not varies_within(df, s, r.group):
-                notes.append(f"{s!r} does not vary within levels of {r.group!r}, so a random slope ({s}|{r.group}) "
-                             "cannot be estimated from the data; drop it")
+                corr = " (and its correlations)" if r.correlated else ""
+                notes.append(f"{s!r} does not vary within levels of {r.group!r}, so the random slope on it in {r.lme4}"
+                             f"{corr} cannot be estimated from the data; drop it")
+    notes += [n for n in (covariance_warning(r, df) for r in formula.random) if n]
     notes += [n for n in (integer_predictor_hint(df, t) for t in formula.fixed) if n]
     for col in _numeric_columns(formula, df):
         x = df[col].to_numpy(dtype=float)
@@ -150,6 +167,26 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
                          "consider a scaled copy (the tutorial's scale(), prepare.scale in a study file) so "
                          "effects and default priors are on a comparable scale")
     return notes
+
+
+def covariance_warning(term, df: pd.DataFrame) -> str | None:
+    """A warning when a correlated term has more covariance parameters than its groups can support.
+
+    A term of k coefficients has k(k+1)/2 (k sds, k(k-1)/2 correlations), all estimated from the
+    levels of one grouping factor; fewer than :data:`LEVELS_PER_COVARIANCE` levels per parameter
+    draws the warning (8 levels for ``(1 + x|g)``'s 3 do; 15 do not).
+    """
+    if not term.correlated:
+        return None
+    k = len(term.coefs)
+    n_par = k * (k + 1) // 2
+    levels = len(group_codes(df, term.group)[0])
+    if levels >= LEVELS_PER_COVARIANCE * n_par:
+        return None
+    cors = "correlations" if n_par - k > 1 else "correlation"
+    return (f"{term.lme4} has {n_par} covariance parameters ({k} sds, {n_par - k} {cors}) for {levels} levels of "
+            f"{term.group!r} (fewer than {LEVELS_PER_COVARIANCE} per parameter): the {cors} will lean on the LKJ "
+            f"prior and lme4's fit is often singular; consider {term.lme4.replace('|', '||')} or fewer terms")
 
 
 def response_warning(df: pd.DataFrame, response: str) -> str | None:
@@ -460,7 +497,7 @@ def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi") 
         fix = ("use --engine marginal (no funnel) or raise --target-accept (e.g. 0.99)" if engine == "bambi" else
                "raise --target-accept (e.g. 0.99), rescale predictors, or drop terms the data cannot identify")
         notes.append(f"{diag['divergences']} divergent transitions: the posterior has regions NUTS cannot explore "
-                     f"(often a standard deviation near 0); {fix}")
+                     f"(often a standard deviation near 0 or a correlation near +-1); {fix}")
     if diag["max_r_hat"] > 1.01:
         notes.append(f"r_hat up to {diag['max_r_hat']:.3f} (> 1.01): chains disagree; run more --draws and --tune")
     if diag["min_ess_bulk"] < ess_min or diag["min_ess_tail"] < ess_min:

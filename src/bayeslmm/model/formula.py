@@ -295,14 +295,14 @@ def to_bambi(formula: Formula) -> str:
 
 
 def correlation_note(formula: Formula) -> str | None:
-    """Warning text when the formula asks for correlated random effects, else ``None``."""
+    """Warning text for a fit by Bambi's engine, which drops the correlations of correlated terms; else ``None``."""
     corr = [r for r in formula.random if r.correlated]
     if not corr:
         return None
     terms = ", ".join(r.lme4 for r in corr)
     return (
-        f"{terms}: the Bayesian fit estimates no correlation between a group's intercept and "
-        "slope (lme4 does); results are those of the '||' model"
+        f"{terms}: Bambi's engine estimates no correlation between a group's effects (lme4 and the marginal "
+        "engine do); results are those of the '||' model"
     )
 
 

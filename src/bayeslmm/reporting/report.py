@@ -77,11 +77,26 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
         f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
         f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
         f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
-    blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}" for k, v in fit.priors.items()) + "."))
+    # Bambi's engine drops the correlations of (x|g) (its note says so): no LKJ prior to show
+    priors = {k: v for k, v in fit.priors.items() if not (fit.engine == "bambi" and v.startswith("LKJ("))}
+    blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}{_prior_gloss(v)}" for k, v in priors.items()) + "."))
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def _prior_gloss(prior: str) -> str:
+    """What an LKJ prior on a correlation matrix means, in a phrase (nothing for other priors)."""
+    if not prior.startswith("LKJ("):
+        return ""
+    if prior == "LKJ(eta=1)":
+        return " (uniform over correlation matrices)"
+    try:
+        eta = float(prior.removeprefix("LKJ(eta=").removesuffix(")"))
+    except ValueError:
+        return ""
+    return " (favours correlations near 0)" if eta > 1 else " (favours correlations near -1 and 1)"
 
 
 def comparison_section(study, table: pd.DataFrame) -> list[Block]:
@@ -194,11 +209,12 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Heading("Data and settings", 2),
         Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
                  f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
-                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults (listed per model)",
+                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults, and LKJ on the correlations of "
+                 "correlated terms (listed per model)",
                  "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
-                 "(nutpie) on the fixed effects and standard deviations only, and draws the random effects from "
-                 "their exact conditional normal: the same posterior as Bambi's model, without its funnel; "
-                 "`bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
+                 "(nutpie) on the fixed effects, standard deviations and correlations only, and draws the random "
+                 "effects from their exact conditional normal: the same posterior as Bambi's model, without its "
+                 "funnel; `bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
                  f"{(1 + ci) / 2:.1%} quantiles), in the tables and the figures alike; estimate = posterior "
                  "mean, std_error = posterior sd",

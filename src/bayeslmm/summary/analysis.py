@@ -65,11 +65,8 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
 
 
 def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[str, pd.DataFrame]:
-    """lme4's profile-likelihood intervals of each mixed model (as ``confint(method = "profile")``).
-
-    Models whose random terms the profiler does not handle (three or more correlated
-    coefficients) keep Wald intervals for fixed effects and none for standard deviations.
-    """
+    """lme4's profile-likelihood intervals of each mixed model (as ``confint(method = "profile")``):
+    fixed effects, standard deviations and correlations (of terms of any number of coefficients)."""
     from bayeslmm.lme4.profile import profile_ci
 
     out = {}
@@ -77,10 +74,7 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
         if not spec.formula.is_mixed:
             continue
         fit = fits[spec.name]
-        try:
-            prof = profile_ci(model_frame(fit.formula, fit.data), freq[(spec.name, lme4_method(spec))], ci)
-        except NotImplementedError:
-            continue
+        prof = profile_ci(model_frame(fit.formula, fit.data), freq[(spec.name, lme4_method(spec))], ci)
         out[spec.name] = prof.assign(group=prof["group"].fillna(""))
     return out
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.intervals import eti
+from bayeslmm.labels import COR_PREFIX
 
 SIDE_COLUMNS = [
     "model", "effect", "group", "term", "lme4_method", "lme4_estimate", "lme4_std_error", "lme4_conf_low",
@@ -36,12 +37,16 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     ci : float
         Mass of both intervals (kept in the ``ci`` column, so tables made later can say it).
     boundary : list of (group, term), optional
-        Standard deviations lme4 put at 0 (a singular fit, :meth:`FreqFit.boundary_terms`).
+        Standard deviations lme4 put at 0 and correlations at +-1 (a singular fit,
+        :meth:`FreqFit.boundary_terms`).
 
     Returns
     -------
     DataFrame
-        ``SIDE_COLUMNS``; fixed effects and standard deviations only (group levels are many).
+        ``SIDE_COLUMNS``; fixed effects, standard deviations and correlations (group levels are
+        many), in the posterior's order. A parameter lme4 has and the posterior lacks (the
+        correlation of ``(x|g)`` fitted by Bambi's engine, which drops it) gets a row too, after
+        the others of its group, with no posterior values and an agreement that says so.
     """
     keys = ["effect", "group", "term"]
     b = bayes_rows[bayes_rows["effect"].isin(["fixed", "ran_pars"])]
@@ -53,33 +58,55 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     b = b[["model", *keys, "estimate", "median", "std_error", "conf_low", "conf_high"]].rename(columns={
         "estimate": "post_mean", "median": "post_median", "std_error": "post_sd", "conf_low": "post_conf_low",
         "conf_high": "post_conf_high"})
-    out = b.merge(f, on=keys, how="left")
-    at_zero = set(boundary or ())
-    out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"]), (r["group"], r["term"]) in at_zero)
+    out = _with_lme4_only(b.merge(f, on=keys, how="left"), f, keys)
+    at_bound = set(boundary or ())
+    out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"]), (r["group"], r["term"]) in at_bound)
                         for _, r in out.iterrows()]
     out["ci"] = ci
     return out[SIDE_COLUMNS].reset_index(drop=True)
 
 
+def _with_lme4_only(out: pd.DataFrame, f: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``out`` with lme4's rows that it lacks, each after the last row of its ``(effect, group)``."""
+    have = set(map(tuple, out[keys].to_numpy()))
+    rows = out.to_dict("records")
+    model = out["model"].iloc[0] if len(out) else ""
+    for r in f.to_dict("records"):
+        if tuple(r[k] for k in keys) in have:
+            continue
+        same = [i for i, o in enumerate(rows) if (o["effect"], o["group"]) == (r["effect"], r["group"])]
+        rows.insert(same[-1] + 1 if same else len(rows), {**r, "model": model})
+    return pd.DataFrame(rows, columns=list(out.columns))
+
+
 def agreement(row: pd.Series, ngroups: int | None = None, at_boundary: bool = False) -> str:
     """Where lme4 and the posterior disagree materially, in words; ``"agree"`` otherwise.
 
-    An sd that lme4 put at 0 (``at_boundary``: a singular fit) is said to be so, rather than
-    "outside the posterior interval": a posterior of an sd never reaches exactly 0.
+    Every parameter: the posterior mean more than :data:`SHIFT_SD` posterior sds from lme4's
+    estimate. Fixed effects and correlations: only one of the two intervals excludes 0.
+    Standard deviations and correlations: lme4's estimate outside the posterior interval, a
+    posterior interval :data:`WIDER` times wider than lme4's; for an sd, a right-skewed posterior
+    from few groups. A parameter lme4 put on the boundary (``at_boundary``, a singular fit: an sd
+    at 0, a correlation at +-1) is said to be so, rather than compared: a posterior never reaches it.
     """
     notes = []
     est, mean, sd = row["lme4_estimate"], row["post_mean"], row["post_sd"]
+    if not np.isfinite(mean):
+        return "only lme4 estimates this: the Bayesian model has no such parameter"
     if not np.isfinite(est):
         return "no lme4 value"
+    is_cor = str(row["term"]).startswith(COR_PREFIX)
     if at_boundary:
-        return (f"lme4 at the boundary (singular fit: sd = 0); the posterior puts it between "
+        where = ("correlation matrix at its boundary" if is_cor and abs(est) <= 0.99 else
+                 f"correlation = {est:+.0f}" if is_cor else "sd = 0")
+        return (f"lme4 at the boundary (singular fit: {where}); the posterior puts it between "
                 f"{row['post_conf_low']:.3g} and {row['post_conf_high']:.3g}")
     z = abs(mean - est) / sd if sd > 0 else 0.0
     if z > SHIFT_SD:
         notes.append(f"posterior mean {z:.1f} sd from lme4's estimate")
     lo, hi = row["lme4_conf_low"], row["lme4_conf_high"]
     plo, phi = row["post_conf_low"], row["post_conf_high"]
-    if row["effect"] == "fixed" and np.isfinite(lo) and np.isfinite(hi):
+    if (row["effect"] == "fixed" or is_cor) and np.isfinite(lo) and np.isfinite(hi):
         if (lo > 0 or hi < 0) != (plo > 0 or phi < 0):
             side = "lme4's CI" if (lo > 0 or hi < 0) else "the posterior interval"
             notes.append(f"only {side} excludes 0")
@@ -89,7 +116,8 @@ def agreement(row: pd.Series, ngroups: int | None = None, at_boundary: bool = Fa
         if np.isfinite(lo) and np.isfinite(hi) and hi > lo and (phi - plo) > WIDER * (hi - lo):
             why = f" (only {ngroups} groups)" if ngroups and ngroups < 20 else ""
             notes.append(f"posterior interval {(phi - plo) / (hi - lo):.1f}x wider than lme4's{why}")
-        elif ngroups is not None and ngroups < 10 and row["post_mean"] > 1.1 * row["post_median"]:
+        elif (not is_cor and ngroups is not None and ngroups < 10
+              and row["post_mean"] > 1.1 * row["post_median"]):
             notes.append(f"right-skewed posterior from {ngroups} groups: mean > median, the prior matters")
     return "; ".join(notes) if notes else "agree"
 

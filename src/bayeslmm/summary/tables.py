@@ -6,7 +6,18 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.intervals import eti
-from bayeslmm.labels import INTERCEPT, RESIDUAL_TERM, SAMPLE_DIMS, FixedColumn, classify, sd_term
+from bayeslmm.labels import (
+    COR_PREFIX,
+    INTERCEPT,
+    RESIDUAL,
+    RESIDUAL_TERM,
+    SAMPLE_DIMS,
+    SD_PREFIX,
+    FixedColumn,
+    classify,
+    sd_term,
+    sdcor_terms,
+)
 from bayeslmm.model.formula import fixed_design
 from bayeslmm.numbers import DIGITS, format_number
 from bayeslmm.results import conform
@@ -34,7 +45,8 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
 
 def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False,
                    effects: tuple[str, ...] = ("fixed", "ran_pars", "ran_vals"),
-                   fixed_terms: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+                   fixed_terms: dict[tuple[str, str], str] | None = None,
+                   ran_pars: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Tidy summary of a posterior Dataset with Bambi's variable names.
 
     Parameters
@@ -53,6 +65,8 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     fixed_terms : dict, optional
         lme4's name of each fixed-effect column keyed by its posterior ``(variable, level)``
         (:func:`fixed_terms`); needed when a fixed effect has levels (a factor).
+    ran_pars : list of (group, term), optional
+        The order of the ``ran_pars`` rows (:func:`ran_pars_order`); the posterior's order by default.
 
     Returns
     -------
@@ -90,6 +104,11 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
     out.insert(0, "model", model)
     out.insert(1, "method", "bayes")
     out["_o"] = out["effect"].map(order)
+    if ran_pars is not None:
+        rank = {key: i for i, key in enumerate(ran_pars)}
+        keys = zip(out["group"], out["term"], strict=True)
+        out["_r"] = [rank.get(k, len(rank)) if e == "ran_pars" else 0 for e, k in zip(out["effect"], keys, strict=True)]
+        out = out.sort_values(["_o", "_r"], kind="stable").drop(columns="_r")
     out = out.sort_values("_o", kind="stable").drop(columns="_o")
     return conform(out, ("median",) if median else ())
 
@@ -106,6 +125,18 @@ def fixed_terms(fit) -> dict[tuple[str, str], str]:
     return fixed_design(fit.formula, fit.data).terms()
 
 
+def ran_pars_order(formula) -> list[tuple[str, str]]:
+    """``(group, term)`` of every ``ran_pars`` row of a formula, in the order tidy tables list them.
+
+    Grouping factors in formula order; within one, its random terms in formula order, each with
+    its sds and correlations in broom.mixed's order (:func:`~bayeslmm.labels.sdcor_terms`: for
+    ``(1 + x|g)``, ``sd__(Intercept)``, ``cor__(Intercept).x``, ``sd__x``); the residual last.
+    """
+    out = [(g, term) for g in formula.grouping_factors for r in formula.random if r.group == g
+           for term in sdcor_terms(r.coefs, r.correlated)]
+    return [*out, (RESIDUAL, RESIDUAL_TERM)]
+
+
 def _label(value) -> str:
     if isinstance(value, tuple):
         return ":".join(map(str, value))
@@ -115,17 +146,27 @@ def _label(value) -> str:
 def sd_draws(fit) -> dict[tuple[str, str], np.ndarray]:
     """Posterior draws (chains pooled) of every standard deviation, keyed ``(group, term)``.
 
-    Group sds first, grouping factors in formula order (``("mountainRange", "sd__(Intercept)")``),
-    then the residual ``("Residual", "sd__Observation")``.
+    Group sds first, in :func:`ran_pars_order` (``("mountainRange", "sd__(Intercept)")``), then the
+    residual ``("Residual", "sd__Observation")``. Correlations are not here: :func:`cor_draws`.
     """
+    return _ran_pars_draws(fit, SD_PREFIX)
+
+
+def cor_draws(fit) -> dict[tuple[str, str], np.ndarray]:
+    """Posterior draws (chains pooled) of every correlation, keyed ``(group, term)`` as in the tidy table
+    (``("subject", "cor__(Intercept).day")``), in :func:`ran_pars_order`; empty for a model without any."""
+    return _ran_pars_draws(fit, COR_PREFIX)
+
+
+def _ran_pars_draws(fit, prefix: str) -> dict[tuple[str, str], np.ndarray]:
     post = fit.idata["posterior"]
     out = {}
     for var in post.data_vars:
         effect, group, term = classify(str(var))
-        if effect == "ran_pars":
+        if effect == "ran_pars" and term.startswith(prefix):
             out[(group, term)] = np.asarray(post[var].values, dtype=float).reshape(-1)
-    order = {g: i for i, g in enumerate(fit.formula.grouping_factors)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0][0], len(order))))
+    rank = {key: i for i, key in enumerate(ran_pars_order(fit.formula))}
+    return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
 def variance_partition_draws(fit) -> dict[str, np.ndarray]:
@@ -134,7 +175,7 @@ def variance_partition_draws(fit) -> dict[str, np.ndarray]:
     share_g = s_g^2 / (sum_k s_k^2 + sigma^2) over the random intercepts (the tutorial's
     339.7 / (339.7 + 223.8) for ``mixed.lmer``; slopes are left out, as their variance
     depends on the predictor's value; for one grouping factor the share is the intraclass
-    correlation). The residual's share is under ``"Residual"``, last.
+    correlation; correlations do not enter). The residual's share is under ``"Residual"``, last.
     """
     keep = (sd_term(INTERCEPT), RESIDUAL_TERM)
     parts = {g: s**2 for (g, term), s in sd_draws(fit).items() if term in keep}
@@ -149,7 +190,8 @@ def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
     -------
     dict
         ``divergences``, ``max_treedepth_hits``, ``max_r_hat``, ``min_ess_bulk`` and
-        ``min_ess_tail`` over fixed effects and standard deviations, ``draws`` and ``chains``.
+        ``min_ess_tail`` over fixed effects, standard deviations and correlations (every
+        ``fixed`` and ``ran_pars`` row), ``draws`` and ``chains``.
     """
     stats = fit.idata["sample_stats"]
     if tidy is None:
