@@ -383,9 +383,10 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
     model = build_model(formula, data)
-    table = prior_table(model, formula, user_priors)
     frame = model_frame(formula, data)
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
+    # Bambi's engine drops correlations, so its fits have no LKJ prior (nor one in their cache key)
+    table = prior_table(model, formula if engine != "bambi" else None, user_priors)
     # The cache knows the engine that ran, so "auto" and an explicit choice share posteriors.
     key = cache_key(formula, data, table, replace(options, engine=engine))
     # only Bambi's engine drops the correlations of (x|g)

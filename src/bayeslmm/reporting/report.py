@@ -77,8 +77,7 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
         f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
         f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
         f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
-    # Bambi's engine drops the correlations of (x|g) (its note says so): no LKJ prior to show
-    priors = {k: v for k, v in fit.priors.items() if not (fit.engine == "bambi" and v.startswith("LKJ("))}
+    priors = fit.priors  # Bambi's engine drops the correlations of (x|g): its fits have no LKJ prior
     blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}{_prior_gloss(v)}" for k, v in priors.items()) + "."))
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
