@@ -257,7 +257,7 @@ def test_shrinkage_2d_for_random_slopes(slopes):
     (ax,) = fig.axes
     assert len(_arrows(ax)) == RANGES
     assert sum(isinstance(p, Ellipse) for p in ax.patches) == 2
-    assert ax.get_ylabel() == "slope of bodyLength2" and len(_legend_texts(fig)) == 6
+    assert ax.get_ylabel() == "slope of bodyLength2" and len(_legend_texts(fig)) == 7
     assert {a.get_text() for a in ax.texts if a.get_text()} == set(t["level"])
 
 

@@ -5,6 +5,8 @@ QQ plot, posterior predictive check) are one grid figure per kind with a panel f
 distinct posterior, so models can be compared at a glance without a dozen near-identical
 images; the partial-pooling figures (shrinkage, group effects, prior against posterior) are drawn
 for one mixed model, :func:`main_model`, the one with the most detailed random structure.
+Correlated random effects ``(1 + x|g)`` get theirs in every distinct posterior that has them:
+the 2-D shrinkage plot per slope and one figure of every correlation's prior and posterior.
 """
 
 from __future__ import annotations
@@ -110,11 +112,23 @@ def _nesting(result, group: str) -> tuple[str, str | None]:
     return group, None
 
 
-def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95) -> list[Image]:
+def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
+    """lme4's estimates and intervals in the side-by-side table's columns: ``side`` itself (profile
+    intervals), else ``tidy``'s REML and ML rows (estimates only: broom.mixed gives their ran_pars no interval)."""
+    if side is not None:
+        return side
+    rows = tidy[tidy["method"].isin(["reml", "ml"])]
+    return rows.rename(columns={"method": "lme4_method", "estimate": "lme4_estimate", "conf_low": "lme4_conf_low",
+                                "conf_high": "lme4_conf_high"}).assign(lme4_ci="")
+
+
+def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
+                 side: pd.DataFrame | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
-    the same mass).
+    the same mass). ``side``, the side-by-side table, gives lme4's profile intervals of the
+    correlations; without it their lme4 estimates come from ``tidy``.
     """
     df, figures = result.data, []
     mass = percent(ci)
@@ -202,13 +216,17 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95) -> li
                      "rest move most.")
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
              f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
-    for fit in fits:
+    for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per slope
         for term in fit.formula.random:
-            if term.intercept and term.slopes and fit.formula.intercept:
-                save(lambda f=fit, t=term: plots_pooling.shrinkage_2d(f, t.group, t.slopes[0]),
-                     f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}",
-                     f"Intercept and slope of each {term.group} in {fit.name}: own regressions (no pooling) "
-                     "pulled towards the population (partial pooling).")
+            if term.correlated and term.intercept and term.slopes and fit.formula.intercept:
+                for slope in term.slopes:
+                    name = f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}"
+                    save(lambda f=fit, t=term, s=slope: plots_pooling.shrinkage_2d(f, t.group, s, ci),
+                         name + (f"_{slope}" if len(term.slopes) > 1 else ""),
+                         f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions (no "
+                         "pooling, open circles) pulled towards the population (partial pooling, filled). The "
+                         f"ellipses hold 50% and {mass} of the population of {term.group}s, a normal with the "
+                         "posterior mean of the covariance matrix of the two effects, tilted by their correlation.")
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
         save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
@@ -223,4 +241,10 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95) -> li
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
                  f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
                  f"{mass} intervals: few levels leave a wide posterior.")
+    correlated = [f for f in fits if plots_pooling.correlations(f)]
+    if correlated:
+        save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",
+             "Each correlation of the group effects: its posterior beside its LKJ prior (the marginal of one "
+             f"correlation), with the posterior mean and {mass} interval, and lme4's estimate with its {mass} "
+             "profile-likelihood interval where lme4 has one.")
     return figures

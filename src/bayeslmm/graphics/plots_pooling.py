@@ -1,4 +1,4 @@
-"""Figures that show partial pooling: shrinkage, group effects, variance shares, sds' priors.
+"""Figures that show partial pooling: shrinkage, group effects, variance shares, priors of sds and correlations.
 
 A mixed model's estimate of each group sits between the group's own estimate (no pooling)
 and the estimate that ignores groups (complete pooling); groups with little data or far from
@@ -13,17 +13,31 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import PercentFormatter
-from scipy import stats
+from scipy import sparse, stats
 
-from bayeslmm.graphics.plots import BAYES, FREQ, NEUTRAL, colour, new_figure, panel_grid, place_labels
+from bayeslmm.errors import OptionsError
+from bayeslmm.graphics.plots import BAYES, FREQ, METHODS, NEUTRAL, colour, new_figure, panel_grid, place_labels
 from bayeslmm.graphics.plots_checks import as_fits, kde
 from bayeslmm.intervals import eti, percent
-from bayeslmm.labels import INTERCEPT, RESIDUAL, RESIDUAL_TERM, SD_PREFIX, sd_term, sd_variable
+from bayeslmm.labels import (
+    COR_PREFIX,
+    INTERCEPT,
+    RESIDUAL,
+    RESIDUAL_TERM,
+    SD_PREFIX,
+    cor_pairs,
+    cor_term,
+    sd_term,
+    sd_variable,
+)
 from bayeslmm.model.formula import fixed_design
+from bayeslmm.model.priors import lkj_marginal, parse_prior
+from bayeslmm.numbers import format_number
 from bayeslmm.summary import predict
 from bayeslmm.summary.tables import fixed_draws, sd_draws, variance_partition_draws
 
@@ -45,20 +59,55 @@ def _level_intercepts(fit, group: str) -> tuple[tuple[str, ...], np.ndarray, np.
     fixed covariate at 0 and slopes left out: Intercept + the level's effect + the average,
     over the level's rows, of the other grouping factors' intercept effects (for a site nested
     in a range, its range's effect). The target is the same without the level's own effect:
-    what the model shrinks the level towards.
+    what the model shrinks the level towards. The averages go through a sparse levels x
+    other-levels matrix, never a draws x rows one (800 levels x 20 rows x 4000 draws stays small).
     """
     levels, u = predict.group_effect_draws(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     n = np.bincount(pos, minlength=len(levels))
-    member = np.zeros((pos.size, len(levels)))
-    member[np.arange(pos.size), pos] = 1.0 / n[pos]
-    others = np.zeros((u.shape[0], pos.size))
+    target = np.repeat(fixed_draws(fit, INTERCEPT)[:, None], len(levels), axis=1)
     for term in fit.formula.random:
         if term.group != group and term.intercept:
             lv, uh = predict.group_effect_draws(fit, term.group)
-            others += uh[:, predict.level_positions(lv, predict.row_labels(fit.data, term.group), term.group)]
-    target = fixed_draws(fit, INTERCEPT)[:, None] + others @ member
+            other = predict.level_positions(lv, predict.row_labels(fit.data, term.group), term.group)
+            share = sparse.csr_matrix((1.0 / n[pos], (pos, other)), shape=(len(levels), len(lv)))  # rows sum to 1
+            target += np.asarray(share @ uh.T).T
     return levels, n, target + u, target
+
+
+def no_pooling(y: np.ndarray, common: np.ndarray, own: np.ndarray, pos: np.ndarray, n_levels: int) -> np.ndarray:
+    """Each level's own coefficients: least squares with ``own`` columns per level, ``common`` ones shared.
+
+    The no-pooling regression: every level gets its own coefficient on each ``own`` column (an
+    intercept, the slopes that vary by level), the ``common`` columns one coefficient for all rows
+    (``y ~ common + group + group:x``). Solved exactly by Frisch-Waugh-Lovell, a level at a time
+    (no rows x levels matrix): the level's own columns are projected out of its ``y`` and common
+    columns, the common coefficients come from the pooled residuals, and each level's own
+    coefficients from its rows with the common part removed.
+
+    Returns
+    -------
+    ndarray, shape (n_levels, own columns)
+        NaN for a level whose rows do not determine its own coefficients (too few rows, or a
+        covariate that does not vary within it).
+    """
+    own = np.asarray(own, dtype=float).reshape(len(y), -1)
+    both = np.column_stack([np.asarray(y, dtype=float), np.asarray(common, dtype=float).reshape(len(y), -1)])
+    order = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[order], np.arange(n_levels + 1))
+    k = own.shape[1]
+    coefs = np.full((n_levels, k, both.shape[1]), np.nan)
+    resid = np.empty_like(both)
+    for lv in range(n_levels):
+        rows = order[bounds[lv]:bounds[lv + 1]]
+        if rows.size == 0:
+            continue
+        c, _, rank, _ = np.linalg.lstsq(own[rows], both[rows], rcond=None)
+        resid[rows] = both[rows] - own[rows] @ c
+        if rank == k:
+            coefs[lv] = c
+    shared = np.linalg.lstsq(resid[:, 1:], resid[:, 0], rcond=None)[0] if both.shape[1] > 1 else np.zeros(0)
+    return coefs[:, :, 0] - coefs[:, :, 1:] @ shared
 
 
 def shrinkage_table(fit, group: str, ci: float = 0.95) -> pd.DataFrame:
@@ -81,10 +130,8 @@ def shrinkage_table(fit, group: str, ci: float = 0.95) -> pd.DataFrame:
     y = predict.response(fit)
     levels, n, partial, target = _level_intercepts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
-    dummies = np.zeros((y.size, len(levels)))
-    dummies[np.arange(y.size), pos] = 1.0
     covs = x[:, [j for j, nm in enumerate(names) if nm != INTERCEPT]]
-    own = np.linalg.lstsq(np.column_stack([covs, dummies]), y, rcond=None)[0][covs.shape[1]:]
+    own = no_pooling(y, covs, np.ones(y.size), pos, len(levels))[:, 0]
     pooled = np.linalg.lstsq(x, y, rcond=None)[0][names.index(INTERCEPT)]
     lo, hi = eti(partial, ci)
     out = pd.DataFrame({
@@ -151,95 +198,181 @@ def shrinkage(fit, group: str, ci: float = 0.95) -> Figure:
     return fig
 
 
+def _group_slope(fit, group: str, slope: str | None = None) -> str:
+    """The slope of ``group`` a 2-D shrinkage plot shows: ``slope``, else the first slope of the group's
+    correlated term, else of its other terms (``(x||g)`` puts the slope in a term of its own)."""
+    _term(fit, group)
+    terms = sorted((t for t in fit.formula.random if t.group == group), key=lambda t: not t.correlated)
+    slopes = list(dict.fromkeys(c for t in terms for c in t.slopes))
+    if not slopes:
+        raise ValueError(f"{fit.name!r} has no random slope for {group!r}; use shrinkage()")
+    if slope is None:
+        return slopes[0]
+    if slope not in slopes:
+        raise ValueError(f"{fit.name!r} has no random slope of {slope!r} for {group!r}; "
+                         f"its slopes: {', '.join(slopes)}")
+    return slope
+
+
+def cor_draws(fit, group: str, a: str, b: str) -> np.ndarray | None:
+    """Draws of the correlation of the ``a`` and ``b`` effects of ``group``, or None when the posterior has
+    none (separate terms, ``(x||g)``, or an engine that fitted a correlated term without its correlation)."""
+    sds = sd_draws(fit)
+    for pair in ((a, b), (b, a)):
+        if (group, cor_term(*pair)) in sds:
+            return sds[(group, cor_term(*pair))]
+    return None
+
+
+def population_covariance(fit, group: str, a: str, b: str) -> np.ndarray:
+    """Posterior mean of the 2 x 2 covariance matrix of the ``a`` and ``b`` effects of ``group``.
+
+    Draw by draw Sigma = [[s_a^2, r s_a s_b], [r s_a s_b, s_b^2]], with r the correlation's draw
+    when ``a`` and ``b`` share a correlated term (``(1 + x|g)``) and 0 when they do not (``(x||g)``
+    makes separate terms); the matrix returned is the mean of Sigma over the draws (so its
+    diagonal holds the posterior means of the variances, not the squared means of the sds).
+    """
+    sds = sd_draws(fit)
+    sa, sb = sds[(group, sd_term(a))], sds[(group, sd_term(b))]
+    r = cor_draws(fit, group, a, b)
+    c = float(np.mean(sa * sb * (0.0 if r is None else r)))
+    return np.array([[np.mean(sa**2), c], [c, np.mean(sb**2)]])
+
+
 def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFrame:
     """Each level's intercept and slope without pooling and with partial pooling.
 
-    ``no_pooling_*``: least squares of the response on an intercept and ``slope`` within the
-    level alone (its own regression). ``partial_*``: posterior means of the level's intercept
-    (as in :func:`shrinkage_table`) and of its slope (fixed slope + the level's slope effect).
-    ``complete_*``: least squares over all rows; ``population_*``: posterior means of the fixed
-    intercept and slope; ``sd_*``: posterior means of the sds of the level effects.
+    ``no_pooling_*``: the level's own least-squares coefficients, every coefficient that varies by
+    ``group`` (intercept and slopes of all its terms) estimated within the level, the other fixed
+    covariates shared (:func:`no_pooling`; for ``y ~ x + (1 + x|g)`` the level's own regression
+    on ``x``); NaN where the level's rows cannot determine them. ``partial_*``: posterior means of
+    the level's intercept (as in :func:`shrinkage_table`) and of its slope (fixed slope + the
+    level's slope effect). ``complete_*``: least squares of the response on the fixed effects,
+    groups ignored; ``population_*``: posterior means of the fixed intercept and slope.
+    ``sd_intercept``, ``sd_slope``, ``cor``: the standard deviations and correlation of the
+    posterior-mean covariance matrix of the two effects (:func:`population_covariance`).
+    ``slope`` defaults to the group's first slope (:func:`_group_slope`).
     """
-    term = _term(fit, group, slope)
-    if not term.slopes:
-        raise ValueError(f"{fit.name!r} has no random slope for {group!r}; use shrinkage()")
-    slope = slope or term.slopes[0]
+    slope = _group_slope(fit, group, slope)
+    design = fixed_design(fit.formula, fit.data)
+    names = list(design.names)
+    if INTERCEPT not in names:
+        raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
+    coefs = [INTERCEPT, *dict.fromkeys(c for t in fit.formula.random if t.group == group
+                                       for c in t.coefs if c != INTERCEPT)]
     y = predict.response(fit)
-    s = predict.covariate_values(fit.data, slope)
     levels, n, partial_a, _ = _level_intercepts(fit, group)
+    pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
+    own_x = np.column_stack([predict.covariate_values(fit.data, c) for c in coefs])
+    common = design.X[:, [j for j, nm in enumerate(names) if nm not in coefs]]
+    own = no_pooling(y, common, own_x, pos, len(levels))[:, [0, coefs.index(slope)]]
     _, u_s = predict.group_effect_draws(fit, group, slope)
-    names = predict.fixed_effect_draws(fit, max_draws=1)[0]
     beta_s = fixed_draws(fit, slope) if slope in names else np.zeros(u_s.shape[0])
-    labels = predict.row_labels(fit.data, group)
-    own = []
-    for lv in levels:
-        m = labels == lv
-        if m.sum() >= 3 and np.ptp(s[m]) > 0:
-            own.append(np.polyfit(s[m], y[m], 1)[::-1])
-        else:
-            own.append([np.nan, np.nan])
-    own = np.array(own)
-    cb = np.polyfit(s, y, 1)[::-1]
-    sds = sd_draws(fit)
+    x_all = design.X if slope in names else np.column_stack([design.X, own_x[:, coefs.index(slope)]])
+    pooled = np.linalg.lstsq(x_all, y, rcond=None)[0]
+    cov = population_covariance(fit, group, INTERCEPT, slope)
+    sd = np.sqrt(np.diag(cov))
     return pd.DataFrame({
         "level": levels, "n": n,
         "no_pooling_intercept": own[:, 0], "no_pooling_slope": own[:, 1],
         "partial_intercept": partial_a.mean(axis=0), "partial_slope": (beta_s[:, None] + u_s).mean(axis=0),
-        "complete_intercept": cb[0], "complete_slope": cb[1],
+        "complete_intercept": pooled[names.index(INTERCEPT)],
+        "complete_slope": pooled[names.index(slope) if slope in names else -1],
         "population_intercept": fixed_draws(fit, INTERCEPT).mean(), "population_slope": beta_s.mean(),
-        "sd_intercept": sds[(group, sd_term(INTERCEPT))].mean(), "sd_slope": sds[(group, sd_term(slope))].mean(),
+        "sd_intercept": sd[0], "sd_slope": sd[1], "cor": cov[0, 1] / (sd[0] * sd[1]),
     })
 
 
-def shrinkage_2d(fit, group: str, slope: str | None = None) -> Figure:
+def population_ellipse(centre: tuple[float, float], cov: np.ndarray, mass: float, **style) -> Ellipse:
+    """The ellipse holding ``mass`` of a bivariate normal (``centre``, ``cov``), in data coordinates.
+
+    Its axes lie along the eigenvectors of ``cov`` with half-lengths sqrt(chi2_2(mass) x eigenvalue);
+    ``angle`` (degrees, in (-90, 90]) is that of the major axis, positive when the correlation is.
+    """
+    values, vectors = np.linalg.eigh(np.asarray(cov, dtype=float))
+    major = vectors[:, 1]
+    angle = float(np.degrees(np.arctan2(major[1], major[0])))
+    angle = angle - 180 if angle > 90 else angle + 180 if angle <= -90 else angle
+    r = np.sqrt(stats.chi2.ppf(mass, 2))
+    width, height = 2 * r * np.sqrt(np.clip(values[::-1], 0, None))
+    return Ellipse(centre, width, height, angle=angle, **style)
+
+
+#: Above this many levels the 2-D shrinkage plot draws its arrows as one collection of thin lines.
+MANY_LEVELS = 60
+
+
+def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) -> Figure:
     """Intercept against slope of every level: own regression, arrow to the partial-pooling estimate.
 
     Like the sleepstudy figure of lme4's authors: each level's own least-squares line (open
-    circles) moves towards the population (cross) in the mixed model (filled circles). Ellipses
-    hold 50% and 95% of the population distribution of levels (normal, posterior-mean sds; the
-    Bayesian fit has no intercept-slope correlation, so the ellipses are axis-aligned).
+    circles) moves towards the population (cross) in the mixed model (filled circles). The two
+    ellipses hold 50% and ``ci`` of the population distribution of levels: the normal centred at
+    the posterior means of the fixed intercept and slope whose covariance is the posterior mean of
+    the covariance matrix of the two effects (:func:`population_covariance`) -- tilted by the
+    correlation of a correlated term ``(1 + x|g)``, axis-aligned for ``(x||g)``, whose correlation
+    is 0 by construction. Up to 12 levels are labelled; above :data:`MANY_LEVELS` the points
+    shrink and the arrows become thin lines without heads (one artist, fast at 800 levels).
     """
     t = shrinkage_table_2d(fit, group, slope)
-    slope = slope or _term(fit, group).slopes[0]
+    slope = _group_slope(fit, group, slope)
+    k = len(t)
+    many = k > MANY_LEVELS
     fig = new_figure(9.5, 7.5)
     ax = fig.subplots()
     cx, cy = t["population_intercept"].iloc[0], t["population_slope"].iloc[0]
-    for p, ls in ((0.5, "-"), (0.95, "--")):
-        r = np.sqrt(stats.chi2.ppf(p, 2))
-        ax.add_patch(Ellipse((cx, cy), 2 * r * t["sd_intercept"].iloc[0], 2 * r * t["sd_slope"].iloc[0],
-                             fill=False, edgecolor=PARTIAL, ls=ls, lw=1, alpha=0.6))
-    size = _sizes(t["n"].to_numpy(dtype=float))
+    sd_a, sd_b, cor = t["sd_intercept"].iloc[0], t["sd_slope"].iloc[0], t["cor"].iloc[0]
+    cov = np.array([[sd_a**2, cor * sd_a * sd_b], [cor * sd_a * sd_b, sd_b**2]])
+    for p, ls in ((0.5, "-"), (ci, "--")):
+        ax.add_patch(population_ellipse((cx, cy), cov, p, fill=False, edgecolor="black", ls=ls, lw=1.4, zorder=6))
+    size = _sizes(t["n"].to_numpy(dtype=float)) * (1.0 if not many else max(0.12, MANY_LEVELS / k))
     ok = t["no_pooling_intercept"].notna().to_numpy()
     ax.scatter(t["no_pooling_intercept"][ok], t["no_pooling_slope"][ok], s=size[ok], facecolor="white",
-               edgecolor=NO_POOL, lw=1.6, zorder=3)
-    ax.scatter(t["partial_intercept"], t["partial_slope"], s=size, color=PARTIAL, edgecolor="white", zorder=4)
-    for r in t[ok].itertuples():
-        ax.annotate("", xy=(r.partial_intercept, r.partial_slope),
-                    xytext=(r.no_pooling_intercept, r.no_pooling_slope), zorder=2,
-                    arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 0.9, "shrinkA": 5, "shrinkB": 5,
-                                "mutation_scale": 10})
-    if len(t) <= 12:
-        ok_xy = t.loc[ok, ["no_pooling_intercept", "no_pooling_slope"]].to_numpy(dtype=float)
-        points = np.vstack([t[["partial_intercept", "partial_slope"]].to_numpy(dtype=float), ok_xy, [[cx, cy]]])
-        place_labels(ax, t["partial_intercept"].to_numpy(dtype=float), t["partial_slope"].to_numpy(dtype=float),
-                     list(t["level"]), points, color=PARTIAL)
-    ax.plot([cx], [cy], "X", color="black", ms=11, zorder=5)
-    ax.plot([t["complete_intercept"].iloc[0]], [t["complete_slope"].iloc[0]], "D", color=COMPLETE, ms=8, zorder=5)
+               edgecolor=NO_POOL, lw=0.8 if many else 1.6, zorder=3)
+    ax.scatter(t["partial_intercept"], t["partial_slope"], s=size, color=PARTIAL, edgecolor="white",
+               lw=0.3 if many else 1.0, zorder=4)
+    starts = t.loc[ok, ["no_pooling_intercept", "no_pooling_slope"]].to_numpy(dtype=float)
+    ends = t.loc[ok, ["partial_intercept", "partial_slope"]].to_numpy(dtype=float)
+    if many:
+        ax.add_collection(LineCollection(np.stack([starts, ends], axis=1), colors="black", lw=0.5, alpha=0.35,
+                                         zorder=2))
+    else:
+        for (x0, y0), (x1, y1) in zip(starts, ends, strict=True):
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
+                        arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 0.9, "shrinkA": 5, "shrinkB": 5,
+                                    "mutation_scale": 10})
+    ax.plot([t["complete_intercept"].iloc[0]], [t["complete_slope"].iloc[0]], "D", mfc="none", mec=COMPLETE,
+            mew=2, ms=15, zorder=7)  # open and larger: the population cross stays visible inside it
+    ax.plot([cx], [cy], "X", color="black", ms=10, mec="white", zorder=8)
+    if k <= 12:
+        partial = t[["partial_intercept", "partial_slope"]].to_numpy(dtype=float)
+        place_labels(ax, partial[:, 0], partial[:, 1], list(t["level"]), np.vstack([partial, starts, [[cx, cy]]]),
+                     color=PARTIAL)
     response = fit.formula.response
-    ax.set(xlabel=f"intercept: {response} at {slope} = 0", ylabel=f"slope of {slope}",
-           title=f"Partial pooling of the {group} lines in {fit.name} ({len(t)} levels)")
+    at = ", ".join([*fit.formula.fixed, *([slope] if slope not in fit.formula.fixed else [])])
+    ax.set(xlabel=f"intercept: {response} at {at} = 0", ylabel=f"slope of {slope}",
+           title=f"Partial pooling of the {group} lines in {fit.name} ({k} levels)")
+    arrow = (Line2D([], [], color="black", lw=0.5, alpha=0.5) if many else
+             Line2D([], [], color="black", lw=0.9, marker=">", ms=5, markevery=[-1]))
     handles = [
         Line2D([], [], ls="", marker="o", mfc="white", mec=NO_POOL, mew=1.6, ms=9),
         Line2D([], [], ls="", marker="o", color=PARTIAL, ms=9),
+        arrow,
         Line2D([], [], ls="", marker="X", color="black", ms=10),
-        Line2D([], [], ls="", marker="D", color=COMPLETE, ms=8),
-        Line2D([], [], color=PARTIAL, lw=1, alpha=0.6),
-        Line2D([], [], color=PARTIAL, lw=1, ls="--", alpha=0.6),
+        Line2D([], [], ls="", marker="D", mfc="none", mec=COMPLETE, mew=2, ms=11),
+        Line2D([], [], color="black", lw=1.4),
+        Line2D([], [], color="black", lw=1.4, ls="--"),
     ]
     labels = ["no pooling: the level's own regression", "partial pooling: posterior mean",
+              "each level's shrinkage, no pooling to partial pooling",
               "population mean (fixed effects)", "complete pooling: one regression for all",
-              "50% of the population of levels", "95% of the population of levels"]
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=10)
+              "50% of the population of levels", f"{percent(ci)} of the population of levels"]
+    how = (f"correlation {format_number(cor)}" if cor_draws(fit, group, INTERCEPT, slope) is not None
+           else f"no correlation in the model: ({slope} || {group})")
+    title = (f"ellipses: the population of {group} levels, a normal with the posterior-mean covariance\n"
+             f"(sds {format_number(sd_a)} and {format_number(sd_b)}, {how})")
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=10, title=title,
+               title_fontsize=10)
     return fig
 
 
@@ -331,7 +464,8 @@ def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], n
     from bayeslmm.engines.bayes import build_model, prior_table
 
     model = build_model(fit.formula, fit.data)
-    if prior_table(model) != fit.priors:
+    bambi = prior_table(model)  # Bambi's priors; a correlated term's LKJ prior is bayeslmm's (see cor_prior_eta)
+    if {k: fit.priors.get(k) for k in bambi} != bambi:
         raise ValueError(f"the priors of {fit.name!r} are not Bambi's defaults for its formula and data")
     keys = [(t.group, sd_term(c)) for t, c in predict.random_coefs(fit)] + [(RESIDUAL, RESIDUAL_TERM)]
     keys = {k: sd_variable(*k) for k in keys}
@@ -350,13 +484,14 @@ def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], n
 
 def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | None = None, ci: float = 0.95,
                        seed: int = 0) -> Figure:
-    """Prior against posterior of every standard deviation of a fit, one panel each.
+    """Prior against posterior of every standard deviation of a fit, one panel each (correlations:
+    :func:`prior_posterior_cor`).
 
     Shows what the data said: a factor with few levels (8 mountain ranges) leaves a wide
     posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The panel
     notes the number of levels and both ``ci`` intervals.
     """
-    post = sd_draws(fit)
+    post = {k: v for k, v in sd_draws(fit).items() if not k[1].startswith(COR_PREFIX)}  # correlations: their own figure
     prior = prior_draws if prior_draws is not None else prior_sd_draws(fit, seed=seed)
     keys = list(post)
     fig, axes = panel_grid(len(keys), 3, (4.3, 3.7), extra_height=1.5)
@@ -388,4 +523,118 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
     fig.legend([Line2D([], [], color=NEUTRAL, lw=6, alpha=0.5), Line2D([], [], color=BAYES, lw=6, alpha=0.5)],
                ["prior (Bambi's default)", "posterior"], loc="outside lower center", ncols=2, fontsize=10)
     fig.suptitle(f"Standard deviations of {fit.name}: prior against posterior")
+    return fig
+
+
+def cor_prior_eta(fit, group: str) -> float:
+    """The LKJ shape eta of ``group``'s correlation matrix, read from the fit's recorded priors.
+
+    The fit records each prior as text (``cor(subject)``: ``LKJ(eta=1)``, eta with 4 significant
+    digits); the statement is read back with :func:`bayeslmm.model.priors.parse_prior`.
+    """
+    for key, text in fit.priors.items():
+        try:
+            statement = parse_prior(f"{key} ~ {text}")
+        except OptionsError:
+            continue
+        if statement.cls == "cor" and statement.group == group:
+            return statement.value
+    raise ValueError(f"{fit.name!r} records no LKJ prior for the correlations of {group!r}")
+
+
+def correlations(fit) -> list[tuple[str, str, str, int]]:
+    """Every correlation a fit's posterior holds: ``(group, a, b, k)`` per pair of a correlated term of
+    ``k`` coefficients, in formula order and lme4's order within a term (:func:`bayeslmm.labels.cor_pairs`)."""
+    return [(t.group, a, b, len(t.coefs)) for t in fit.formula.random if t.correlated for a, b in cor_pairs(t.coefs)
+            if cor_draws(fit, t.group, a, b) is not None]
+
+
+def _lme4_row(lme4: pd.DataFrame | None, models: list[str], group: str, term: str) -> pd.Series | None:
+    """lme4's row of a correlation in the side-by-side table: REML if any model of the posterior has it."""
+    if lme4 is None or lme4.empty:
+        return None
+    rows = lme4[lme4["model"].isin(models) & (lme4["group"] == group) & (lme4["term"] == term)
+                & lme4["lme4_estimate"].notna()]
+    if rows.empty:
+        return None
+    return rows.sort_values("lme4_method", key=lambda m: m != "reml", kind="stable").iloc[0]
+
+
+def prior_posterior_cor(fits, lme4: pd.DataFrame | None = None, ci: float = 0.95, ncol: int = 3) -> Figure:
+    """Each correlation's posterior beside its LKJ prior, one panel per correlation of every fit.
+
+    The prior curve is the exact marginal of one correlation of the group's LKJ(eta) matrix
+    (:func:`bayeslmm.model.priors.lkj_marginal`, eta from :func:`cor_prior_eta`), the posterior a
+    kernel density of the draws reflected at -1 and 1. Below the curves: the posterior mean with
+    its ``ci`` equal-tailed interval, the prior's ``ci`` interval and, when ``lme4`` (rows of the
+    side-by-side table: ``model, group, term, lme4_method, lme4_estimate, lme4_conf_low,
+    lme4_conf_high, lme4_ci``) has the correlation, lme4's estimate with its interval (REML's
+    when a model sharing the posterior has it; a fit named ``a = b`` stands for models a and b).
+    """
+    panels = [(f, *c) for f in as_fits(fits) for c in correlations(f)]
+    if not panels:
+        raise ValueError("no correlated random effects among the fits: write a term like (1 + x|group)")
+    several = len({id(p[0]) for p in panels}) > 1
+    ncol = max(1, min(ncol, len(panels)))
+    fig, axes = panel_grid(len(panels), ncol, (max(4.6, 10.0 / ncol), 3.8), extra_height=2.0)
+    grid = np.linspace(-1, 1, 801)
+    mass = percent(ci)
+    methods: dict[str, tuple[str, bool]] = {}
+    for ax, (fit, group, a, b, k) in zip(axes, panels, strict=True):
+        term, draws = cor_term(a, b), cor_draws(fit, group, a, b)
+        eta = cor_prior_eta(fit, group)
+        prior = lkj_marginal(eta, k)
+        dp, dq = prior.pdf(grid), kde(draws, grid, -1.0, 1.0)
+        ax.fill_between(grid, dp, color=NEUTRAL, alpha=0.35, lw=0)
+        ax.plot(grid, dp, color=NEUTRAL, lw=1.5)
+        ax.fill_between(grid, dq, color=BAYES, alpha=0.3, lw=0)
+        ax.plot(grid, dq, color=BAYES, lw=2)
+        top = max(dp.max(), dq.max())
+        rows = [(NEUTRAL, prior.mean(), prior.ppf([(1 - ci) / 2, (1 + ci) / 2])),
+                (BAYES, draws.mean(), eti(draws, ci))]
+        row = _lme4_row(lme4, fit.name.split(" = "), group, term)
+        if row is not None:
+            method, kind = str(row["lme4_method"]), str(row.get("lme4_ci", "") or "")
+            has_ci = bool(np.isfinite(row["lme4_conf_low"]) and np.isfinite(row["lme4_conf_high"]))
+            seen_kind, seen_ci = methods.get(method, ("", False))
+            methods[method] = (seen_kind or kind, seen_ci or has_ci)  # for the legend
+            rows.append((METHODS.get(method, (FREQ,))[0], row["lme4_estimate"],
+                         (row["lme4_conf_low"], row["lme4_conf_high"])))
+        for i, (col, centre, (lo, hi)) in enumerate(rows):
+            yk = -top * 0.08 * (i + 1)
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [yk, yk], color=col, lw=2.2, solid_capstyle="butt")
+            ax.plot([centre], [yk], "o", color=col, ms=5)
+        ax.set_ylim(-top * 0.08 * (len(rows) + 1), top * 1.45)  # headroom for the numbers
+        ax.set_xlim(-1, 1)
+        ax.axhline(0, color=NEUTRAL, lw=0.8)
+        ax.axvline(0, color=NEUTRAL, lw=0.8, ls=":")
+        ax.set_yticks([])
+        nlev = len(predict.group_effect_draws(fit, group, a, max_draws=1)[0])
+        ax.set_title(f"{group}: correlation of the {a} and {b} effects" + (f"\nin {fit.name}" if several else ""),
+                     fontsize=11)
+        lo, hi = (float(v) for v in eti(draws, ci))
+        text = (f"LKJ(eta = {format_number(eta)}), {k} x {k}; {nlev} levels\n"
+                f"posterior {format_number(draws.mean())} [{format_number(lo)}, {format_number(hi)}]")
+        if row is not None:
+            text += (f"\nlme4 {str(row['lme4_method']).upper()} {format_number(row['lme4_estimate'])}"
+                     + (f" [{format_number(row['lme4_conf_low'])}, {format_number(row['lme4_conf_high'])}]"
+                        if np.isfinite(row["lme4_conf_low"]) else ""))
+        ax.text(0.5, 0.98, text, transform=ax.transAxes, ha="center", va="top", fontsize=8.5,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
+        ax.set_xlabel("correlation")
+    for ax in axes[:: min(ncol, len(panels))]:
+        ax.set_ylabel("density")
+    handles = [Line2D([], [], color=NEUTRAL, lw=6, alpha=0.5), Line2D([], [], color=BAYES, lw=6, alpha=0.5),
+               Line2D([], [], color=NEUTRAL, lw=2.2, marker="o", ms=5),
+               Line2D([], [], color=BAYES, lw=2.2, marker="o", ms=5)]
+    labels = ["prior: one correlation of an LKJ(eta) matrix, Beta(eta - 1 + k/2, same) on (-1, 1)",
+              "posterior density", f"prior: mean and {mass} interval",
+              f"posterior: mean and {mass} interval (equal-tailed)"]
+    for method, (kind, has_ci) in methods.items():
+        handles.append(Line2D([], [], color=METHODS.get(method, (FREQ,))[0], lw=2.2 if has_ci else 0, marker="o", ms=5))
+        labels.append(f"lme4 {method.upper()}: estimate" + (f" and {mass} {kind + ' ' if kind else ''}interval"
+                                                             if has_ci else " (no interval)"))
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9.5)
+    fig.suptitle(f"Correlations of the group effects: prior against posterior ({mass} intervals)")
     return fig

@@ -99,3 +99,18 @@ class Priors:
         own = [s.value for s in self.statements if s.cls == "cor" and s.group == group]
         every = [s.value for s in self.statements if s.cls == "cor" and not s.group]
         return (own or every or [DEFAULT_ETA])[-1]
+
+
+def lkj_marginal(eta: float, k: int):
+    """The prior of one correlation of a ``k x k`` LKJ(``eta``) correlation matrix, as a scipy distribution.
+
+    Every off-diagonal element has the same marginal: Beta(a, a) with a = eta - 1 + k/2, rescaled
+    from (0, 1) to (-1, 1) (Lewandowski, Kurowicka and Joe 2009, section 3.2). For k = 2 and
+    eta = 1 it is uniform; a larger eta or a larger block pulls each correlation towards 0.
+    """
+    if k < 2 or not eta > 0:
+        raise ValueError(f"an LKJ prior needs a block of at least 2 coefficients and eta > 0, not k={k}, eta={eta}")
+    from scipy import stats
+
+    a = eta - 1 + k / 2
+    return stats.beta(a, a, loc=-1.0, scale=2.0)

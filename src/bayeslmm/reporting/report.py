@@ -183,7 +183,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
             comparison.to_csv(root / "comparison.csv", index=False)
         write_tables(root, side, study)
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
-        figures = make_figures(result, root, tidy, ci)
+        figures = make_figures(result, root, tidy, ci, side)
     report_notes += caught
     opts = next(iter(fits.values())).options
 
