@@ -39,7 +39,7 @@ from bayeslmm.model.formula import fixed_design
 from bayeslmm.model.priors import lkj_marginal, parse_prior
 from bayeslmm.numbers import format_number
 from bayeslmm.summary import predict
-from bayeslmm.summary.tables import fixed_draws, sd_draws, variance_partition_draws
+from bayeslmm.summary.tables import cor_draws, fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
 
@@ -214,13 +214,13 @@ def _group_slope(fit, group: str, slope: str | None = None) -> str:
     return slope
 
 
-def cor_draws(fit, group: str, a: str, b: str) -> np.ndarray | None:
+def pair_cor_draws(fit, group: str, a: str, b: str) -> np.ndarray | None:
     """Draws of the correlation of the ``a`` and ``b`` effects of ``group``, or None when the posterior has
     none (separate terms, ``(x||g)``, or an engine that fitted a correlated term without its correlation)."""
-    sds = sd_draws(fit)
+    cors = cor_draws(fit)
     for pair in ((a, b), (b, a)):
-        if (group, cor_term(*pair)) in sds:
-            return sds[(group, cor_term(*pair))]
+        if (group, cor_term(*pair)) in cors:
+            return cors[(group, cor_term(*pair))]
     return None
 
 
@@ -234,7 +234,7 @@ def population_covariance(fit, group: str, a: str, b: str) -> np.ndarray:
     """
     sds = sd_draws(fit)
     sa, sb = sds[(group, sd_term(a))], sds[(group, sd_term(b))]
-    r = cor_draws(fit, group, a, b)
+    r = pair_cor_draws(fit, group, a, b)
     c = float(np.mean(sa * sb * (0.0 if r is None else r)))
     return np.array([[np.mean(sa**2), c], [c, np.mean(sb**2)]])
 
@@ -367,7 +367,7 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) ->
               "each level's shrinkage, no pooling to partial pooling",
               "population mean (fixed effects)", "complete pooling: one regression for all",
               "50% of the population of levels", f"{percent(ci)} of the population of levels"]
-    how = (f"correlation {format_number(cor)}" if cor_draws(fit, group, INTERCEPT, slope) is not None
+    how = (f"correlation {format_number(cor)}" if pair_cor_draws(fit, group, INTERCEPT, slope) is not None
            else f"no correlation in the model: ({slope} || {group})")
     title = (f"ellipses: the population of {group} levels, a normal with the posterior-mean covariance\n"
              f"(sds {format_number(sd_a)} and {format_number(sd_b)}, {how})")
@@ -546,7 +546,7 @@ def correlations(fit) -> list[tuple[str, str, str, int]]:
     """Every correlation a fit's posterior holds: ``(group, a, b, k)`` per pair of a correlated term of
     ``k`` coefficients, in formula order and lme4's order within a term (:func:`bayeslmm.labels.cor_pairs`)."""
     return [(t.group, a, b, len(t.coefs)) for t in fit.formula.random if t.correlated for a, b in cor_pairs(t.coefs)
-            if cor_draws(fit, t.group, a, b) is not None]
+            if pair_cor_draws(fit, t.group, a, b) is not None]
 
 
 def _lme4_row(lme4: pd.DataFrame | None, models: list[str], group: str, term: str) -> pd.Series | None:
@@ -581,7 +581,7 @@ def prior_posterior_cor(fits, lme4: pd.DataFrame | None = None, ci: float = 0.95
     mass = percent(ci)
     methods: dict[str, tuple[str, bool]] = {}
     for ax, (fit, group, a, b, k) in zip(axes, panels, strict=True):
-        term, draws = cor_term(a, b), cor_draws(fit, group, a, b)
+        term, draws = cor_term(a, b), pair_cor_draws(fit, group, a, b)
         eta = cor_prior_eta(fit, group)
         prior = lkj_marginal(eta, k)
         dp, dq = prior.pdf(grid), kde(draws, grid, -1.0, 1.0)
