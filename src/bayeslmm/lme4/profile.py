@@ -59,7 +59,7 @@ def _check_terms(frame: ModelFrame) -> None:
             coefs = blk.term.coefs
             cors = ", ".join(f"cor__{coefs[j]}.{coefs[i]}" for i, j in LmerProblem.tri(k) if i != j)
             raise NotImplementedError(
-                f"profile intervals for the correlated term ({' + '.join(coefs)} | {blk.term.group}) "
+                f"profile intervals for the correlated term {blk.term.lme4} ({k} coefficients: {', '.join(coefs)}) "
                 f"are not implemented: its correlations ({cors}) must stay a positive-definite matrix "
                 "while profiling, which only terms with at most two coefficients guarantee; use "
                 "uncorrelated (x || g) terms or at most one slope per correlated term"
