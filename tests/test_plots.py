@@ -172,7 +172,8 @@ def test_forest_mixes_methods(run, study):
     assert len(ax.texts) == with_term  # each estimate written out
     # The report's table also holds lme4's rows (OLS, REML, ML): a dot and interval each, one legend entry each.
     fig = plots.forest(run.tidy, "bodyLength2", models=order)
-    assert len(fig.axes[0].lines) == 2 * ((run.tidy["term"] == "bodyLength2") & (run.tidy["effect"] == "fixed")).sum() + 1
+    fixed_rows = ((run.tidy["term"] == "bodyLength2") & (run.tidy["effect"] == "fixed")).sum()
+    assert len(fig.axes[0].lines) == 2 * fixed_rows + 1
     assert _legend_texts(fig)[0] == "Bayesian: posterior mean, 95% interval" and len(_legend_texts(fig)) == 4
     # Rows without intervals (as lme4's sds in broom.mixed's tidy): a dot only, and the legend says so.
     reml = bayes.assign(method="reml", conf_low=np.nan, conf_high=np.nan)

@@ -8,8 +8,10 @@ table say ``(Intercept)``, ``factor(period)2``, term ``sd__(Intercept)`` of grou
 ``mountainRange`` and term ``sd__Observation`` of group ``Residual``. formulae, which builds the
 fixed-effect design for Bambi and for lme4's side, names its columns ``factor(period)[2]``,
 ``x:factor(period)[2]`` or ``f[b]:h[v]``, and a term's levels ``2`` or ``b, v`` (the posterior's
-level labels). The functions here turn one name into another; nothing else in the package
-builds or parses these names.
+level labels). A factor's random slope ``(0 + f|g)`` is lme4's columns ``fA``, ``fB`` (terms
+``sd__fA``, ``cor__fA.fB``) and Bambi's one variable ``f|g`` (``f|g_sigma``) with a column per
+level along ``f__expr_dim`` (:class:`RandomColumn`). The functions here turn one name into
+another; nothing else in the package builds or parses these names.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def sd_variable(group: str, term: str) -> str:
     return hyper_variable(effect_variable(group, term[len(SD_PREFIX):]))
 
 
-def classify(variable: str) -> tuple[str, str, str]:
+def classify(variable: str, level: str = "") -> tuple[str, str, str]:
     """broom.mixed's ``(effect, group, term)`` of a posterior variable.
 
     ``sigma`` -> ``("ran_pars", "Residual", "sd__Observation")``;
@@ -107,6 +109,9 @@ def classify(variable: str) -> tuple[str, str, str]:
     ``Intercept`` -> ``("fixed", "", "(Intercept)")``; ``x`` -> ``("fixed", "", "x")``;
     ``cor__(Intercept).x|g`` -> ``("ran_pars", "g", "cor__(Intercept).x")``. A fixed
     variable with levels (``factor(period)``) gets one term per level: see :class:`FixedColumn`.
+    A factor's group effects (``f|g``, ``f|g_sigma``) have a column per level along
+    :func:`expr_dim`; ``level`` is that label, and names lme4's coefficient:
+    ``("f|g_sigma", "A")`` -> ``("ran_pars", "g", "sd__fA")``, ``("f|g", "A")`` -> ``("ran_vals", "g", "fA")``.
     """
     if variable == RESIDUAL_VARIABLE:
         return "ran_pars", RESIDUAL, RESIDUAL_TERM
@@ -115,7 +120,7 @@ def classify(variable: str) -> tuple[str, str, str]:
         return "ran_pars", group, term
     if "|" in variable:
         expr, group = variable.split("|", 1)
-        coef = INTERCEPT if expr == "1" else expr
+        coef = INTERCEPT if expr == "1" else factor_column(expr, level)
         sd_suffix = hyper_variable("")
         if group.endswith(sd_suffix):
             return "ran_pars", group[: -len(sd_suffix)], sd_term(coef)
@@ -180,3 +185,66 @@ def level_dim(variable: str) -> str:
 def factor_dim(name: str) -> str:
     """Bambi's dimension of a grouping factor's levels (``mountainRange__factor_dim``)."""
     return f"{name}__factor_dim"
+
+
+def expr_dim(expr: str) -> str:
+    """Bambi's dimension of the columns of a factor's group effects (``f__expr_dim`` of ``f|g``).
+
+    Bambi 0.21 fits ``(0 + f|g)`` as one variable ``f|g`` with dims ``(g__factor_dim, f__expr_dim)``,
+    its sds as ``f|g_sigma`` with dim ``f__expr_dim`` (one sd per column, each with its own prior).
+    """
+    return f"{expr}__expr_dim"
+
+
+def factor_column(expr: str, level: str) -> str:
+    """R's name of a factor's column in a model matrix: the expression followed by the level
+    (``fA``, ``factor(x)2``); the expression alone for a numeric column (``level`` empty)."""
+    return f"{expr}{level}"
+
+
+@dataclass(frozen=True)
+class RandomColumn:
+    """One coefficient of a random term under its names.
+
+    Attributes
+    ----------
+    name : str
+        lme4's (``(Intercept)``, ``x``, ``fA``): the column of ``model.matrix`` of the term.
+    expr : str
+        The term's expression it comes from (``(Intercept)``, ``x``, ``f``): Bambi's variable is
+        ``<expr>|<group>`` (``1|g`` for the intercept).
+    level : str
+        Its label along the variable's :func:`expr_dim` (the factor's level, ``A``); ``""`` for
+        a numeric column.
+    """
+
+    name: str
+    expr: str
+    level: str = ""
+
+    def variable(self, group: str) -> str:
+        """Bambi's variable of the group effects holding this column (``1|g``, ``x|g``, ``f|g``)."""
+        return effect_variable(group, self.expr)
+
+    def sd_variable(self, group: str) -> str:
+        """Bambi's variable of this column's standard deviation (``f|g_sigma``, at :attr:`level`)."""
+        return hyper_variable(self.variable(group))
+
+    @property
+    def dim(self) -> str | None:
+        """The variable's dimension along which this column sits (``f__expr_dim``); ``None`` if numeric."""
+        return expr_dim(self.expr) if self.level else None
+
+
+def random_columns(expr: str, levels: list[str] | tuple[str, ...] | None = None,
+                   full: bool = True) -> tuple[RandomColumn, ...]:
+    """The columns of one expression of a random term, as R's ``model.matrix`` names them.
+
+    A numeric expression (``levels`` ``None``) is one column named after it; a factor is a
+    column per level (``full``, the first factor of a term without intercept) or per level
+    after the first (treatment contrasts).
+    """
+    if levels is None:
+        return (RandomColumn(expr, expr),)
+    kept = list(levels) if full else list(levels)[1:]
+    return tuple(RandomColumn(factor_column(expr, str(lv)), expr, str(lv)) for lv in kept)

@@ -175,7 +175,8 @@ def fit_formula(
         name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
         source=str(data), data_object=obj, models=(ModelSpec("model", formula, priors=priors or Priors()),),
     )
-    (priors or Priors()).check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
+    (priors or Priors()).check_groups(formula.grouping_factors,
+                                      tuple(r.group for r in formula.random if r.may_correlate))
     if out is not None:
         return run_study(study, out=out, options=options, run=run, echo=echo)
     run = run or RunOptions()

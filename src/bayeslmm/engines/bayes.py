@@ -122,16 +122,18 @@ class BayesFit:
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     """The columns a formula uses (and those its R expressions make, :func:`~bayeslmm.model.formula.materialize`),
-    grouping columns as categoricals in R's level order (ids are labels)."""
+    grouping columns and text slopes as categoricals in R's level order (ids are labels), so that
+    Bambi codes a factor slope's levels in lme4's order."""
     from bayeslmm.model.formula import materialize
-    from bayeslmm.model.rterms import as_factor
+    from bayeslmm.model.rterms import as_factor, column_names
 
     data = materialize(formula, df.loc[:, list(formula.variables)].copy())
-    for r in formula.random:
-        for col in r.group_columns:
-            if not isinstance(data[col].dtype, pd.CategoricalDtype):
-                data[col] = as_factor(data[col])
-            data[col] = data[col].cat.remove_unused_categories()
+    slopes = [c for r in formula.random for s in r.slopes for c in column_names(s)
+              if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype)]
+    for col in [*(c for r in formula.random for c in r.group_columns), *slopes]:
+        if not isinstance(data[col].dtype, pd.CategoricalDtype):
+            data[col] = as_factor(data[col])
+        data[col] = data[col].cat.remove_unused_categories()
     return data.reset_index(drop=True)
 
 
@@ -374,16 +376,24 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     BayeslmmError
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
-    from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame
+    from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
-    user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
+    user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.may_correlate))
     rows, check_notes = validate(formula, df, na)
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
     model = build_model(formula, data)
     frame = model_frame(formula, data)
+    formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
+    from bayeslmm.engines.marginal import coding_mismatch
+
+    mismatch = coding_mismatch(frame, model)
+    if mismatch:
+        raise FormulaError(mismatch)
+    user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
+    table = prior_table(model, formula, user_priors)
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
     # Bambi's engine drops correlations, so its fits have no LKJ prior (nor one in their cache key)
     table = prior_table(model, formula if engine != "bambi" else None, user_priors)
@@ -391,7 +401,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     key = cache_key(formula, data, table, replace(options, engine=engine))
     # only Bambi's engine drops the correlations of (x|g)
     dropped = [correlation_note(formula)] if engine == "bambi" else []
-    notes = (*alias_notes, *check_notes, *(n for n in dropped if n))
+    notes = (*alias_notes, *check_notes, *split_notes(formula), *(n for n in dropped if n))
     return Prepared(name, formula, data, model, frame, table, engine, engine_note, key, notes, options, user_priors)
 
 

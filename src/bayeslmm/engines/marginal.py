@@ -41,7 +41,7 @@ from bayeslmm.labels import (
     bambi_variable,
     cor_pairs,
     cor_variable,
-    effect_variable,
+    factor_column,
     factor_dim,
     hyper_variable,
     level_dim,
@@ -91,6 +91,13 @@ class _Random:
     order: np.ndarray  # frame level index of each of Bambi's groups
     dim: str
     groups: np.ndarray
+    # A factor's column (``(0 + f|g)``): Bambi's variables ``f|g`` and ``f|g_sigma`` hold every
+    # column of the factor along ``level_dim`` (``f__expr_dim``); this component is at ``level``,
+    # position ``position`` there (Bambi orders levels as text, lme4 as R: components and slots
+    # follow lme4's order, the posterior Bambi's).
+    level_dim: str | None = None
+    level: str = ""
+    position: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,8 +198,12 @@ def _location_prior(prior, size: int, what: str) -> tuple[np.ndarray, np.ndarray
     return np.full(size, code, dtype=np.int64), par
 
 
-def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
-    """Code and parameters (3,) of a prior on a standard deviation."""
+def _scale_prior(prior, what: str, column: int | None = None) -> tuple[int, np.ndarray]:
+    """Code and parameters (3,) of a prior on a standard deviation.
+
+    ``column``: the column of a factor's group effects whose sd this is; Bambi gives each column
+    its own prior, a vector argument with an entry per column (``HalfNormal(sigma=[4.7, 5.3])``).
+    """
     if not hasattr(prior, "args") or getattr(prior, "dist", None) is not None:
         raise Unsupported(f"prior of {what} ({prior}) is not a named distribution")
     par = np.zeros(3)
@@ -200,6 +211,8 @@ def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
 
     def get(*names):
         v = _number(_arg(prior, *names), what)
+        if column is not None and v.ndim == 1 and v.size > column:
+            v = v[column]
         if v.size != 1:
             raise Unsupported(f"prior of {what} has a vector argument")
         return float(v.reshape(()))
@@ -230,12 +243,59 @@ def _scale_prior(prior, what: str) -> tuple[int, np.ndarray]:
     return code, par
 
 
+def _bambi_levels(term) -> tuple[str | None, list[str]]:
+    """The level dimension and column labels of a Bambi group-specific term (``None, [""]`` if numeric)."""
+    if not term.categorical:
+        return None, [""]
+    dims = [d for d in term.coords if not d.endswith(factor_dim(""))]
+    if len(dims) != 1:
+        raise Unsupported(f"random term {bambi_variable(term)} has dims {', '.join(term.coords)}, not a factor's")
+    return dims[0], [str(v) for v in term.coords[dims[0]]]
+
+
+def coding_mismatch(frame: ModelFrame, model) -> str | None:
+    """One line saying where Bambi codes a factor slope with other columns than lme4, else ``None``.
+
+    lme4 codes each term on its own (``(0 + f|g)``: a column per level of ``f``); Bambi drops the
+    first level of ``f`` when ``g`` has a random intercept in any term (``(1|g) + (0 + f|g)``, and
+    ``(f||g)``, which lme4 splits into those two terms), and takes levels in text order, so its
+    reference level may not be R's (``factor(k)`` of 2, 3, 10): the two would fit different models.
+    The same columns in another order are fine.
+    """
+    bambi: dict[str, list[str]] = {}
+    for term in model.conditional_parameters["mu"].group_specific_terms.values():
+        bambi[bambi_variable(term)] = _bambi_levels(term)[1]
+    for block in frame.blocks:
+        term = block.term
+        for expr in dict.fromkeys(c.expr for c in term.columns if c.level):
+            ours = [c.level for c in term.columns if c.expr == expr]
+            var = next(c for c in term.columns if c.expr == expr).variable(term.group)
+            theirs = bambi.get(var, [])
+            if set(theirs) == set(ours):
+                continue
+            where = f"{term.lme4} (from '||', split over the written terms as lme4 splits it)" if term.split \
+                else term.lme4
+            why, fix = ((f"it drops the first level when {term.group} has a random intercept in another term",
+                         f"write (1 + {expr}|{term.group}), or (1|{term.group}) + (1|{term.group}:{expr}) for "
+                         "uncorrelated level effects") if len(theirs) < len(ours) else
+                        ("it takes the levels in text order, so another reference level",
+                         "relabel the levels so that text order is R's order (zero-padded numbers)"))
+            return (f"{where}: lme4 codes factor {expr} with the columns "
+                    f"{', '.join(factor_column(expr, lv) for lv in ours)}, Bambi with "
+                    f"{', '.join(factor_column(expr, lv) for lv in theirs) or 'none'} ({why}), so the Bayesian and "
+                    f"lme4 fits would differ; {fix}")
+    return None
+
+
 def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = None) -> Spec:
     """Read the engine's inputs from the Bambi model, the model frame and the user's priors.
 
     Bambi fits ``(x|g)`` as ``(1|g) + (0 + x|g)``: its model gives the sds' and fixed
-    effects' priors; the formula says which coefficients are correlated, ``priors`` the
-    LKJ shape of each group's correlations.
+    effects' priors; the frame's random terms (resolved against the data) say which
+    coefficients are correlated, ``priors`` the LKJ shape of each group's correlations.
+    A factor slope ``(0 + f|g)`` is one Bambi variable ``f|g`` with a column per level, each
+    with its own sd and sd prior (``f|g_sigma`` along ``f__expr_dim``): each column is a
+    component here, in the term's correlated block, so R = I is exactly Bambi's model.
 
     Raises
     ------
@@ -304,19 +364,30 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     bpar = np.concatenate(pars) if pars else np.zeros((0, 3))
 
     # random effects: the frame's blocks (lme4's layout), matched to Bambi's terms
-    blocks = {}
+    mismatch = coding_mismatch(frame, model)
+    if mismatch:
+        raise Unsupported(mismatch)
+    blocks = {}  # (Bambi's variable, level along its expr dim) of each frame column
     for block in frame.blocks:
-        for j, coef in enumerate(block.term.coefs):
-            blocks[effect_variable(block.term.group, coef)] = (block, j)
+        for j, col in enumerate(block.term.columns):
+            blocks[(col.variable(block.term.group), col.level)] = (block, j)
     group_names: list[str] = []
     factor_cols: dict[str, list] = {}
     random, scodes, spars = [], [], []
     for term in mu.group_specific_terms.values():
         name = bambi_variable(term)
-        if name not in blocks:
-            raise Unsupported(f"random term {name} not found in the model frame")
-        if term.categorical or np.asarray(term.predictor).reshape(n, -1).shape[1] != 1:
-            raise Unsupported(f"categorical random slopes ({name})")
+        predictor = np.asarray(term.predictor, dtype=float).reshape(n, -1)
+        level_dim, levels = _bambi_levels(term)
+        if predictor.shape[1] != len(levels):
+            raise Unsupported(f"random term {name} has {predictor.shape[1]} columns, not one per level")
+        missing = [lv for lv in levels if (name, lv) not in blocks]
+        if missing:
+            what = f"columns {', '.join(missing)} of " if level_dim else ""
+            raise Unsupported(f"random term {what}{name} not found in the model frame (lme4's coding)")
+        for i, lv in enumerate(levels):
+            block, j = blocks[(name, lv)]
+            if level_dim and not np.array_equal(predictor[:, i], block.values[:, j]):
+                raise Unsupported(f"Bambi codes level {lv} of {name} differently from lme4")
         prior = term.prior
         if prior.name != "Normal" or not hasattr(prior.args.get("sigma"), "args"):
             raise Unsupported(f"prior of {name} ({prior}) is not Normal(0, sigma) with a prior on sigma")
@@ -324,36 +395,38 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
             raise Unsupported(f"prior of {name} has a non-zero mean")
         if set(prior.args) - {"mu", "sigma"}:
             raise Unsupported(f"prior of {name} ({prior}) has arguments the marginal engine does not know")
-        code, par = _scale_prior(prior.args["sigma"], hyper_variable(name))
-        block, j = blocks[name]
+        block = blocks[(name, levels[0])][0]
         group = block.term.group
         if group not in factor_cols:
             group_names.append(group)
             factor_cols[group] = []
         level_pos = {lab: i for i, lab in enumerate(block.levels)}
         groups = np.asarray(term.groups)
-        try:
-            order = np.array([level_pos[str(g)] for g in groups], dtype=np.int64)
-        except KeyError as exc:
-            raise Unsupported(f"levels of {name} differ between Bambi and the model frame") from exc
-        if order.size != len(block.levels):
-            raise Unsupported(f"levels of {name} differ between Bambi and the model frame")
-        comp = len(random)
-        slot = len(factor_cols[group])
-        factor_cols[group].append((block, j, comp))
+        if len(groups) != len(block.levels) or any(str(g) not in level_pos for g in groups):
+            raise Unsupported(f"levels of {name} differ between Bambi ({len(groups)} groups) and the model frame "
+                              f"({len(block.levels)} groups in the data)")
+        order = np.array([level_pos[str(g)] for g in groups], dtype=np.int64)
         dim = next(d for d in term.coords if d.endswith(factor_dim("")))
         if term.alias:
             dim = factor_dim(term.alias)
         hyper = term.hyperprior_alias.get("sigma", "sigma")
-        random.append(_Random(name, hyper_variable(name, hyper), group_names.index(group), slot, order, dim, groups))
-        scodes.append(code)
-        spars.append(par)
-    names = [r.name for r in random]
+        for i in sorted(range(len(levels)), key=lambda i: blocks[(name, levels[i])][1]):  # lme4's order
+            lv = levels[i]
+            code, par = _scale_prior(prior.args["sigma"], hyper_variable(name), i if level_dim else None)
+            block, j = blocks[(name, lv)]
+            comp = len(random)
+            slot = len(factor_cols[group])
+            factor_cols[group].append((block, j, comp))
+            random.append(_Random(name, hyper_variable(name, hyper), group_names.index(group), slot, order, dim,
+                                  groups, level_dim, lv, i))
+            scodes.append(code)
+            spars.append(par)
+    keys = [(r.name, r.level) for r in random]
     cor_blocks, ncor = [], 0
-    for term in formula.random:
+    for term in (b.term for b in frame.blocks):
         if not term.correlated:
             continue
-        comps = tuple(names.index(effect_variable(term.group, c)) for c in term.coefs)
+        comps = tuple(keys.index((c.variable(term.group), c.level)) for c in term.columns)
         slots = [random[c].slot for c in comps]
         if slots != list(range(slots[0], slots[0] + len(slots))):
             raise Unsupported(f"the coefficients of {term.lme4} are not adjacent in the Bambi model")
@@ -404,8 +477,9 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
 def supports(formula: Formula, frame: ModelFrame, model) -> str | None:
     """``None`` when the marginal engine applies to this model, else a one-line reason.
 
-    It applies to Gaussian models with identity link, random intercepts and (numeric) random
-    slopes, correlated or not, nested or crossed, with the priors Bambi uses by default
+    It applies to Gaussian models with identity link, random intercepts and random slopes
+    (numeric, or a factor's columns: :func:`coding_mismatch`), correlated or not, nested or
+    crossed, with the priors Bambi uses by default
     (Normal/StudentT on fixed effects; HalfNormal, HalfStudentT, HalfCauchy, Exponential,
     Gamma or InverseGamma on standard deviations) and LKJ on correlations.
     """
@@ -635,16 +709,27 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
         else:
             post[f.name] = (cd, vals[:, 0].reshape(chains, draws))
     assert start + sum(f.index.stop - f.index.start for f in sp.fixed) == p
-    for k, r in enumerate(sp.random):
-        post[r.sigma_name] = (cd, sds[:, k].reshape(chains, draws))
+    variables = _variables(sp)
+    for ks in variables.values():
+        r = sp.random[ks[0]]
+        if r.level_dim is None:
+            post[r.sigma_name] = (cd, sds[:, ks[0]].reshape(chains, draws))
+        else:  # a factor's sds: one variable along its columns, as Bambi has it
+            coords[r.level_dim] = np.array([sp.random[k].level for k in ks])
+            post[r.sigma_name] = ((*cd, r.level_dim), sds[:, ks].reshape(chains, draws, len(ks)))
     for block in sp.blocks:
         t = _block_type(stats, block)
         for var, (a, b) in zip(block.variables, block.pairs, strict=True):
             post[var] = (cd, corr[:, t, a, b].reshape(chains, draws))
-    for r in sp.random:
-        cols = stats.columns[r.factor][r.order, r.slot]
+    for ks in variables.values():
+        r = sp.random[ks[0]]
         coords[r.dim] = r.groups
-        post[r.name] = ((*cd, r.dim), u[:, cols].reshape(chains, draws, -1))
+        effects = np.stack([u[:, stats.columns[sp.random[k].factor][sp.random[k].order, sp.random[k].slot]]
+                            for k in ks], axis=-1)  # (S, groups, columns)
+        if r.level_dim is None:
+            post[r.name] = ((*cd, r.dim), effects[..., 0].reshape(chains, draws, -1))
+        else:
+            post[r.name] = ((*cd, r.dim, r.level_dim), effects.reshape(chains, draws, -1, len(ks)))
     coords["__obs__"] = np.arange(n)
     posterior = xr.Dataset(post, coords=coords)
 
@@ -671,6 +756,15 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
         )
     groups["observed_data"] = xr.Dataset({sp.response: (("__obs__",), sp.y)}, coords=obs)
     return xr.DataTree.from_dict(groups)
+
+
+def _variables(sp: Spec) -> dict[str, list[int]]:
+    """The components of each of Bambi's group-effect variables (a factor's columns share one, in Bambi's
+    order of its levels)."""
+    out: dict[str, list[int]] = {}
+    for k, r in enumerate(sp.random):
+        out.setdefault(r.name, []).append(k)
+    return {name: sorted(ks, key=lambda k: sp.random[k].position) for name, ks in out.items()}
 
 
 def _block_type(stats: ml.Stats, block: CorBlock) -> int:
@@ -719,7 +813,8 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     filled = np.zeros(stats.q, dtype=bool)
     for r in sp.random:
         cols = stats.columns[r.factor][r.order, r.slot]
-        u[:, cols] = post[r.name].transpose("chain", "draw", r.dim).values.reshape(S, -1)
+        da = post[r.name] if r.level_dim is None else post[r.name].sel({r.level_dim: r.level})
+        u[:, cols] = da.transpose("chain", "draw", r.dim).values.reshape(S, -1)
         filled[cols] = True
     if beta.shape[1] != sp.X.shape[1] or not filled.all():
         raise ValueError("the saved posterior does not match the model: refit it")

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
-from bayeslmm.model.formula import Formula, group_codes
+from bayeslmm.model.formula import Formula, group_codes, resolve
 from bayeslmm.model.options import NaAction
 
 FEW_LEVELS = 5
@@ -127,7 +127,7 @@ def _count_parameters(formula: Formula, df: pd.DataFrame) -> int:
             n += max(df[term].nunique() - 1, 1)
         else:
             n += 1
-    return n + sum(_covariance_parameters(r) for r in formula.random)
+    return n + sum(_covariance_parameters(r) for r in resolve(formula, df).random)  # a factor slope: a column per level
 
 
 def _covariance_parameters(term) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, FormulaError
-from bayeslmm.labels import FixedColumn, fixed_columns
+from bayeslmm.labels import INTERCEPT, FixedColumn, RandomColumn, fixed_columns, random_columns
 from bayeslmm.model import rterms
 
 
@@ -36,19 +36,38 @@ class RandomTerm:
     slopes : tuple of str
         Variables with random slopes.
     correlated : bool
-        ``True`` for lme4's ``|`` with more than one coefficient (correlated effects),
-        ``False`` for ``||`` or a single coefficient.
+        Whether the term is a correlated block: lme4's ``|`` term with more than one coefficient.
+        A factor's columns are known from the data only: :func:`resolve_term` sets it then.
+    split : bool
+        A piece of an ``(x || g)`` term, split as lme4 splits it (over the written terms only).
+    columns : tuple of RandomColumn, optional
+        The coefficients' columns, from the data (:func:`resolve_term`; a factor slope is a column
+        per level, ``fA``, ``fB``); ``None`` until the term meets the data.
     """
 
     group: str
     intercept: bool
     slopes: tuple[str, ...]
     correlated: bool
+    split: bool = False
+    columns: tuple[RandomColumn, ...] | None = None
 
     @property
     def coefs(self) -> tuple[str, ...]:
-        """Coefficient names in lme4's order: ``(Intercept)`` first, then slopes."""
-        return (("(Intercept)",) if self.intercept else ()) + tuple(rterms.r_name(s) for s in self.slopes)
+        """Coefficient names in lme4's order: ``(Intercept)`` first, then the slopes' columns.
+
+        Resolved against the data (:attr:`columns`), a factor ``f`` gives a name per column
+        (``fA``, ``fB``, ...); before that, each slope's own name.
+        """
+        if self.columns is not None:
+            return tuple(c.name for c in self.columns)
+        return (("(Intercept)",) if self.intercept else ()) + tuple(
+            c for s in self.slopes for c in rterms.column_names(s))
+
+    @property
+    def may_correlate(self) -> bool:
+        """Whether the data may make the term a correlated block (a slope that may be a factor)."""
+        return self.correlated or (self.columns is None and any(_may_be_factor(s) for s in self.slopes))
 
     @property
     def group_columns(self) -> tuple[str, ...]:
@@ -58,8 +77,14 @@ class RandomTerm:
     @property
     def lme4(self) -> str:
         """The term in lme4's syntax: ``(1 + Days|Subject)``, ``(0 + x|g)``, ``(1|g)``."""
-        slopes = [c for c in self.coefs if c != "(Intercept)"]
+        slopes = [rterms.r_name(s) for s in self.slopes]
         return f"({' + '.join(['1' if self.intercept else '0', *slopes])}|{self.group})"
+
+
+def _may_be_factor(slope: str) -> bool:
+    """Whether a slope may be a factor: a column (the data says) or a ``factor()`` call."""
+    call = rterms.call_of(slope)
+    return rterms.is_name(slope) or (call is not None and call[0] in rterms.FACTOR_FUNCS)
 
 
 @dataclass(frozen=True)
@@ -200,10 +225,10 @@ def _parse_random(inner: str, pos: int) -> list[RandomTerm]:
     for g in groups:
         if double:
             if intercept:
-                terms.append(RandomTerm(g, True, (), False))
-            terms.extend(RandomTerm(g, False, (s,), False) for s in slopes)
+                terms.append(RandomTerm(g, True, (), False, split=True))
+            terms.extend(RandomTerm(g, False, (s,), len(rterms.column_names(s)) > 1, split=True) for s in slopes)
         else:
-            ncoef = int(intercept) + len(slopes)
+            ncoef = int(intercept) + sum(len(rterms.column_names(s)) for s in slopes)
             terms.append(RandomTerm(g, intercept, tuple(slopes), ncoef > 1))
     return terms
 
@@ -289,7 +314,7 @@ def to_bambi(formula: Formula) -> str:
     parts = [formula.fixed_formula.split("~", 1)[1].strip()]
     parts += [f"offset({rterms.quote(c)})" for c in formula.offset_columns]
     for r in formula.random:
-        coefs = (["1"] if r.intercept else ["0"]) + [rterms.quote(c) for c in r.coefs if c != "(Intercept)"]
+        coefs = (["1"] if r.intercept else ["0"]) + [rterms.quote(c) for s in r.slopes for c in rterms.column_names(s)]
         parts.append(f"({' + '.join(coefs)}|{r.group})")
     return f"{rterms.quote(formula.response)} ~ " + " + ".join(parts)
 
@@ -301,8 +326,8 @@ def correlation_note(formula: Formula) -> str | None:
         return None
     terms = ", ".join(r.lme4 for r in corr)
     return (
-        f"{terms}: Bambi's engine estimates no correlation between a group's effects (lme4 and the marginal "
-        "engine do); results are those of the '||' model"
+        f"{terms}: Bambi's engine estimates no correlation between a group's effects (intercept, slopes, "
+        "a factor's levels; lme4 and the marginal engine do); results are those of uncorrelated effects"
     )
 
 
@@ -323,7 +348,8 @@ class RandomBlock:
     index : ndarray of int, shape (n,)
         Level code of every row.
     values : ndarray, shape (n, k)
-        Column per coefficient (ones for the intercept, the slope variable otherwise).
+        Column per coefficient (ones for the intercept, the slope variable, or the 0/1 indicator
+        of a factor's level), as ``term.coefs`` names them (the term is resolved: :func:`resolve_term`).
     """
 
     term: RandomTerm
@@ -450,10 +476,100 @@ def offset_values(formula: Formula, df: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def _is_factor(values: pd.Series) -> bool:
+    """Whether a column is a factor to R's ``model.matrix``: categorical or text (a logical column
+    stays one 0/1 column, as formulae codes it for Bambi and the fixed part)."""
+    return isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values)
+
+
+def resolve_term(term: RandomTerm, df: pd.DataFrame) -> RandomTerm:
+    """The term with its columns read from the (materialized) data, named as lme4 names them.
+
+    A factor slope is coded as R's ``model.matrix`` codes it, levels in R's order
+    (:func:`~bayeslmm.model.rterms.as_factor`): every level when it is the first factor of a term
+    without intercept (``(0 + f|g)``: ``fA``, ``fB``, ``fC``), treatment contrasts otherwise
+    (``(1 + f|g)``: ``(Intercept)``, ``fB``, ``fC``). A term with more than one column is a
+    correlated block, also a piece of ``(f||g)``: lme4 splits ``||`` over the written terms, never
+    over a factor's columns (:func:`split_notes`).
+
+    Raises
+    ------
+    FormulaError
+        For two factors in a term without intercept, which lme4 and Bambi code differently.
+    """
+    cols = [RandomColumn(INTERCEPT, INTERCEPT)] if term.intercept else []
+    factors = []
+    for slope in term.slopes:
+        for name in rterms.column_names(slope):
+            values = df[name]
+            if not _is_factor(values):
+                cols += random_columns(name)
+                continue
+            levels = [str(v) for v in rterms.as_factor(values).categories]
+            if "" in levels:
+                raise DataError(f"factor {name!r} (a random slope of {term.lme4}) has an empty label; recode it")
+            cols += random_columns(name, levels, full=not term.intercept and not factors)
+            factors.append(name)
+    if len(factors) > 1 and not term.intercept:
+        with_one = term.lme4.replace("(0 + ", "(1 + ", 1)
+        raise FormulaError(f"{term.lme4} has the factors {' and '.join(factors)} and no intercept, which lme4 codes "
+                           "with every level of the first and contrasts of the others, and Bambi with every level of "
+                           f"each; add the intercept, {with_one}, or write a term per factor")
+    return replace(term, columns=tuple(cols), correlated=len(cols) > 1)
+
+
+def resolve(formula: Formula, df: pd.DataFrame) -> Formula:
+    """The formula with every random term resolved against ``df`` (:func:`resolve_term`)."""
+    df = materialize(formula, df)
+    return replace(formula, random=tuple(resolve_term(t, df) for t in formula.random))
+
+
+def random_values(term: RandomTerm, df: pd.DataFrame) -> np.ndarray:
+    """The columns of a resolved term on the (materialized) rows ``df``, shape (n, k), as ``term.coefs``
+    names them: ones, a numeric slope's values, or the 0/1 indicator of a factor's level (new data
+    is coded with the term's own levels)."""
+    if term.columns is None:
+        raise ValueError(f"{term.lme4} is not resolved against data; call resolve_term first")
+    out = np.empty((len(df), len(term.columns)))
+    labels: dict[str, np.ndarray] = {}
+    for j, col in enumerate(term.columns):
+        if col.expr == INTERCEPT:
+            out[:, j] = 1.0
+        elif col.level:
+            if col.expr not in labels:
+                labels[col.expr] = np.asarray(rterms.as_factor(df[col.expr]).astype(object))
+            out[:, j] = labels[col.expr] == col.level
+        else:
+            out[:, j] = np.asarray(df[col.expr], dtype=float)
+    return out
+
+
+def split_notes(formula: Formula) -> list[str]:
+    """A warning for each factor of an ``(f||g)`` term, which lme4 keeps as one correlated block.
+
+    lme4 expands ``(1 + f||g)`` to ``(1|g) + (0 + f|g)`` (``expandDoubleVerts``, its default
+    "split" method): the factor's columns stay correlated, which surprises users who wrote
+    ``||`` to drop correlations. bayeslmm fits what lme4 fits, and says so.
+    """
+    notes = []
+    for term in formula.random:
+        if not (term.split and term.columns and term.correlated):
+            continue
+        for expr in dict.fromkeys(c.expr for c in term.columns if c.level):
+            names = [c.name for c in term.columns if c.expr == expr]
+            notes.append(f"{term.lme4} from '||': lme4 splits '||' over the written terms only, so the "
+                         f"{len(names)} columns of factor {expr} ({', '.join(names)}) stay one correlated block, "
+                         f"as lme4 fits it; for uncorrelated effects of its levels (one shared sd) write "
+                         f"(1|{term.group}) + (1|{term.group}:{expr})")
+    return notes
+
+
 def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
     """Build the arrays of ``formula`` on ``df`` (rows with missing values must be gone).
 
-    The fixed-effect matrix is :func:`fixed_design`'s, with lme4's names.
+    The fixed-effect matrix is :func:`fixed_design`'s, with lme4's names. The frame's formula and
+    blocks hold the random terms resolved against ``df`` (:func:`resolve_term`: a factor slope's
+    columns and their names).
     """
     df = materialize(formula, df)
     design = fixed_design(formula, df)
@@ -462,10 +578,10 @@ def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
     y = np.asarray(df[formula.response], dtype=float) - offset
     blocks = []
     for term in formula.random:
+        term = resolve_term(term, df)
         levels, index = group_codes(df, term.group)
-        cols = [np.ones(len(df))] if term.intercept else []
-        cols += [np.asarray(df[c], dtype=float) for c in term.coefs if c != "(Intercept)"]
-        blocks.append(RandomBlock(term, levels, index, np.column_stack(cols)))
+        blocks.append(RandomBlock(term, levels, index, random_values(term, df)))
+    formula = replace(formula, random=tuple(b.term for b in blocks))
     return ModelFrame(formula, y, X, x_names, tuple(blocks), offset)
 
 

@@ -156,7 +156,7 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
         texts = [texts] if isinstance(texts, str) else _expect(texts, list, where, f"model {mname!r} prior")
         try:
             priors = Priors.from_texts(texts)
-            priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
+            priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.may_correlate))
         except BayeslmmError as exc:
             raise StudyError(f"{where}{_line_of(text, 'prior')}: model {mname!r}: {exc}") from exc
         models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors))

@@ -17,8 +17,16 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, effect_variable
-from bayeslmm.model.formula import RandomTerm, fixed_design, group_codes, offset_values
+from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, RandomColumn
+from bayeslmm.model.formula import (
+    RandomTerm,
+    fixed_design,
+    group_codes,
+    materialize,
+    offset_values,
+    random_values,
+    resolve,
+)
 from bayeslmm.summary.tables import column_draws
 
 #: Largest block of draws x rows that :func:`fitted` holds at once.
@@ -67,16 +75,24 @@ def fixed_effect_draws(fit, max_draws: int | None = None) -> tuple[tuple[str, ..
     return design.names, (np.column_stack(draws) if draws else np.zeros((idx.size, 0)))
 
 
+def random_terms(fit) -> tuple[RandomTerm, ...]:
+    """The fit's random terms resolved against its data (a factor slope's columns ``fA``, ``fB``, ...)."""
+    if all(t.columns is not None for t in fit.formula.random):
+        return fit.formula.random
+    return resolve(fit.formula, fit.data).random
+
+
 def random_coefs(fit) -> list[tuple[RandomTerm, str]]:
-    """Every (random term, coefficient) pair of a fit, in formula order."""
-    return [(term, coef) for term in fit.formula.random for coef in term.coefs]
+    """Every (random term, coefficient) pair of a fit, in formula order (lme4's coefficient names)."""
+    return [(term, coef) for term in random_terms(fit) for coef in term.coefs]
 
 
-def _find_term(fit, group: str, coef: str) -> RandomTerm:
-    for term, c in random_coefs(fit):
-        if term.group == group and c == coef:
-            return term
-    have = ", ".join(effect_variable(t.group, c) for t, c in random_coefs(fit)) or "none"
+def _find_column(fit, group: str, coef: str) -> RandomColumn:
+    for term in random_terms(fit):
+        for col in term.columns:
+            if term.group == group and col.name == coef:
+                return col
+    have = ", ".join(f"{c} ({t.group})" for t, c in random_coefs(fit)) or "none"
     raise KeyError(f"{fit.name!r} has no random coefficient {coef!r} for {group!r}; it has: {have}")
 
 
@@ -90,12 +106,15 @@ def group_effect_draws(fit, group: str, coef: str = INTERCEPT,
         In the posterior's order.
     draws : ndarray, shape (draws, levels)
     """
-    term = _find_term(fit, group, coef)
-    var = effect_variable(term.group, coef)
+    col = _find_column(fit, group, coef)
+    var = col.variable(group)
     da = fit.idata["posterior"][var]
+    if col.dim is not None:  # a factor's column: the variable holds every column along its level dim
+        da = da.sel({col.dim: col.level})
     (dim,) = [d for d in da.dims if d not in SAMPLE_DIMS]
     levels = tuple(str(v) for v in da[dim].values)
-    return levels, param_draws(fit, var, max_draws)
+    arr = np.asarray(da.transpose(*SAMPLE_DIMS, dim).values, dtype=float)
+    return levels, arr.reshape(-1, arr.shape[-1])[draw_index(fit, max_draws)]
 
 
 def row_labels(df: pd.DataFrame, group: str) -> np.ndarray:
@@ -134,12 +153,14 @@ def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
     for j, column in enumerate(design.columns):
         eta += column_draws(post, column)[idx][:, None] * x[None, :, j]
     keep = None if groups is None else set(groups)
-    for term, coef in random_coefs(fit):
+    for term in random_terms(fit):
         if keep is not None and term.group not in keep:
             continue
-        levels, u = group_effect_draws(fit, term.group, coef)
-        pos = level_positions(levels, row_labels(df, term.group)[rows], term.group)
-        eta += u[idx][:, pos] * covariate_values(df, coef)[rows][None, :]
+        values = random_values(term, materialize(fit.formula, df))[rows]
+        for j, coef in enumerate(term.coefs):
+            levels, u = group_effect_draws(fit, term.group, coef)
+            pos = level_positions(levels, row_labels(df, term.group)[rows], term.group)
+            eta += u[idx][:, pos] * values[None, :, j]
     return eta
 
 
