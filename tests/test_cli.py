@@ -20,7 +20,7 @@ def report_dir(study_run):
     return study_run.out
 
 
-def test_run_writes_the_report(report_dir):
+def test_run_writes_the_report(report_dir, study):
     for name in ("tidy.csv", "report.md", "report.html"):
         assert (report_dir / name).is_file()
     figures = {p.stem for p in (report_dir / "figures").glob("*.png")}
@@ -30,7 +30,7 @@ def test_run_writes_the_report(report_dir):
     import json
 
     index = json.loads((report_dir / "fits" / "index.json").read_text())
-    assert len(index) == 7 and index["full.lmer"] == index["mixed.lmer2"]
+    assert len(index) == len(study.models) and index["full.lmer"] == index["mixed.lmer2"]
     assert sorted(p.name for p in (report_dir / "fits").glob("*.nc")) == sorted(set(index.values()))
     assert not list(report_dir.parent.glob(".dragons.partial-*"))
 
@@ -40,7 +40,7 @@ def test_tidy_schema(report_dir):
     assert list(tidy.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS
     assert set(tidy["effect"]) == {"fixed", "ran_pars", "ran_vals"}
     assert set(tidy["model"]) == {"basic.lm", "mountain.lm", "mixed.lmer", "mixed.WRONG", "mixed.lmer2",
-                                  "full.lmer", "reduced.lmer"}
+                                  "full.lmer", "reduced.lmer", "slopes.lmer"}
     assert set(tidy["method"]) == {"bayes", "ols", "reml", "ml"}
     lmer2 = tidy[(tidy["model"] == "mixed.lmer2")]
     res = lmer2[lmer2["group"] == "Residual"]
@@ -49,13 +49,13 @@ def test_tidy_schema(report_dir):
     assert len(mr) == 8 and set(mr["term"]) == {"(Intercept)"}
 
 
-def test_second_run_reuses_the_cache(report_dir, tmp_path, capsys):
+def test_second_run_reuses_the_cache(report_dir, study, tmp_path, capsys):
     """The same settings given as flags find every posterior of the first run (on a copy of its folder)."""
     out = tmp_path / "dragons"
     shutil.copytree(report_dir, out)
     assert main(["run", "models/dragons.toml", "--out", str(out), *STUDY_RUN_FLAGS, "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert err.count("reused cached posterior") == 7
+    assert err.count("reused cached posterior") == len(study.models)
 
 
 def test_fit_command_prints_a_table(builtin, tmp_path, capsys):

@@ -274,7 +274,7 @@ def test_dropped_correlation_is_announced_only_where_it_is_dropped(builtin):
     dropped = bayes.prepare(formula, builtin, SamplerOptions(engine="bambi"))
     (note,) = [n for n in dropped.notes if "correlation between" in n]
     assert note.startswith("(1 + bodyLength2|mountainRange): Bambi's engine estimates no correlation")
-    assert "'||' model" in note
+    assert "results are those of uncorrelated effects" in note
 
 
 @pytest.mark.slow

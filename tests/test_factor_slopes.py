@@ -216,7 +216,8 @@ def test_lme4_fit_of_a_factor_block_is_the_optimum_of_the_dense_reml_criterion(d
     frame = model_frame(parse("y ~ x + (0 + f|g)"), data)
     fit = frequentist.fit(frame, "reml")
     vc = fit.varcorr[fit.varcorr["group"] == "g"].set_index("term")["sd"]
-    assert list(vc.index) == ["sd__fA", "sd__fB", "sd__fC", "cor__fA.fB", "cor__fA.fC", "cor__fB.fC"]
+    # broom.mixed's order (labels.sdcor_terms): each sd followed by its correlations with the later columns
+    assert list(vc.index) == ["sd__fA", "cor__fA.fB", "cor__fA.fC", "sd__fB", "cor__fB.fC", "sd__fC"]
     assert list(fit.ranef["g"].columns) == ["fA", "fB", "fC"]
     coefs = ("fA", "fB", "fC")
     cor = np.eye(3)

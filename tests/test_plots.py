@@ -368,4 +368,4 @@ def test_main_model_and_distinct_fits(run):
     assert figures.main_model(run) == "mixed.lmer2"
     names = [f.name for f in figures.distinct_fits(run)]
     assert names == ["basic.lm", "mountain.lm", "mixed.lmer", "mixed.WRONG", "mixed.lmer2 = full.lmer",
-                     "reduced.lmer"]
+                     "reduced.lmer", "slopes.lmer"]
