@@ -31,7 +31,9 @@ Subpackages, one job each:
 - ``lme4``: lme4's side. ``lmer`` (penalized least squares, Satterthwaite), ``frequentist``
   (``lm``/``lmer`` fits with R's names), ``profile`` (``confint(method = "profile")``).
 - ``engines``: the Bayesian fits. ``bayes`` (prepare, sample, cache, the Bambi engine),
-  ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels).
+  ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels),
+  ``reference`` (the same posterior as a plain PyMC model, random effects included: the check
+  of the marginal engine where Bambi has no model, ``--engine pymc``).
 - ``summary``: what fits answer. ``tables`` (posterior summaries, diagnostics), ``sidebyside``,
   ``compare`` (LOO, LRT), ``predict``, ``analysis`` (both sides of a study together).
 - ``graphics``: ``plots``, ``plots_checks``, ``plots_pooling`` draw; ``figures`` chooses.

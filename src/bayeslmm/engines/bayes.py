@@ -49,7 +49,7 @@ class BayesFit:
     priors : dict
         Prior of every parameter, as text (Bambi's defaults unless set).
     engine : str
-        Which engine produced the posterior: ``marginal`` or ``bambi``.
+        Which engine produced the posterior: ``marginal``, ``bambi`` or ``pymc`` (the reference engine).
     seconds : float
         Wall time of the fit (0 when loaded from the cache).
     cached : bool
@@ -233,7 +233,7 @@ def find_cached(folder: str | Path | None, key: str) -> Path | None:
 
 def _required_groups(engine: str | None) -> tuple[str, ...]:
     base = ("posterior", "sample_stats", "observed_data")
-    if engine == "marginal":
+    if engine in ("marginal", "pymc"):
         from bayeslmm.engines.marginal import ENGINE_GROUP
 
         return (*base, ENGINE_GROUP)
@@ -243,8 +243,8 @@ def _required_groups(engine: str | None) -> tuple[str, ...]:
 def load_cached(path: Path, engine: str | None = None) -> xr.DataTree | None:
     """Load a cached posterior, or ``None`` if it is missing, truncated, corrupt or incomplete.
 
-    ``engine`` names the engine that must have produced it (the marginal engine's files also
-    hold its internal draws, which :func:`log_likelihood` needs).
+    ``engine`` names the engine that must have produced it (the marginal and reference engines'
+    files also hold their internal draws, which :func:`log_likelihood` needs).
     """
     if not path.is_file():
         return None
@@ -446,6 +446,11 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
         tree = marginal.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
                                priors=prep.user_priors)
+    elif engine == "pymc":
+        from bayeslmm.engines import reference
+
+        tree = reference.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
+                                priors=prep.user_priors)
     else:
         tree = sample(prep.model, options, progress=progress, log_likelihood=False)
     seconds = time.perf_counter() - start
@@ -490,9 +495,9 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
 def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     """The pointwise log-likelihood of a fit, recomputed from its posterior and data.
 
-    Exactly what the engine computes after sampling (the marginal engine's kernel on its
-    saved internal draws; Bambi's ``compute_log_likelihood``), so a reloaded fit gives the
-    same LOO as a fresh one.
+    Exactly what the engine computes after sampling (the marginal engine's kernel on the
+    saved internal draws of the marginal or reference engine; Bambi's ``compute_log_likelihood``),
+    so a reloaded fit gives the same LOO as a fresh one.
 
     Parameters
     ----------
@@ -511,7 +516,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
     model = fit.model if fit.model is not None else build_model(fit.formula, fit.data)
-    if fit.engine == "marginal":
+    if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
         return marginal.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
@@ -545,13 +550,19 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """The engine that fits this model, and a note saying why.
 
     ``auto`` takes the marginal engine whenever it applies (Gaussian model, random intercepts
-    and uncorrelated slopes) and Bambi's NUTS otherwise; ``marginal`` refuses models it cannot fit.
+    and slopes, correlated or not) and Bambi's NUTS otherwise, never the reference engine;
+    ``marginal`` and ``pymc`` (the reference engine, built from the marginal engine's reading of
+    the model) refuse models they cannot fit.
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
     from bayeslmm.engines import marginal
 
     reason = marginal.supports(formula, frame, model)
+    if requested == "pymc":
+        if reason is not None:
+            raise OptionsError(f"--engine pymc cannot fit {formula.text!r}: {reason}; use --engine auto or bambi")
+        return "pymc", "reference engine (PyMC model with the random effects), as asked"
     if reason is None:
         return "marginal", "marginal engine"
     if requested == "marginal":

@@ -690,7 +690,20 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
     u = ml.draw_effects(flat, K, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
                         stats.Rk, stats.Rpos, *stats.blocks())  # fmt: skip
     corr = ml.correlations(flat, p, K, *stats.blocks()[:4]) if sp.blocks else None
+    cors = [corr[:, _block_type(stats, block)] for block in sp.blocks]
+    return assemble(sp, stats, beta, sds, sigma, u, cors, stats_ds, (chains, draws), with_loglik)
 
+
+def assemble(sp: Spec, stats: ml.Stats, beta, sds, sigma, u, cors, stats_ds, shape: tuple[int, int],
+             with_loglik: bool = True) -> xr.DataTree:
+    """The engines' common ``DataTree`` from flat draws (one row per draw, chains first).
+
+    ``beta`` (S, p) internal coefficients, ``sds`` (S, K), ``sigma`` (S,), ``u`` (S, q) the random
+    effects in ``stats``' column layout, ``cors`` one (S, k, k) correlation matrix per
+    ``sp.blocks``; ``stats_ds`` nutpie's sample statistics.  Bambi's names, dims and coords.
+    """
+    chains, draws = shape
+    p = sp.X.shape[1]
     n = sp.y.size
     cd = ("chain", "draw")
     coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws)}
@@ -717,10 +730,9 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
         else:  # a factor's sds: one variable along its columns, as Bambi has it
             coords[r.level_dim] = np.array([sp.random[k].level for k in ks])
             post[r.sigma_name] = ((*cd, r.level_dim), sds[:, ks].reshape(chains, draws, len(ks)))
-    for block in sp.blocks:
-        t = _block_type(stats, block)
+    for block, corr in zip(sp.blocks, cors, strict=True):
         for var, (a, b) in zip(block.variables, block.pairs, strict=True):
-            post[var] = (cd, corr[:, t, a, b].reshape(chains, draws))
+            post[var] = (cd, corr[:, a, b].reshape(chains, draws))
     for ks in variables.values():
         r = sp.random[ks[0]]
         coords[r.dim] = r.groups
