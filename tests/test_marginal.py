@@ -145,12 +145,27 @@ def _crossed_stats(full: bool, seed: int = 0):
     return ml.sufficient_stats(rng.normal(size=n), np.ones((n, 1)), factors, 3)
 
 
-@pytest.mark.parametrize("design", ["toy1", "toy2", "crossed-full", "crossed-random"])
+def _crossed_slopes_stats(k: int, seed: int = 0):
+    """(1 + x [+ z]|g1) correlated, 30 levels, crossed with (1|g2), 12 levels: each g1 column has the
+    level's other coefficients above the dense trailing block of g2 (the selected inverse's pre rows)."""
+    rng = np.random.default_rng(seed)
+    n = 240
+    g1, g2 = rng.integers(0, 30, n), rng.integers(0, 12, n)
+    values = np.column_stack([np.ones(n), *rng.normal(size=(k - 1, n))])
+    factors = [ml.Factor(30, g1, values, tuple(range(k)), (ml.Block(tuple(range(k)), 0),)),
+               ml.Factor(12, g2, np.ones((n, 1)), (k,))]
+    return ml.sufficient_stats(rng.normal(size=n), np.ones((n, 1)), factors, k + 1)
+
+
+@pytest.mark.parametrize("design", ["toy1", "toy2", "crossed-full", "crossed-random", "crossed-slopes2",
+                                    "crossed-slopes3"])
 def test_sparse_cholesky_and_selected_inverse_match_dense(design):
     # crossed factors fill in (the smaller one becomes a dense trailing block, which both
     # kernels treat as dense); the factor and A^-1 on the pattern of L must be exact
     if design.startswith("toy"):
         stats = _toy(int(design[-1]))[3]
+    elif design.startswith("crossed-slopes"):
+        stats = _crossed_slopes_stats(int(design[-1]))
     else:
         stats = _crossed_stats(design == "crossed-full")
     q = stats.q
@@ -169,8 +184,10 @@ def test_sparse_cholesky_and_selected_inverse_match_dense(design):
     Sx = np.empty(stats.Ax.size)
     ml.selected_inverse(stats.Lp, stats.Li, Lx, Sx, np.empty(q), np.empty(q))
     np.testing.assert_allclose(Sx, np.linalg.inv(A)[stats.Li, cols], rtol=1e-10, atol=1e-12)
-    if design.startswith("crossed"):
+    if design in ("crossed-full", "crossed-random"):
         assert np.diff(stats.Lp)[-10] == 10  # the dense trailing block is there
+    elif design.startswith("crossed-slopes"):
+        assert np.diff(stats.Lp)[-12] == 12  # the dense trailing block is there
 
 
 def test_c_entry_point_gives_the_python_kernel_value():

@@ -190,6 +190,11 @@ def ltsolve(Lp, Li, Lx, b):
         b[j] = s / Lx[Lp[j]]
 
 
+#: Most rows above the dense trailing block that a column may have and still use the block (a
+#: level's other coefficients: a correlated block of up to this many + 1 coefficients).
+_MAX_PRE = 8
+
+
 @nb.njit(**_JIT)
 def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
     """Entries of ``A^-1`` on the pattern of ``L`` (Takahashi's equations) into ``Sx``.
@@ -208,6 +213,7 @@ def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
         t0 -= 1
     nt = q - t0
     block = np.empty((nt, nt)) if nt >= 8 else np.empty((0, 0))
+    pre = np.empty((_MAX_PRE, nt)) if nt >= 8 else np.empty((0, 0))
     for j in range(q - 1, -1, -1):
         start, end = Lp[j], Lp[j + 1]
         inv = 1.0 / Lx[start]
@@ -216,27 +222,59 @@ def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
                 for pp in range(Lp[c], Lp[c + 1]):
                     block[Li[pp] - t0, c - t0] = Sx[pp]
                     block[c - t0, Li[pp] - t0] = Sx[pp]
-        if j < t0 and nt >= 8 and end - start > 2 and Li[start + 1] >= t0:
-            r0 = Li[start + 1] - t0
-            m = end - start - 1
-            contiguous = Li[end - 1] - Li[start + 1] == m - 1
-            lj = Lx[start + 1 : end]
-            d = 0.0
-            for a in range(start + 1, end):
-                ra = Li[a] - t0
-                v = 0.0
-                if contiguous:
-                    row = block[ra, r0 : r0 + m]
-                    for i in range(m):
-                        v += row[i] * lj[i]
-                else:
-                    for b in range(start + 1, end):
-                        v += block[ra, Li[b] - t0] * Lx[b]
-                z = -v * inv
-                Sx[a] = z
-                d += Lx[a] * z
-            Sx[start] = inv * inv - d * inv
-            continue
+        if j < t0 and nt >= 8 and end - start > 2:
+            # rows below the diagonal: a few "pre" rows (the level's other coefficients, < t0), then
+            # rows in the dense trailing block; Z of two dense rows is read from `block`, Z of a pre
+            # row and a dense row from the pre row's own column (every such entry is on its pattern:
+            # a column's pattern is a clique of the filled graph), scattered once into `pre`.
+            f = start + 1
+            while f < end and Li[f] < t0:
+                f += 1
+            npre = f - start - 1
+            if f < end and npre <= _MAX_PRE:
+                for k in range(npre):
+                    col = Li[start + 1 + k]
+                    for pp in range(Lp[col], Lp[col + 1]):
+                        if Li[pp] >= t0:
+                            pre[k, Li[pp] - t0] = Sx[pp]
+                m = end - f
+                r0 = Li[f] - t0
+                contiguous = Li[end - 1] - Li[f] == m - 1
+                lj = Lx[f:end]
+                d = 0.0
+                for a in range(f, end):
+                    ra = Li[a] - t0
+                    v = 0.0
+                    if contiguous:
+                        row = block[ra, r0 : r0 + m]
+                        for i in range(m):
+                            v += row[i] * lj[i]
+                    else:
+                        for b in range(f, end):
+                            v += block[ra, Li[b] - t0] * Lx[b]
+                    for k in range(npre):
+                        v += pre[k, ra] * Lx[start + 1 + k]
+                    z = -v * inv
+                    Sx[a] = z
+                    d += Lx[a] * z
+                for k in range(npre):
+                    a = start + 1 + k
+                    pa = Li[a]
+                    v = 0.0
+                    for kb in range(npre):
+                        pb = Li[start + 1 + kb]
+                        lo, hi = (pa, pb) if pa <= pb else (pb, pa)
+                        pp = Lp[lo]
+                        while Li[pp] != hi:  # Z[hi, lo] sits near the top of column lo
+                            pp += 1
+                        v += Sx[pp] * Lx[start + 1 + kb]
+                    for b in range(f, end):
+                        v += pre[k, Li[b] - t0] * Lx[b]
+                    z = -v * inv
+                    Sx[a] = z
+                    d += Lx[a] * z
+                Sx[start] = inv * inv - d * inv
+                continue
         if end - start == 1:
             Sx[start] = inv * inv
             continue

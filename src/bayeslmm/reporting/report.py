@@ -213,7 +213,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
                  "(nutpie) on the fixed effects, standard deviations and correlations only, and draws the random "
                  "effects from their exact conditional normal: the same posterior as Bambi's model, without its "
-                 "funnel; `bambi` is Bambi + PyMC NUTS on the full model. The engine of each model is named below",
+                 "funnel (for correlated terms, Bambi's priors with an LKJ prior on the correlations, which Bambi "
+                 "lacks); `bambi` is Bambi + PyMC NUTS on the full model; `pymc` is bayeslmm's plain PyMC model of "
+                 "the marginal engine's posterior, its reference. The engine of each model is named below",
                  f"intervals: {ci:.0%} equal-tailed posterior intervals (the {(1 - ci) / 2:.1%} and "
                  f"{(1 + ci) / 2:.1%} quantiles), in the tables and the figures alike; estimate = posterior "
                  "mean, std_error = posterior sd",
