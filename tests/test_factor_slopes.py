@@ -375,3 +375,35 @@ def test_short_fit_agrees_with_lme4_and_predicts_from_each_level(short_fit, data
         expect += (f == level)[None, :] * fe[:, gi, j]
     np.testing.assert_allclose(eta, expect, rtol=1e-12, atol=1e-12)
     assert predict.group_effect_draws(fit, "g", "fC")[1].shape == (predict.n_draws(fit), 24)
+
+
+def test_short_fit_tables_name_each_column_as_lme4(short_fit):
+    """A factor's sds and effects are a term per column (sd__fB, fB), as lme4's rows, in both tables
+    and in the draws the figures use."""
+    from bayeslmm.summary.tables import cor_draws, sd_draws
+
+    fit = short_fit
+    tidy = fit.tidy()
+    pars = tidy[tidy.effect == "ran_pars"]
+    assert list(zip(pars.group, pars.term, strict=True)) == [
+        ("g", "sd__(Intercept)"), ("g", "cor__(Intercept).fB"), ("g", "cor__(Intercept).fC"), ("g", "sd__fB"),
+        ("g", "cor__fB.fC"), ("g", "sd__fC"), ("Residual", "sd__Observation")]
+    post = fit.idata["posterior"]
+    row = pars.set_index("term").loc["sd__fC"]
+    assert row.estimate == pytest.approx(float(post["f|g_sigma"].sel(f__expr_dim="C").mean()), rel=1e-12)
+    vals = tidy[tidy.effect == "ran_vals"]
+    assert set(vals.term) == {"(Intercept)", "fB", "fC"} and (vals.groupby("term").size() == 24).all()
+    one = vals[(vals.term == "fB") & (vals.level == "s03")].estimate.item()
+    assert one == pytest.approx(float(post["f|g"].sel(f__expr_dim="B", g__factor_dim="s03").mean()), rel=1e-12)
+    assert list(sd_draws(fit)) == [("g", "sd__(Intercept)"), ("g", "sd__fB"), ("g", "sd__fC"),
+                                   ("Residual", "sd__Observation")]
+    assert len(cor_draws(fit)) == 3
+
+
+def test_prior_draws_of_a_factors_sds_are_per_column(short_fit):
+    """The prior-vs-posterior figure's prior draws: one per column of the factor (it crashed the report)."""
+    from bayeslmm.graphics.plots_pooling import prior_sd_draws
+
+    prior = prior_sd_draws(short_fit, n=200)
+    assert list(prior) == [("g", "sd__(Intercept)"), ("g", "sd__fB"), ("g", "sd__fC"), ("Residual", "sd__Observation")]
+    assert all(v.shape == (200,) and (v > 0).all() for v in prior.values())

@@ -216,13 +216,16 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                      "rest move most.")
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
              f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
-    for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per slope
+    for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per numeric slope
         for term in fit.formula.random:
-            if term.correlated and term.intercept and term.slopes and fit.formula.intercept:
-                for slope in term.slopes:
+            # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
+            slopes = [s for s in term.slopes
+                      if term.columns is None or any(c.expr == s and not c.level for c in term.columns)]
+            if term.correlated and term.intercept and slopes and fit.formula.intercept:
+                for slope in slopes:
                     name = f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}"
                     save(lambda f=fit, t=term, s=slope: plots_pooling.shrinkage_2d(f, t.group, s, ci),
-                         name + (f"_{slope}" if len(term.slopes) > 1 else ""),
+                         name + (f"_{slope}" if len(slopes) > 1 else ""),
                          f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions (no "
                          "pooling, open circles) pulled towards the population (partial pooling, filled). The "
                          f"ellipses hold 50% and {mass} of the population of {term.group}s, a normal with the "

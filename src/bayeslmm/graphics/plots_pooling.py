@@ -467,19 +467,23 @@ def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], n
     bambi = prior_table(model)  # Bambi's priors; a correlated term's LKJ prior is bayeslmm's (see cor_prior_eta)
     if {k: fit.priors.get(k) for k in bambi} != bambi:
         raise ValueError(f"the priors of {fit.name!r} are not Bambi's defaults for its formula and data")
-    keys = [(t.group, sd_term(c)) for t, c in predict.random_coefs(fit)] + [(RESIDUAL, RESIDUAL_TERM)]
-    keys = {k: sd_variable(*k) for k in keys}
+    # each sd's variable and, for a factor's columns (fA, fB), its level along the variable's columns
+    where = {(t.group, sd_term(c.name)): (c.sd_variable(t.group), c.dim, c.level)
+             for t in predict.random_terms(fit) for c in t.columns}
+    where[(RESIDUAL, RESIDUAL_TERM)] = (sd_variable(RESIDUAL, RESIDUAL_TERM), None, "")
+    keys = {k: v for k, (v, _, _) in where.items()}
     log = logging.getLogger("pymc")
     level = log.level
     log.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            idata = model.prior_predictive(draws=n, var_names=list(keys.values()), random_seed=seed)
+            idata = model.prior_predictive(draws=n, var_names=list(dict.fromkeys(keys.values())), random_seed=seed)
     finally:
         log.setLevel(level)
     prior = idata["prior"]
-    return {k: np.asarray(prior[v].values, dtype=float).reshape(-1) for k, v in keys.items()}
+    return {k: np.asarray((prior[v] if dim is None else prior[v].sel({dim: level})).values, dtype=float).reshape(-1)
+            for k, (v, dim, level) in where.items()}
 
 
 def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | None = None, ci: float = 0.95,

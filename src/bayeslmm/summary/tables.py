@@ -15,6 +15,7 @@ from bayeslmm.labels import (
     SD_PREFIX,
     FixedColumn,
     classify,
+    expr_dim,
     sd_term,
     sdcor_terms,
 )
@@ -84,6 +85,10 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         if effect not in effects:
             continue
         extra = [d for d in da.dims if d not in SAMPLE_DIMS]
+        columns = [d for d in extra if d.endswith(expr_dim(""))]
+        if columns:  # a factor's group effects or sds: a term per column (sd__fA, fA)
+            rows += _factor_rows(da, str(var), columns[0], [d for d in extra if d != columns[0]], ci)
+            continue
         if len(extra) > 1:
             da = da.stack(__level__=extra)
             extra = ["__level__"]
@@ -111,6 +116,24 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         out = out.sort_values(["_o", "_r"], kind="stable").drop(columns="_r")
     out = out.sort_values("_o", kind="stable").drop(columns="_o")
     return conform(out, ("median",) if median else ())
+
+
+def _factor_rows(da, var: str, column_dim: str, others: list[str], ci: float) -> list[dict]:
+    """Rows of a variable with a column per level of a factor (Bambi's ``f|g``, ``f|g_sigma``): each column
+    its own term, lme4's name (:func:`~bayeslmm.labels.classify` with the level)."""
+    if len(others) > 1:
+        raise ValueError(f"{var!r} has dims {others} besides its columns; expected at most the group's levels")
+    arr = np.asarray(da.transpose(*SAMPLE_DIMS, *others, column_dim).values, dtype=float)
+    levels = [""] if not others else [_label(v) for v in da[others[0]].values]
+    rows = []
+    for j, column in enumerate(da[column_dim].values):
+        effect, group, term = classify(var, _label(column))
+        stats = _summarise(arr[..., j], ci)
+        for i, level in enumerate(levels):
+            idx = () if not others else (i,)
+            rows.append({**{k: float(np.asarray(v)[idx]) for k, v in stats.items()},
+                         "effect": effect, "group": group, "level": level, "term": term})
+    return rows
 
 
 def _fixed_term(fixed_terms: dict[tuple[str, str], str] | None, variable: str, level: str) -> str:
@@ -163,8 +186,17 @@ def _ran_pars_draws(fit, prefix: str) -> dict[tuple[str, str], np.ndarray]:
     out = {}
     for var in post.data_vars:
         effect, group, term = classify(str(var))
-        if effect == "ran_pars" and term.startswith(prefix):
-            out[(group, term)] = np.asarray(post[var].values, dtype=float).reshape(-1)
+        if effect != "ran_pars":
+            continue
+        da = post[var]
+        columns = [d for d in da.dims if d.endswith(expr_dim(""))]
+        if columns:  # a factor's sds: one per column (sd__fA, sd__fB, ...)
+            for column in da[columns[0]].values:
+                _, group, term = classify(str(var), _label(column))
+                if term.startswith(prefix):
+                    out[(group, term)] = np.asarray(da.sel({columns[0]: column}).values, dtype=float).reshape(-1)
+        elif term.startswith(prefix):
+            out[(group, term)] = np.asarray(da.values, dtype=float).reshape(-1)
     rank = {key: i for i, key in enumerate(ran_pars_order(fit.formula))}
     return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
