@@ -52,4 +52,4 @@ inside functions: a fit's ``tidy()`` and sampler diagnostics are computed by ``s
 and LOO (``summary.compare``) asks the engine that made a fit for its log-likelihood.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

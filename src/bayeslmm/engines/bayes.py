@@ -464,7 +464,7 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
 def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
         run: RunOptions | None = None, cache_dir: str | Path | None = None,
-        save_dir: str | Path | None = None) -> BayesFit:
+        save_dir: str | Path | None = None, priors: Priors | None = None) -> BayesFit:
     """Fit the Bayesian mixed model of an lmer formula: :func:`prepare`, then :func:`sample_prepared`.
 
     Parameters
@@ -481,6 +481,8 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         ``na``, ``refit`` and ``progress`` are used here.
     cache_dir, save_dir : path, optional
         See :func:`sample_prepared`.
+    priors : Priors, optional
+        Priors set by the user (``Priors.from_texts(["cor ~ LKJ(2)"])``); Bambi's defaults otherwise.
 
     Returns
     -------
@@ -488,7 +490,7 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         ``notes`` holds the data and design warnings, ``sampler_notes`` the sampler's.
     """
     run = run or RunOptions()
-    prep = prepare(formula, df, options, name=name, na=run.na)
+    prep = prepare(formula, df, options, name=name, na=run.na, priors=priors)
     return sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit, progress=run.progress)
 
 
