@@ -88,9 +88,12 @@ def test_offset_is_subtracted_for_the_gaussian_lme4_fit(df):
     np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-8)
 
 
-def test_binomial_response_is_refused_plainly():
-    with pytest.raises(FormulaError, match=r"binomial mixed models .* not supported yet"):
+def test_binomial_response_needs_the_binomial_family():
+    with pytest.raises(FormulaError, match=r"binomial response .*: fit it with --family binomial"):
         parse("cbind(s, f) ~ x + (1|g)")
+    assert parse("cbind(s, n - s) ~ x + (1|g)", "binomial").cbind == ("s", "n - s")
+    with pytest.raises(FormulaError, match="cbind\\(\\) takes two columns"):
+        parse("cbind(s) ~ x + (1|g)", "binomial")
 
 
 def test_unknown_function_is_one_line(df):

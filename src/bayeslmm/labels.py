@@ -29,6 +29,8 @@ RESIDUAL, RESIDUAL_TERM, RESIDUAL_VARIABLE = "Residual", "sd__Observation", "sig
 SD_PREFIX = "sd__"
 #: Prefix of a correlation's term in broom.mixed (``cor__(Intercept).Days``).
 COR_PREFIX = "cor__"
+#: The column holding a binomial response's trials (successes + failures of ``cbind(s, f)``).
+TRIALS_COLUMN = "(trials)"
 
 
 def effect_variable(group: str, coef: str) -> str:

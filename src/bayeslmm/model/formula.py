@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, FormulaError
-from bayeslmm.labels import INTERCEPT, FixedColumn, RandomColumn, fixed_columns, random_columns
+from bayeslmm.labels import INTERCEPT, TRIALS_COLUMN, FixedColumn, RandomColumn, fixed_columns, random_columns
 from bayeslmm.model import rterms
 
 
@@ -107,7 +107,11 @@ class Formula:
     offsets : tuple of str
         ``offset(...)`` terms, as written.
     response_expr : str
-        The response as written (``log(y)``); ``response`` is its column name (R's name).
+        The response as written (``log(y)``, ``cbind(sick, size - sick)``); ``response`` is its
+        column name (R's name; for ``cbind`` the column :func:`materialize` fills with the
+        observed proportion of successes).
+    family : {"gaussian", "binomial", "poisson"}
+        The response distribution, lme4's ``glmer(family = )`` (gaussian: ``lmer``).
     """
 
     text: str
@@ -117,6 +121,18 @@ class Formula:
     random: tuple[RandomTerm, ...]
     offsets: tuple[str, ...] = ()
     response_expr: str = ""
+    family: str = "gaussian"
+
+    @property
+    def cbind(self) -> tuple[str, str] | None:
+        """The two expressions of a ``cbind(successes, failures)`` response, else ``None``."""
+        call = rterms.call_of(self.response_expr) if self.response_expr else None
+        return (call[1][0], call[1][1]) if call is not None and call[0] == "cbind" else None
+
+    @property
+    def is_glmm(self) -> bool:
+        """Whether the response is not Gaussian (a generalised linear (mixed) model, lme4's glmer)."""
+        return self.family != "gaussian"
 
     @property
     def is_mixed(self) -> bool:
@@ -146,7 +162,7 @@ class Formula:
     @property
     def derived(self) -> tuple[str, ...]:
         """Expressions that :func:`materialize` evaluates into columns (``log(z)``, ``factor(p)``)."""
-        exprs = [self.response_expr or self.response]
+        exprs = list(self.cbind) if self.cbind else [self.response_expr or self.response]
         for term in self.fixed:
             exprs.extend(rterms.split_operands(term))
         exprs += [*self.offsets, *(s for r in self.random for s in r.slopes)]
@@ -233,13 +249,15 @@ def _parse_random(inner: str, pos: int) -> list[RandomTerm]:
     return terms
 
 
-def parse(text: str) -> Formula:
-    """Parse an lmer formula.
+def parse(text: str, family: str = "gaussian") -> Formula:
+    """Parse an lmer (or glmer) formula.
 
     Parameters
     ----------
     text : str
         Formula such as ``"testScore ~ bodyLength2 + (1|mountainRange) + (1|sample)"``.
+    family : {"gaussian", "binomial", "poisson"}
+        The response distribution (glmer's ``family``); ``cbind(s, f)`` responses need binomial.
 
     Returns
     -------
@@ -250,6 +268,9 @@ def parse(text: str) -> Formula:
     FormulaError
         If the formula is malformed; the message names the position and the fix.
     """
+    from bayeslmm.model.options import check_family
+
+    check_family(family)
     if not isinstance(text, str) or not text.strip():
         raise FormulaError("empty formula; write it like lme4: y ~ x + (1|group)")
     if text.count("~") != 1:
@@ -262,9 +283,13 @@ def parse(text: str) -> Formula:
         raise FormulaError("formula has no response before '~'; write y ~ x + (1|group)")
     call = rterms.call_of(response)
     if call is not None and call[0] == "cbind":
-        raise FormulaError(f"response {response!r} is a binomial response (successes, failures): binomial mixed "
-                           "models (lme4's glmer) are not supported yet; bayeslmm fits Gaussian models only")
-    if not (rterms.is_name(response) or (call is not None and call[0] in {*rterms.NUMERIC_FUNCS, "I", "scale"})):
+        if len(call[1]) != 2:
+            raise FormulaError(f"response {response!r}: cbind() takes two columns, successes and failures "
+                               "(cbind(sick, size - sick))")
+        if family != "binomial":
+            raise FormulaError(f"response {response!r} is a binomial response (successes, failures): fit it with "
+                               "--family binomial (family = \"binomial\" in a study file), as glmer(family = binomial)")
+    elif not (rterms.is_name(response) or (call is not None and call[0] in {*rterms.NUMERIC_FUNCS, "I", "scale"})):
         raise FormulaError(f"response {response!r} must be a column name or a transformation of one "
                            "(log(y), sqrt(y), I(y/100))")
     if not rhs.strip():
@@ -301,7 +326,7 @@ def parse(text: str) -> Formula:
         for operand in rterms.split_operands(term):
             rterms.poly_degree(operand)  # a malformed poly() is a formula error, found now
     return Formula(text.strip(), rterms.r_name(response), intercept, tuple(fixed), tuple(random), tuple(offsets),
-                   response)
+                   response, family)
 
 
 def to_bambi(formula: Formula) -> str:
@@ -316,7 +341,10 @@ def to_bambi(formula: Formula) -> str:
     for r in formula.random:
         coefs = (["1"] if r.intercept else ["0"]) + [rterms.quote(c) for s in r.slopes for c in rterms.column_names(s)]
         parts.append(f"({' + '.join(coefs)}|{r.group})")
-    return f"{rterms.quote(formula.response)} ~ " + " + ".join(parts)
+    lhs = rterms.quote(formula.response)
+    if formula.cbind:  # Bambi's binomial response: p(successes, trials)
+        lhs = f"p({rterms.quote(rterms.r_name(formula.cbind[0]))}, {rterms.quote(TRIALS_COLUMN)})"
+    return f"{lhs} ~ " + " + ".join(parts)
 
 
 def correlation_note(formula: Formula) -> str | None:
@@ -370,8 +398,10 @@ class RandomBlock:
 class ModelFrame:
     """Response, fixed-effect matrix and random-effect blocks of a formula on data.
 
-    ``y`` is the response minus the offsets (all a Gaussian model with identity link sees of
-    them); ``offset`` keeps their sum (zeros without offsets).
+    Gaussian: ``y`` is the response minus the offsets (all a Gaussian model with identity link
+    sees of them). Binomial: ``y`` the successes and ``trials`` their trials (ones for a 0/1
+    response). Poisson: ``y`` the counts. ``offset`` keeps the offsets' sum on the link scale
+    (zeros without offsets); ``family`` is the formula's.
     """
 
     formula: Formula
@@ -380,6 +410,42 @@ class ModelFrame:
     x_names: tuple[str, ...]
     blocks: tuple[RandomBlock, ...]
     offset: np.ndarray | None = None
+    trials: np.ndarray | None = None
+
+    @property
+    def family(self) -> str:
+        """The response distribution (the formula's)."""
+        return self.formula.family
+
+
+def binary_response(values, name: str = "response") -> tuple[np.ndarray, tuple[str, str] | None]:
+    """A yes/no response as 0/1, as glmer reads it: numbers 0 and 1 (or True/False) as they are; a
+    factor or text with two levels in R's order, the first level a failure (0) and the second a
+    success (1), as R's ``factor("no", "yes")``. Returns the 0/1 values and the two levels (None for
+    numbers).
+
+    Raises
+    ------
+    DataError
+        For numbers other than 0 and 1 (use cbind(successes, failures) for counts out of trials), or
+        a factor without exactly two levels.
+    """
+    series = pd.Series(values)
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float).to_numpy(), None
+    if pd.api.types.is_numeric_dtype(series):
+        y = series.to_numpy(dtype=float)
+        bad = ~np.isin(y, (0.0, 1.0))
+        if bad.any():
+            raise DataError(f"binomial response {name!r} has values other than 0 and 1 (e.g. {y[bad][0]:g}); for "
+                            "successes out of trials write cbind(successes, failures) as the response")
+        return y, None
+    cat = rterms.as_factor(series)
+    levels = tuple(str(c) for c in cat.categories)
+    if len(levels) != 2:
+        raise DataError(f"binomial response {name!r} has {len(levels)} levels ({', '.join(levels[:5])}); a yes/no "
+                        "response needs exactly two (the first, in R's order, counts as failure)")
+    return np.asarray(cat.codes, dtype=float), (levels[0], levels[1])
 
 
 def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarray]:
@@ -405,6 +471,8 @@ def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     ``log(z)``, ``I(x^2)``, ``factor(period)``, ``poly(x, 2)`` (two columns ``poly(x, 2)1`` and
     ``2``), ``offset(...)`` and a transformed response become columns, so Bambi, the lme4 side
     and the figures all read plain columns (:mod:`bayeslmm.model.rterms`). Existing columns are kept.
+    A ``cbind(s, f)`` response adds its trials (``s + f``, :data:`~bayeslmm.labels.TRIALS_COLUMN`) and
+    the observed proportion ``s / (s + f)`` under the response's name.
     """
     new: dict[str, pd.Series] = {}
     for expr in formula.derived:
@@ -413,6 +481,13 @@ def materialize(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
         for name, values in rterms.evaluate(expr, df).items():
             if name not in df.columns:
                 new[name] = values
+    if formula.cbind and formula.response not in df.columns:
+        s, f = (np.asarray((new[c] if c in new else df[c]), dtype=float)
+                for c in (rterms.r_name(e) for e in formula.cbind))
+        trials = s + f
+        with np.errstate(invalid="ignore", divide="ignore"):
+            new[TRIALS_COLUMN] = pd.Series(trials, index=df.index)
+            new[formula.response] = pd.Series(np.where(trials > 0, s / trials, np.nan), index=df.index)
     return df.assign(**new) if new else df
 
 
@@ -575,14 +650,24 @@ def model_frame(formula: Formula, df: pd.DataFrame) -> ModelFrame:
     design = fixed_design(formula, df)
     X, x_names = design.X, design.names
     offset = offset_values(formula, df)
-    y = np.asarray(df[formula.response], dtype=float) - offset
+    trials = None
+    if formula.family == "gaussian":
+        y = np.asarray(df[formula.response], dtype=float) - offset
+    elif formula.cbind:
+        y = np.asarray(df[rterms.r_name(formula.cbind[0])], dtype=float)
+        trials = np.asarray(df[TRIALS_COLUMN], dtype=float)
+    elif formula.family == "binomial":
+        y, _ = binary_response(df[formula.response], formula.response)
+        trials = np.ones_like(y)
+    else:
+        y = np.asarray(df[formula.response], dtype=float)
     blocks = []
     for term in formula.random:
         term = resolve_term(term, df)
         levels, index = group_codes(df, term.group)
         blocks.append(RandomBlock(term, levels, index, random_values(term, df)))
     formula = replace(formula, random=tuple(b.term for b in blocks))
-    return ModelFrame(formula, y, X, x_names, tuple(blocks), offset)
+    return ModelFrame(formula, y, X, x_names, tuple(blocks), offset, trials)
 
 
 #: A column whose residual on the columns before it is below this share of its own norm is aliased

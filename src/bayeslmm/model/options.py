@@ -18,6 +18,15 @@ from bayeslmm.errors import OptionsError
 Sampler = Literal["pymc", "nutpie"]
 Engine = Literal["auto", "bambi", "marginal", "pymc"]
 NaAction = Literal["drop", "fail"]
+#: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
+#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
+Family = Literal["gaussian", "binomial", "poisson"]
+
+
+def check_family(family) -> str:
+    """``family`` if it is one bayeslmm fits, else a one-line OptionsError naming those it does."""
+    _check_choice("--family", family, Family)
+    return family
 
 
 @dataclass(frozen=True)
