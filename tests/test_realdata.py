@@ -100,6 +100,7 @@ def test_log_of_nonpositive_is_one_line(csv, capsys):
     assert next(ln for ln in err.splitlines() if ln.startswith("error:")).count("not finite") == 1
 
 
-def test_cbind_response_says_binomial_is_not_supported(csv, capsys):
+def test_cbind_response_without_family_names_the_flag(csv, capsys):
     code, _, err = run(["fit", str(csv), "cbind(period, z) ~ x + (1|g)", *SMALL], capsys)
-    assert code == 2 and "binomial" in err and "not supported yet" in err
+    assert code == 2 and "is a binomial response" in err and "--family binomial" in err
+    assert len(err.strip().splitlines()) == 1
