@@ -25,8 +25,8 @@ def _bench():
     return module
 
 
-def _warnings(formula: str, df: pd.DataFrame) -> list[str]:
-    return checks.validate(parse(formula), df)[1]
+def _warnings(formula: str, df: pd.DataFrame, family: str = "gaussian") -> list[str]:
+    return checks.validate(parse(formula, family), df)[1]
 
 
 def _nesting(notes: list[str]) -> list[str]:
@@ -144,14 +144,17 @@ def test_counts_are_warned(counts):
     assert 0.15 < (counts["birds"] == 0).mean() < 0.5  # the shape of the column
     notes = _warnings("birds ~ temp + (1|site)", counts)
     hits = [n for n in notes if "looks like counts" in n]
-    assert len(hits) == 1 and "glmer" in hits[0] and "poisson" in hits[0] and "Gaussian models only" in hits[0]
+    assert len(hits) == 1 and "glmer" in hits[0] and "--family poisson" in hits[0]
+    # with the family given, the response is what it is: no warning
+    assert not any("looks like counts" in n for n in _warnings("birds ~ temp + (1|site)", counts, "poisson"))
 
 
 def test_zero_one_response_is_warned(counts):
     notes = _warnings("passed01 ~ temp + (1|site)", counts)
     hits = [n for n in notes if "takes only the values 0 and 1" in n]
-    assert len(hits) == 1 and "binomial" in hits[0] and "glmer" in hits[0]
+    assert len(hits) == 1 and "--family binomial" in hits[0] and "glmer" in hits[0]
     assert not any("looks like counts" in n for n in notes)
+    assert not any("only the values" in n for n in _warnings("passed01 ~ temp + (1|site)", counts, "binomial"))
 
 
 def test_continuous_scores_are_not_called_counts(builtin):
@@ -167,8 +170,10 @@ def test_real_scores_are_not_called_counts(dragons):
 @pytest.mark.parametrize("values", [["yes", "no"], [True, False]])
 def test_yes_no_response_is_refused_with_the_reason(counts, values):
     df = counts.assign(passed=np.where(counts["passed01"] == 1, values[0], values[1]))
-    with pytest.raises(DataError, match=r"is not numeric.*yes/no outcome.*binomial.*glmer.*not support"):
+    with pytest.raises(DataError, match=r"is not numeric.*yes/no outcome: fit it with --family binomial"):
         checks.validate(parse("passed ~ temp + (1|site)"), df)
+    rows, _ = checks.validate(parse("passed ~ temp + (1|site)", "binomial"), df)  # with the family: fitted
+    assert len(rows) == len(df)
 
 
 def test_yes_no_response_through_the_cli(counts, tmp_path, capsys):
@@ -181,7 +186,7 @@ def test_yes_no_response_through_the_cli(counts, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "('no', 'yes')" in lines[0] and "binomial" in lines[0], err
+    assert len(lines) == 1 and "('no', 'yes')" in lines[0] and "--family binomial" in lines[0], err
 
 
 # --- integer predictors ---------------------------------------------------------------------------

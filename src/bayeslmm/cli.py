@@ -68,6 +68,8 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayeslmm`` command."""
+    from bayeslmm.model.options import Family
+
     p = _Parser(prog="bayeslmm", description="Bayesian linear mixed models with lme4's formulas.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("formula", help="lmer formula, e.g. 'y ~ x + (1|g)'")
     fit.add_argument("--object", help="which data frame of an .RData file")
     fit.add_argument("--out", help="also write a report folder here")
+    fit.add_argument("--family", choices=get_args(Family), default="gaussian",
+                     help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
+                          "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
                      help="a prior, e.g. 'cor ~ LKJ(2)' or 'cor(Subject) ~ LKJ(4)' (repeatable; LKJ(1) by default)")
     _sampler_args(fit)
@@ -142,7 +147,7 @@ def _cmd_fit(args) -> int:
     from bayeslmm.summary.tables import format_table
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
-                         run=_run_options(args), priors=Priors.from_texts(args.prior))
+                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family)
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]

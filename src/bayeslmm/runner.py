@@ -161,16 +161,19 @@ def fit_formula(
     options: SamplerOptions | None = None,
     run: RunOptions | None = None,
     priors: Priors | None = None,
+    family: str = "gaussian",
     echo: Callable[[str], None] = _stderr,
 ) -> RunResult:
     """Fit one formula to a data file; with ``out``, write the same kind of report folder.
+
+    ``family`` is the response distribution (``--family``) when ``formula`` is text.
 
     ``priors`` are the user's (``--prior``); the rest are Bambi's defaults.
 
     Without ``out`` the result's tidy table holds the fixed effects and standard deviations
     (what the console shows; ``fit.ranef()`` gives the group levels) and no LOO is computed.
     """
-    formula = parse(formula) if isinstance(formula, str) else formula
+    formula = parse(formula, family) if isinstance(formula, str) else formula
     study = Study(
         name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
         source=str(data), data_object=obj, models=(ModelSpec("model", formula, priors=priors or Priors()),),

@@ -134,7 +134,22 @@ def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(data[col].dtype, pd.CategoricalDtype):
             data[col] = as_factor(data[col])
         data[col] = data[col].cat.remove_unused_categories()
+    if formula.family == "binomial" and not formula.cbind:  # yes/no as 0/1, the first level a failure (as glmer)
+        from bayeslmm.model.formula import binary_response
+
+        data[formula.response] = binary_response(data[formula.response], formula.response)[0]
     return data.reset_index(drop=True)
+
+
+#: Bambi's family of each of bayeslmm's (a 0/1 binomial response is Bambi's "bernoulli").
+BAMBI_FAMILIES = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson"}
+
+
+def bambi_family(formula: Formula) -> str:
+    """Bambi's family for a formula: ``binomial`` for ``cbind`` responses, ``bernoulli`` for 0/1 ones."""
+    if formula.family == "binomial" and not formula.cbind:
+        return "bernoulli"
+    return BAMBI_FAMILIES[formula.family]
 
 
 def build_model(formula: Formula, data: pd.DataFrame):
@@ -144,7 +159,7 @@ def build_model(formula: Formula, data: pd.DataFrame):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            model = bmb.Model(to_bambi(formula), data)
+            model = bmb.Model(to_bambi(formula), data, family=bambi_family(formula))
         model.build()
     except Exception as exc:  # formulae/Bambi raise many types for terms they cannot build
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -206,6 +221,8 @@ def cache_key(formula: Formula, data: pd.DataFrame, priors: dict[str, str], opti
     """Content hash of the formula, data, priors, sampler settings and library versions."""
     h = hashlib.sha256()
     h.update(to_bambi(formula).encode())
+    if formula.is_glmm:  # (a Gaussian model's key stays what it was)
+        h.update(bambi_family(formula).encode())
     h.update(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
     h.update(json.dumps(list(map(str, data.columns))).encode())
     h.update(json.dumps(priors, sort_keys=True).encode())

@@ -263,7 +263,7 @@ def coding_mismatch(frame: ModelFrame, model) -> str | None:
     The same columns in another order are fine.
     """
     bambi: dict[str, list[str]] = {}
-    for term in model.conditional_parameters["mu"].group_specific_terms.values():
+    for term in model.conditional_parameters[model.family.likelihood.parent].group_specific_terms.values():
         bambi[bambi_variable(term)] = _bambi_levels(term)[1]
     for block in frame.blocks:
         term = block.term

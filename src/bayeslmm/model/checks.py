@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
+from bayeslmm.model import rterms
 from bayeslmm.model.formula import Formula, group_codes, resolve
 from bayeslmm.model.options import NaAction
 
@@ -82,26 +83,53 @@ def _is_bool(s: pd.Series) -> bool:
     return pd.api.types.is_bool_dtype(s)
 
 
-def check_data(formula: Formula, df: pd.DataFrame) -> None:
-    """Refuse data the model cannot be fitted to (one-line :class:`DataError`)."""
-    y = df[formula.response]
+def _check_response(formula: Formula, df: pd.DataFrame) -> np.ndarray:
+    """The response as numbers, refused (one line) where its family cannot describe it."""
+    from bayeslmm.model.formula import binary_response
+
+    name = formula.response
+    if formula.cbind:
+        s, f = (np.asarray(df[rterms.r_name(e)], dtype=float) for e in formula.cbind)
+        for what, v in (("successes", s), ("failures", f)):
+            bad = (v < 0) | (v != np.round(v))
+            if bad.any():
+                raise DataError(f"{what} of {name!r} must be whole numbers >= 0 (row {int(np.argmax(bad)) + 1} has "
+                                f"{v[bad][0]:g})")
+        if ((s + f) == 0).any():
+            raise DataError(f"{int(((s + f) == 0).sum())} row(s) of {name!r} have no trials (0 successes and 0 "
+                            "failures); remove them")
+        return s / (s + f)
+    y = df[name]
+    if formula.family == "binomial":
+        return binary_response(y, name)[0]
     if not pd.api.types.is_numeric_dtype(y) or _is_bool(y):
         values = sorted(map(str, y.dropna().unique()))
         if len(values) == 2:
-            raise DataError(f"response {formula.response!r} is not numeric: its two values ({values[0]!r}, "
-                            f"{values[1]!r}) make it a yes/no outcome, which needs a binomial mixed model (lme4's "
-                            "glmer(..., family = binomial)); bayeslmm fits Gaussian models only and does not "
-                            "support binary responses yet")
-        raise DataError(f"response {formula.response!r} is not numeric ({y.dtype}); a Gaussian mixed model needs "
+            raise DataError(f"response {name!r} is not numeric: its two values ({values[0]!r}, {values[1]!r}) make "
+                            "it a yes/no outcome: fit it with --family binomial (glmer(..., family = binomial); "
+                            f"{values[0]!r}, first in R's order, counts as failure)")
+        raise DataError(f"response {name!r} is not numeric ({y.dtype}); a {formula.family} mixed model needs "
                         "a numeric response")
-    for col in [formula.response, *_numeric_columns(formula, df)]:
+    v = y.to_numpy(dtype=float)
+    if formula.family == "poisson" and ((v < 0).any() or (v[np.isfinite(v)] != np.round(v[np.isfinite(v)])).any()):
+        raise DataError(f"response {name!r} must be counts (whole numbers >= 0) for --family poisson; it has "
+                        f"{v[(v < 0) | (v != np.round(v))][0]:g}")
+    return v
+
+
+def check_data(formula: Formula, df: pd.DataFrame) -> None:
+    """Refuse data the model cannot be fitted to (one-line :class:`DataError`)."""
+    y = pd.Series(_check_response(formula, df))
+    for col in [*([] if formula.is_glmm else [formula.response]), *_numeric_columns(formula, df)]:
         values = df[col].to_numpy(dtype=float)
         if np.isinf(values).any():
             raise DataError(f"column {col!r} has {int(np.isinf(values).sum())} infinite value(s); remove or fix them")
     if len(df) == 0:
         raise DataError("no rows left to fit; check the data and missing values")
     if np.ptp(y.to_numpy(dtype=float)) == 0:
-        raise DataError(f"response {formula.response!r} is constant; there is nothing to model")
+        what = {"binomial": "every trial has the same outcome", "poisson": "every count is the same"}
+        raise DataError(f"response {formula.response!r} is constant ({what.get(formula.family, 'one value')}); "
+                        "there is nothing to model")
     for col in _numeric_columns(formula, df):
         if np.ptp(df[col].to_numpy(dtype=float)) == 0:
             raise DataError(f"predictor {col!r} is constant; remove it from the formula")
@@ -138,7 +166,9 @@ def _covariance_parameters(term) -> int:
 
 def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
     """Modelling advice from the data: response type, few levels, reused labels, confounding, scaling."""
-    notes = [n for n in [response_warning(df, formula.response)] if n]
+    notes = [n for n in [response_warning(df, formula.response)] if n] if not formula.is_glmm else []
+    if formula.is_glmm:  # the advice below reads the response as numbers (a proportion, 0/1, counts)
+        df = df.assign(**{formula.response: _check_response(formula, df)})
     groups = formula.grouping_factors
     for g in groups:
         levels, _ = group_codes(df, g)
@@ -201,20 +231,19 @@ def response_warning(df: pd.DataFrame, response: str) -> str | None:
         return None
     y = df[response].to_numpy(dtype=float)
     distinct = np.unique(y)
-    glmm = "and bayeslmm fits Gaussian models only for now"
     if distinct.size == 2:
         lo, hi = distinct
         return (f"response {response!r} takes only the values {lo:g} and {hi:g}: a yes/no outcome fitted as "
-                f"Gaussian gets predictions outside {lo:g}-{hi:g} and the wrong uncertainty; it needs a binomial "
-                f"mixed model (lme4's glmer(..., family = binomial)), {glmm}")
+                f"Gaussian gets predictions outside {lo:g}-{hi:g} and the wrong uncertainty; fit it with --family "
+                "binomial (lme4's glmer(..., family = binomial))")
     if distinct.size < 2 or distinct[0] < 0 or not np.all(distinct == np.round(distinct)):
         return None
     zeros = float(np.mean(y == 0))
     if zeros >= COUNT_ZEROS or (distinct[0] == 0 and distinct.size <= COUNT_FEW):
         return (f"response {response!r} looks like counts (non-negative integers: {distinct.size} distinct values, "
                 f"{zeros:.0%} zeros): a Gaussian model of counts can predict impossible negative values and assumes "
-                "the same spread at every mean; counts need a Poisson or negative-binomial mixed model (lme4's "
-                f"glmer(..., family = poisson)), {glmm}")
+                "the same spread at every mean; fit counts with --family poisson (lme4's glmer(..., family = "
+                "poisson)), with offset(log(exposure)) if they were counted over different efforts")
     return None
 
 

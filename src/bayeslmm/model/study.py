@@ -10,11 +10,12 @@ from typing import Literal, get_args
 
 from bayeslmm.errors import BayeslmmError, StudyError
 from bayeslmm.model.formula import Formula, parse
+from bayeslmm.model.options import Family
 from bayeslmm.model.priors import Priors
 
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}
-_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior"}
+_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family"}
 _COMPARISON_KEYS = {"name", "models", "question"}
 
 
@@ -144,8 +145,12 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
                 raise StudyError(f"{where}: model #{i + 1} has no '{key}'")
         mname = _expect(m["name"], str, where, f"model #{i + 1} name")
         ftext = _expect(m["formula"], str, where, f"model {mname!r} formula")
+        family = m.get("family", "gaussian")
+        if family not in get_args(Family):
+            raise StudyError(f"{where}{_line_of(text, 'family')}: model {mname!r}: family must be "
+                             f"{', '.join(get_args(Family))}, not {family!r}")
         try:
-            formula = parse(ftext)
+            formula = parse(ftext, family)
         except BayeslmmError as exc:
             raise StudyError(f"{where}{_line_of(text, ftext)}: model {mname!r}: {exc}") from exc
         method = m.get("lme4_method", "reml")
