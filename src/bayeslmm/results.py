@@ -26,6 +26,23 @@ TIDY_COLUMNS = [
 EFFECTS = ("fixed", "ran_pars", "ran_vals")
 
 
+def latent_residual_variance(family: str, mean_count: float | None = None) -> float:
+    """The residual variance on the link scale that a GLMM's variance shares are taken against.
+
+    Gaussian models have sigma^2; a GLMM has none, so its shares use the distribution-specific
+    variance on the latent scale (Nakagawa, Johnson & Schielzeth 2017, J. R. Soc. Interface): pi^2/3
+    for the binomial's logit link (the logistic latent variable), ln(1 + 1/lambda) for the
+    Poisson's log link (lognormal approximation at the mean count lambda of the data's rows).
+    """
+    if family == "binomial":
+        return float(np.pi**2 / 3)
+    if family == "poisson":
+        if mean_count is None or not mean_count > 0:
+            raise ValueError("a Poisson model's latent residual variance needs the mean count (> 0)")
+        return float(np.log1p(1.0 / mean_count))
+    raise ValueError(f"no latent residual variance for family {family!r}")
+
+
 class Fit(Protocol):
     """What both :class:`~bayeslmm.engines.bayes.BayesFit` and :class:`~bayeslmm.lme4.frequentist.FreqFit` answer."""
 

@@ -21,7 +21,7 @@ from bayeslmm.labels import (
 )
 from bayeslmm.model.formula import fixed_design
 from bayeslmm.numbers import DIGITS, format_number
-from bayeslmm.results import conform
+from bayeslmm.results import conform, latent_residual_variance
 
 
 def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
@@ -208,9 +208,15 @@ def variance_partition_draws(fit) -> dict[str, np.ndarray]:
     339.7 / (339.7 + 223.8) for ``mixed.lmer``; slopes are left out, as their variance
     depends on the predictor's value; for one grouping factor the share is the intraclass
     correlation; correlations do not enter). The residual's share is under ``"Residual"``, last.
+    A GLMM has no residual sd: its shares are on the latent scale, against
+    :func:`~bayeslmm.results.latent_residual_variance` (pi^2/3 for the logit link).
     """
     keep = (sd_term(INTERCEPT), RESIDUAL_TERM)
     parts = {g: s**2 for (g, term), s in sd_draws(fit).items() if term in keep}
+    if fit.formula.is_glmm:
+        mean = float(np.mean(fit.data[fit.formula.response])) if fit.formula.family == "poisson" else None
+        parts[RESIDUAL] = np.full(next(iter(parts.values())).shape if parts else (1,),
+                                  latent_residual_variance(fit.formula.family, mean))
     total = sum(parts.values())
     return {g: v / total for g, v in parts.items()}
 
