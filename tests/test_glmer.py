@@ -51,7 +51,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, optimize, special, stats
 
-from bayeslmm.errors import OptionsError
+from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.lme4 import frequentist, glmer
 from bayeslmm.lme4.profile import profile_ci
 from bayeslmm.model.formula import model_frame, parse
@@ -478,3 +478,12 @@ def test_analysis_takes_glmer_fits_with_wald_intervals():
     lrt = frequentist.lrt(frequentist.fit(model_frame(parse("cbind(sick, size - sick) ~ season", "binomial"),
                                                       beyond("binomial_trials")[1])), fit)
     assert lrt["df"] == 1 and lrt["chisq"] > 50  # the farms matter
+
+
+def test_observation_level_effects_are_allowed_but_not_more_effects_than_rows():
+    """glmer allows as many levels as rows (the observation-level effect), not more random effects."""
+    entry, df = beyond("poisson_offset_olre")
+    frame = model_frame(parse("birds ~ temp + offset(log(hours)) + (1 + temp|obs)", "poisson"), df)
+    with pytest.raises(DataError, match="600 random effects of"):
+        frequentist.fit(frame)
+    assert _fitted("poisson_offset_olre")[1].ngroups["obs"] == entry["nobs"]

@@ -421,10 +421,14 @@ def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None
     nagq = nagq or 1
     _check_design(frame)
     n = frame.y.size
-    for blk in frame.blocks:
-        if not 1 < len(blk.levels) <= n:  # glmer's checkNlevels(allow.n = TRUE)
-            raise DataError(f"grouping factor {blk.term.group!r} has {len(blk.levels)} levels for {n} rows; "
+    for blk in frame.blocks:  # glmer's checkNlevels and checkZdims, with allow.n = TRUE
+        nl, q = len(blk.levels), len(blk.levels) * blk.values.shape[1]
+        if not 1 < nl <= n:
+            raise DataError(f"grouping factor {blk.term.group!r} has {nl} levels for {n} rows; "
                             "a random effect needs more than one level and no more levels than rows")
+        if q > n:
+            raise DataError(f"{n} rows for {q} random effects of {blk.term.lme4}: more effects than observations "
+                            "(glmer stops); drop coefficients from the term")
     with blas_threads(frame):
         g = glmer.fit_glmer(frame, nagq)
         md, m = g.modes, g.problem.structure
