@@ -5,7 +5,7 @@ fitted by REML with :func:`bayeslmm.lme4.frequentist.fit` on its CSV read as R's
 ``read.csv(stringsAsFactors = TRUE)`` reads it, and profiled with
 :func:`bayeslmm.lme4.profile.profile_ci`: fixed effects, their SEs, VarCorr (sds and
 correlations), logLik, AIC, BIC and the profile intervals, as R reports them. The glmer entries
-(binomial, Poisson) wait for a GLMM engine.
+(binomial, Poisson) are tests/test_glmer.py's.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _our_varcorr_key(row: dict) -> tuple[str, str]:
 
 def test_every_gaussian_entry_is_compared():
     assert set(PROFILE_REL) == set(LMER)
-    assert {e["family"] for e in ENTRIES} == {"gaussian", "binomial", "poisson"}  # the others: GLMMs, later
+    assert {e["family"] for e in ENTRIES} == {"gaussian", "binomial", "poisson"}  # the others: test_glmer.py
 
 
 @pytest.mark.parametrize("name", LMER)

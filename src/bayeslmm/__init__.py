@@ -28,8 +28,9 @@ Subpackages, one job each:
   columns), ``rterms`` (R's idioms: ``factor()``, ``I(x^2)``, ``poly()``, ``offset()``),
   ``data`` (files, R's ``scale()``, explicit nesting), ``simulate`` (the built-in data),
   ``study`` (study files), ``checks`` (every check before a fit), ``options`` (frozen options).
-- ``lme4``: lme4's side. ``lmer`` (penalized least squares, Satterthwaite), ``frequentist``
-  (``lm``/``lmer`` fits with R's names), ``profile`` (``confint(method = "profile")``).
+- ``lme4``: lme4's side. ``lmer`` (penalized least squares, Satterthwaite), ``glmer`` (PIRLS,
+  Laplace and AGQ deviances: binomial and Poisson), ``frequentist`` (``lm``/``lmer``/``glm``/``glmer``
+  fits with R's names), ``profile`` (``confint(method = "profile")``, linear mixed models).
 - ``engines``: the Bayesian fits. ``bayes`` (prepare, sample, cache, the Bambi engine),
   ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels),
   ``reference`` (the same posterior as a plain PyMC model, random effects included: the check

@@ -76,7 +76,8 @@ def fixef_table(tidy: pd.DataFrame) -> pd.DataFrame:
 
 
 #: What the estimates of :func:`varcorr_table` are, by the tidy table's ``method``.
-VARCORR_OF = {"bayes": "posterior means", "reml": "REML estimates", "ml": "ML estimates", "ols": "OLS estimates"}
+VARCORR_OF = {"bayes": "posterior means", "reml": "REML estimates", "ml": "ML estimates", "ols": "OLS estimates",
+              "laplace": "Laplace (ML) estimates", "agq": "AGQ (ML) estimates"}
 
 
 def varcorr_table(tidy: pd.DataFrame) -> pd.DataFrame:

@@ -114,10 +114,11 @@ def _nesting(result, group: str) -> tuple[str, str | None]:
 
 def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
     """lme4's estimates and intervals in the side-by-side table's columns: ``side`` itself (profile
-    intervals), else ``tidy``'s REML and ML rows (estimates only: broom.mixed gives their ran_pars no interval)."""
+    intervals), else ``tidy``'s REML, ML and glmer rows (estimates only: broom.mixed gives their ran_pars no
+    interval)."""
     if side is not None:
         return side
-    rows = tidy[tidy["method"].isin(["reml", "ml"])]
+    rows = tidy[tidy["method"].isin(["reml", "ml", "laplace", "agq"])]
     return rows.rename(columns={"method": "lme4_method", "estimate": "lme4_estimate", "conf_low": "lme4_conf_low",
                                 "conf_high": "lme4_conf_high"}).assign(lme4_ci="")
 

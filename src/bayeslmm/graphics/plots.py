@@ -28,6 +28,9 @@ METHODS = {
     "reml": (FREQ, "lme4 REML: estimate, {ci} Wald CI"),
     "ml": (PALETTE[1], "lme4 ML: estimate, {ci} Wald CI"),
     "ols": (PALETTE[2], "lm (OLS): estimate, {ci} CI"),
+    "laplace": (FREQ, "lme4 glmer (Laplace): estimate, {ci} Wald CI"),
+    "agq": (PALETTE[4], "lme4 glmer (AGQ): estimate, {ci} Wald CI"),
+    "glm": (PALETTE[2], "glm: estimate, {ci} Wald CI"),
 }
 
 STYLE = {

@@ -1,4 +1,5 @@
-"""Frequentist fits beside the Bayesian ones: R's ``lm`` and lme4's ``lmer`` (REML or ML).
+"""Frequentist fits beside the Bayesian ones: R's ``lm`` and lme4's ``lmer`` (REML or ML); for
+binomial and Poisson responses R's ``glm`` and lme4's ``glmer`` (Laplace or AGQ, :mod:`bayeslmm.lme4.glmer`).
 
 The mixed model follows Bates, Mächler, Bolker & Walker (2015), "Fitting linear mixed-effects
 models using lme4", J. Stat. Softw. 67(1), section 3: with the relative covariance factor
@@ -21,12 +22,18 @@ from scipy import linalg, stats
 
 from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.labels import COR_PREFIX, SD_PREFIX, cor_term, sd_term, sdcor_terms
+from bayeslmm.lme4 import glmer
 from bayeslmm.lme4.lmer import LmerProblem, Pls, blas_threads, satterthwaite
 from bayeslmm.model.formula import ModelFrame, RandomTerm
 from bayeslmm.results import EFFECTS, conform, memo, varcorr_table
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
 SINGULAR_TOL = 1e-4
+#: The methods of binomial and Poisson mixed models: glmer's Laplace approximation (``nAGQ = 1``)
+#: and adaptive Gauss-Hermite quadrature (``nAGQ > 1``); ``glm`` without random terms.
+GLMM_METHODS = ("laplace", "agq")
+#: How each method is named in tables and notes (lme4 users say "Laplace" and "AGQ").
+METHOD_LABELS = {"reml": "REML", "ml": "ML", "ols": "OLS", "laplace": "Laplace", "agq": "AGQ", "glm": "GLM"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,27 +42,34 @@ class FreqFit:
 
     Attributes
     ----------
-    method : {"ols", "reml", "ml"}
+    method : {"ols", "reml", "ml", "laplace", "agq", "glm"}
+        ``laplace`` and ``agq`` are glmer's (binomial, Poisson; :data:`GLMM_METHODS`), ``glm`` R's
+        ``glm`` of such a frame without random terms.
     formula : str
     fixef, se, t, df, p : Series
         Fixed effects (``coef`` for OLS), standard errors, t statistics, degrees of freedom
         (residual for OLS; lmerTest's Satterthwaite for REML and ML mixed fits, NaN where
-        lmerTest gives none) and two-sided p-values from the t distribution.
+        lmerTest gives none) and two-sided p-values from the t distribution. Binomial and Poisson
+        fits: Wald z statistics in ``t``, ``df`` NaN, p-values from the normal (``summary.glmerMod``).
     vcov : DataFrame
         Covariance matrix of the fixed effects: ``sigma^2 (X'X)^-1`` (OLS) or lme4's
         ``sigma^2 (X'V^-1 X)^-1`` with V the marginal covariance over sigma^2, the variance
         parameters taken as known.
     sigma : float
-        Residual standard deviation.
+        Residual standard deviation (1 for binomial and Poisson fits, as R's ``sigma()``).
     loglik, aic, bic : float
-        R's ``logLik`` (the REML one for REML fits), ``AIC`` and ``BIC``.
+        R's ``logLik`` (the REML one for REML fits), ``AIC`` and ``BIC``. An AGQ fit's is the
+        log-likelihood on the Laplace fit's scale; R's differs by a constant
+        (:mod:`bayeslmm.lme4.glmer`).
     npar : int
-        Parameters counted by ``logLik``'s df: p + 1 (OLS) or p + len(theta) + 1.
+        Parameters counted by ``logLik``'s df: p + 1 (OLS) or p + len(theta) + 1; p + len(theta)
+        for glmer, p for glm (no scale parameter).
     nobs : int
     r_squared : float or None
         OLS only.
     deviance, reml_criterion : float or None
-        ``-2 logLik`` of ML fits; lme4's ``REMLcrit`` of REML fits.
+        ``-2 logLik`` of ML fits; lme4's ``REMLcrit`` of REML fits. Binomial and Poisson fits: R's
+        ``deviance()``, the sum of squared deviance residuals (conditional on the modes for glmer).
     theta : Series or None
         lme4's relative covariance factor, in lme4's order and names (``getME(fit, "theta")``).
     varcorr : DataFrame or None
@@ -73,6 +87,9 @@ class FreqFit:
     boundary : tuple of (group, term, words)
         The parameters that make the fit singular: an sd at 0 or a correlation at +-1
         (:func:`_at_boundary`), each with what it is in words, naming its random term in lme4's syntax.
+    family : {"gaussian", "binomial", "poisson"}
+    nagq : int or None
+        glmer's ``nAGQ`` (1 = Laplace); None for other fits.
     """
 
     method: str
@@ -101,6 +118,8 @@ class FreqFit:
     singular: bool = False
     boundary: tuple[tuple[str, str, str], ...] = ()
     name: str = "model"
+    family: str = "gaussian"
+    nagq: int | None = None
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
 
     def tidy(self, ci: float = 0.95, effects: tuple[str, ...] = EFFECTS) -> pd.DataFrame:
@@ -135,7 +154,8 @@ class FreqFit:
         why = ("the groups' estimated effects on those coefficients lie on one line (common with few groups)" if cors
                else "the data show no variation there beyond what the rest of the model explains")
         advice = "dropping that term or its correlations (x||g)" if cors else "dropping that term"
-        return (f"boundary (singular) fit: lme4's {self.method.upper()} fit puts {what}: {why}; the posterior (never "
+        label = METHOD_LABELS.get(self.method, self.method)
+        return (f"boundary (singular) fit: lme4's {label} fit puts {what}: {why}; the posterior (never "
                 f"exactly at the boundary) says how large it could still be; consider {advice}")
 
 
@@ -165,16 +185,18 @@ def _check_design(frame: ModelFrame) -> None:
         raise DataError(f"fixed-effect columns are linearly dependent ({names}); drop or merge them")
 
 
-def _fixed_table(frame: ModelFrame, beta: np.ndarray, cov: np.ndarray, df: np.ndarray) -> dict:
+def _fixed_table(frame: ModelFrame, beta: np.ndarray, cov: np.ndarray, df: np.ndarray | None) -> dict:
+    """Estimates, SEs, t (``df=None``: Wald z, p-values from the normal) and the covariance, named."""
     names = list(frame.x_names)
     se = np.sqrt(np.diag(cov))
     t = beta / se
+    p = 2 * (stats.norm.sf(np.abs(t)) if df is None else stats.t.sf(np.abs(t), df))
     return {
         "fixef": pd.Series(beta, index=names),
         "se": pd.Series(se, index=names),
         "t": pd.Series(t, index=names),
-        "df": pd.Series(df, index=names),
-        "p": pd.Series(2 * stats.t.sf(np.abs(t), df), index=names),
+        "df": pd.Series(np.nan if df is None else df, index=names, dtype=float),
+        "p": pd.Series(p, index=names),
         "vcov": pd.DataFrame(cov, index=names, columns=names),
     }
 
@@ -344,13 +366,117 @@ def _at_boundary(T: np.ndarray, coefs: tuple[str, ...]) -> list[str]:
     return out
 
 
-def fit(frame: ModelFrame, method: Literal["reml", "ml", "ols"] = "reml") -> FreqFit:
-    """Fit a frame as R would: ``lm`` without random terms, ``lmer`` (REML or ML) with them."""
+def fit(frame: ModelFrame, method: str | None = None, nagq: int | None = None) -> FreqFit:
+    """Fit a frame as R would: ``lm`` or ``glm`` without random terms; ``lmer`` (REML or ML) or, for
+    binomial and Poisson frames, ``glmer`` (Laplace or AGQ) with them.
+
+    Parameters
+    ----------
+    frame : ModelFrame
+    method : str, optional
+        Gaussian: ``"reml"`` (default) or ``"ml"``; binomial and Poisson: ``"laplace"`` (default) or
+        ``"agq"`` (:data:`GLMM_METHODS`). Ignored without random terms (``ols``, ``glm``).
+    nagq : int, optional
+        glmer's ``nAGQ`` for ``method="agq"`` (more than 1; one scalar random term).
+    """
+    if frame.family != "gaussian":
+        if not frame.blocks:
+            return fit_glm(frame)
+        return fit_glmm(frame, method or "laplace", nagq)
+    if nagq is not None:
+        raise OptionsError("nAGQ is for binomial and Poisson mixed models (glmer); lmer integrates exactly")
+    method = method or "reml"
     if not frame.blocks:
         return fit_ols(frame)
     if method == "ols":
         raise OptionsError(f"{frame.formula.text!r} has random terms; choose method 'reml' or 'ml'")
     return fit_lmm(frame, method)
+
+
+def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None) -> FreqFit:
+    """Fit a binomial or Poisson mixed model as ``lme4::glmer`` (:mod:`bayeslmm.lme4.glmer`).
+
+    Parameters
+    ----------
+    frame : ModelFrame
+    method : {"laplace", "agq"}
+        The Laplace approximation (``nAGQ = 1``), or adaptive Gauss-Hermite quadrature with
+        ``nagq`` nodes (one scalar random-effect term).
+    nagq : int, optional
+        1 for Laplace (the default); more than 1 (e.g. 25) for AGQ.
+
+    Returns
+    -------
+    FreqFit
+        Wald z tests, lme4's Hessian-based SEs, sds of the random effects on the link scale (no
+        residual row), conditional modes and their conditional sds.
+    """
+    if method not in GLMM_METHODS:
+        raise OptionsError(f"a {frame.family} mixed model is fitted by method 'laplace' or 'agq' (glmer), "
+                           f"not {method!r}")
+    if method == "laplace" and nagq not in (None, 1):
+        raise OptionsError(f"method 'laplace' is nAGQ = 1; for nAGQ = {nagq} use method 'agq'")
+    if method == "agq" and (nagq is None or nagq < 2):
+        raise OptionsError("method 'agq' needs nagq > 1 Gauss-Hermite nodes (lme4's nAGQ, e.g. 25)")
+    nagq = nagq or 1
+    _check_design(frame)
+    n = frame.y.size
+    for blk in frame.blocks:  # glmer's checkNlevels and checkZdims, with allow.n = TRUE
+        nl, q = len(blk.levels), len(blk.levels) * blk.values.shape[1]
+        if not 1 < nl <= n:
+            raise DataError(f"grouping factor {blk.term.group!r} has {nl} levels for {n} rows; "
+                            "a random effect needs more than one level and no more levels than rows")
+        if q > n:
+            raise DataError(f"{n} rows for {q} random effects of {blk.term.lme4}: more effects than observations "
+                            "(glmer stops); drop coefficients from the term")
+    with blas_threads(frame):
+        g = glmer.fit_glmer(frame, nagq)
+        md, m = g.modes, g.problem.structure
+        pls = Pls(md.theta, md.lam, md.factor, float("nan"), (), md.beta, md.u, float("nan"))
+        varcorr, ranef, ranef_sd, boundary = _random_parts(m, pls, 1.0)
+    npar = m.p + md.theta.size
+    return FreqFit(
+        method=method,
+        formula=frame.formula.text,
+        **_fixed_table(frame, md.beta, g.vcov, None),
+        sigma=1.0,
+        loglik=g.loglik,
+        aic=-2 * g.loglik + 2 * npar,
+        bic=-2 * g.loglik + np.log(n) * npar,
+        npar=npar,
+        nobs=n,
+        deviance=g.deviance,
+        theta=pd.Series(md.theta, index=m.theta_names),
+        varcorr=varcorr[varcorr["group"] != "Residual"].reset_index(drop=True),
+        ranef=ranef,
+        ranef_sd=ranef_sd,
+        ngroups={b.term.group: len(b.levels) for b in m.blocks},
+        converged=g.converged,
+        singular=g.singular,
+        boundary=boundary,
+        family=frame.family,
+        nagq=nagq,
+    )
+
+
+def fit_glm(frame: ModelFrame) -> FreqFit:
+    """R's ``glm`` of a binomial or Poisson frame (random blocks, if any, are ignored): Wald z tests."""
+    _check_design(frame)
+    g = glmer.fit_glm(frame)
+    n, p = frame.X.shape
+    return FreqFit(
+        method="glm",
+        formula=frame.formula.text,
+        **_fixed_table(frame, g.beta, g.vcov, None),
+        sigma=1.0,
+        loglik=g.loglik,
+        aic=-2 * g.loglik + 2 * p,
+        bic=-2 * g.loglik + np.log(n) * p,
+        npar=p,
+        nobs=n,
+        deviance=g.deviance,
+        family=frame.family,
+    )
 
 
 def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFrame:
@@ -405,7 +531,8 @@ def lrt(reduced: FreqFit, full: FreqFit) -> dict:
     """Likelihood-ratio test of nested ML fits, as R's ``anova(reduced, full)``.
 
     Both fits must be ML: method ``ml``, or ``ols`` (whose logLik is the ML one, so an ``lm``
-    can be the reduced model as in ``anova(lmer_fit, lm_fit)``).
+    can be the reduced model as in ``anova(lmer_fit, lm_fit)``); binomial and Poisson fits
+    (``laplace``, ``agq``, ``glm``) are ML fits of one family.
 
     Returns
     -------
@@ -417,13 +544,16 @@ def lrt(reduced: FreqFit, full: FreqFit) -> dict:
     ------
     OptionsError
         If a fit is REML (refit with ``method="ml"``, as lme4's ``anova`` does), the fits have
-        different numbers of rows, or ``reduced`` has no fewer parameters than ``full``.
+        different families or numbers of rows, or ``reduced`` has no fewer parameters than ``full``.
     """
     for label, f in (("reduced", reduced), ("full", full)):
         if f.method == "reml":
             raise OptionsError(
                 f"the {label} model is a REML fit; a likelihood-ratio test needs ML fits (method='ml')"
             )
+    if reduced.family != full.family:
+        raise OptionsError(f"the models have different response families ({reduced.family} and {full.family}); "
+                           "a likelihood-ratio test compares models of one family")
     if reduced.nobs != full.nobs:
         raise OptionsError(f"the models were fitted to different rows ({reduced.nobs} and {full.nobs})")
     if reduced.npar >= full.npar:
@@ -448,7 +578,16 @@ def variance_partition(fit: FreqFit) -> dict[str, float]:
     Only random-intercept variances count (a slope's contribution depends on the covariate; the
     shares are those at covariate value 0). For one grouping factor the share is the ICC.
     The residual's share is under ``"Residual"``.
+
+    Raises
+    ------
+    OptionsError
+        For binomial and Poisson fits: they have no residual variance on the scale of their
+        random effects (a latent-scale share would need a convention this function does not make).
     """
+    if fit.family != "gaussian":
+        raise OptionsError(f"no variance partition for a {fit.family} fit: its random effects live on the link "
+                           "scale, which has no residual variance to compare them with")
     vc = fit.varcorr
     keep = vc[(vc.term == "sd__(Intercept)") | (vc.group == "Residual")]
     var = keep.groupby("group", sort=False)["variance"].sum()

@@ -351,10 +351,14 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     Raises
     ------
     OptionsError
-        For a level outside (0, 1), an OLS fit, or a fit that does not belong to ``frame``.
+        For a level outside (0, 1), an OLS fit, a binomial or Poisson model (Wald intervals only), or a
+        fit that does not belong to ``frame``.
     """
     if not 0 < level < 1:
         raise OptionsError(f"level must be between 0 and 1, not {level}")
+    if frame.family != "gaussian" or getattr(fit, "family", "gaussian") != "gaussian":
+        raise OptionsError(f"no profile intervals for a {frame.family} model (glmer): its intervals are Wald, as R's "
+                           "confint(method = 'Wald'), with none for the standard deviations")
     if getattr(fit, "method", None) not in ("reml", "ml") or fit.theta is None:
         raise OptionsError("profile intervals need a mixed-model fit (fit_lmm, method 'reml' or 'ml')")
     nth = sum(b.values.shape[1] * (b.values.shape[1] + 1) // 2 for b in frame.blocks)

@@ -23,15 +23,32 @@ def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
     out = {}
     for name, fit in fits.items():
         frame = model_frame(fit.formula, fit.data)
-        methods = ("reml", "ml") if fit.formula.is_mixed else ("ols",)
-        for method in methods:
+        for method in frequentist_methods(fit.formula):
             out[(name, method)] = replace(frequentist.fit(frame, method), name=name)
     return out
 
 
+def frequentist_methods(formula) -> tuple[str, ...]:
+    """R's fits of a formula: REML and ML (``lmer``), Laplace (``glmer``, binomial and Poisson), or
+    OLS / GLM without random terms."""
+    if formula.is_glmm:
+        return ("laplace",) if formula.is_mixed else ("glm",)
+    return ("reml", "ml") if formula.is_mixed else ("ols",)
+
+
 def lme4_method(spec) -> str:
-    """Which frequentist fit stands beside a model: OLS, or the study's REML/ML choice."""
+    """Which frequentist fit stands beside a model: OLS or GLM, glmer's Laplace fit, or the study's REML/ML choice."""
+    if spec.formula.is_glmm:
+        return frequentist_methods(spec.formula)[0]
     return spec.lme4_method if spec.formula.is_mixed else "ols"
+
+
+def ml_fit(freq: dict, name: str):
+    """The maximum-likelihood fit of a model for likelihood-ratio tests: ML, Laplace, OLS or GLM (None if absent)."""
+    for method in ("ml", "laplace", "agq", "ols", "glm"):
+        if (name, method) in freq:
+            return freq[(name, method)]
+    return None
 
 
 def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
@@ -65,13 +82,16 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
 
 
 def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[str, pd.DataFrame]:
-    """lme4's profile-likelihood intervals of each mixed model (as ``confint(method = "profile")``):
-    fixed effects, standard deviations and correlations (of terms of any number of coefficients)."""
+    """lme4's profile-likelihood intervals of each linear mixed model (as ``confint(method = "profile")``):
+    fixed effects, standard deviations and correlations (of terms of any number of coefficients).
+
+    Binomial and Poisson mixed models get none: their intervals stay Wald (R's ``confint(method =
+    "Wald")``, no interval for an sd), as :func:`side_by_side_all` labels them."""
     from bayeslmm.lme4.profile import profile_ci
 
     out = {}
     for spec in study.models:
-        if not spec.formula.is_mixed:
+        if not spec.formula.is_mixed or spec.formula.is_glmm:
             continue
         fit = fits[spec.name]
         prof = profile_ci(model_frame(fit.formula, fit.data), freq[(spec.name, lme4_method(spec))], ci)
@@ -80,10 +100,11 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
 
 
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
-    """Variance partition of every mixed model: REML point values beside the posterior."""
+    """Variance partition of every linear mixed model: REML point values beside the posterior (binomial and
+    Poisson models have no residual variance on their random effects' scale: none)."""
     tables = []
     for spec in study.models:
-        if not spec.formula.is_mixed:
+        if not spec.formula.is_mixed or spec.formula.is_glmm:
             continue
         point = frequentist.variance_partition(freq[(spec.name, "reml")])
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
@@ -94,7 +115,7 @@ def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
     """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
     tables = []
     for comp in study.comparisons:
-        ml = {m: freq.get((m, "ml")) or freq.get((m, "ols")) for m in comp.models}
+        ml = {m: ml_fit(freq, m) for m in comp.models}
         tables.append(compare_models(comp.name, comp.models, fits, ml))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
