@@ -447,8 +447,13 @@ def test_methods_and_their_errors():
         frequentist.fit(gaussian, "ml", 5)
     with pytest.raises(OptionsError, match="Wald"):
         profile_ci(frame, _fitted("binomial_trials")[1])
-    with pytest.raises(OptionsError, match="no variance partition"):
-        frequentist.variance_partition(_fitted("binomial_trials")[1])
+    # a GLMM's shares are on the latent scale (pi^2/3 for the logit link); Poisson needs the mean count
+    entry = beyond("binomial_trials")[0]
+    var = entry["varcorr"][0]["vcov"]
+    share = frequentist.variance_partition(_fitted("binomial_trials")[1])
+    assert share["farm"] == pytest.approx(var / (var + np.pi**2 / 3), rel=1e-4)
+    with pytest.raises(ValueError, match="mean count"):
+        frequentist.variance_partition(_fitted("poisson_offset")[1])
     with pytest.raises(OptionsError, match="different response families"):
         frequentist.lrt(frequentist.fit(gaussian, "ml"), _fitted("binomial_trials")[1])
 

@@ -25,7 +25,7 @@ from bayeslmm.labels import COR_PREFIX, SD_PREFIX, cor_term, sd_term, sdcor_term
 from bayeslmm.lme4 import glmer
 from bayeslmm.lme4.lmer import LmerProblem, Pls, blas_threads, satterthwaite
 from bayeslmm.model.formula import ModelFrame, RandomTerm
-from bayeslmm.results import EFFECTS, conform, memo, varcorr_table
+from bayeslmm.results import EFFECTS, conform, latent_residual_variance, memo, varcorr_table
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
 SINGULAR_TOL = 1e-4
@@ -572,23 +572,22 @@ def lrt(reduced: FreqFit, full: FreqFit) -> dict:
     }
 
 
-def variance_partition(fit: FreqFit) -> dict[str, float]:
+def variance_partition(fit: FreqFit, mean_count: float | None = None) -> dict[str, float]:
     """Share of each variance in the total: group -> var_g / (sum of variances + residual).
 
     Only random-intercept variances count (a slope's contribution depends on the covariate; the
     shares are those at covariate value 0). For one grouping factor the share is the ICC.
-    The residual's share is under ``"Residual"``.
-
-    Raises
-    ------
-    OptionsError
-        For binomial and Poisson fits: they have no residual variance on the scale of their
-        random effects (a latent-scale share would need a convention this function does not make).
+    The residual's share is under ``"Residual"``. A binomial or Poisson fit has no residual
+    variance: its shares are on the latent scale, against
+    :func:`~bayeslmm.results.latent_residual_variance` (the Bayesian side's rule; the Poisson's
+    mean count is the data's, ``mean_count``).
     """
-    if fit.family != "gaussian":
-        raise OptionsError(f"no variance partition for a {fit.family} fit: its random effects live on the link "
-                           "scale, which has no residual variance to compare them with")
     vc = fit.varcorr
     keep = vc[(vc.term == "sd__(Intercept)") | (vc.group == "Residual")]
     var = keep.groupby("group", sort=False)["variance"].sum()
+    if fit.family != "gaussian":
+        if fit.family == "poisson" and mean_count is None:
+            raise ValueError("the latent-scale share of a Poisson fit needs the data's mean count")
+        var = pd.concat([var[var.index != "Residual"],
+                         pd.Series({"Residual": latent_residual_variance(fit.family, mean_count)})])
     return {str(g): float(v / var.sum()) for g, v in var.items()}

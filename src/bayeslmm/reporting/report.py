@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.graphics.figures import focus_term, make_figures
+from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
@@ -21,8 +22,6 @@ from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
     from bayeslmm.runner import Fitted
-
-_LME4_LABEL = {"reml": "REML", "ml": "ML", "ols": "OLS"}
 
 
 def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float], ci: float = 0.95) -> list[Block]:

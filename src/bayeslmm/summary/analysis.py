@@ -100,13 +100,16 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
 
 
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
-    """Variance partition of every linear mixed model: REML point values beside the posterior (binomial and
-    Poisson models have no residual variance on their random effects' scale: none)."""
+    """Variance partition of every mixed model: lme4's point values (REML; Laplace for a GLMM, on the latent
+    scale as the posterior's) beside the posterior."""
     tables = []
     for spec in study.models:
-        if not spec.formula.is_mixed or spec.formula.is_glmm:
+        if not spec.formula.is_mixed:
             continue
-        point = frequentist.variance_partition(freq[(spec.name, "reml")])
+        fit = fits[spec.name]
+        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family == "poisson" else None
+        method = "laplace" if spec.formula.is_glmm else "reml"
+        point = frequentist.variance_partition(freq[(spec.name, method)], mean)
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
