@@ -47,7 +47,7 @@ TRUTH_PASSED: dict[str, float] = {
 #: Correlation of a range's effect on passing with its effect on the score. Less than 1, so that
 #: range means of body length do not explain the ranges' passing rates completely: the more they
 #: do, the more a random intercept per range (which assumes range effects unrelated to body
-#: length) lends body length the ranges' differences (at 1, 3 of 11 seeded data sets put the
+#: length) lends body length the ranges' differences (at 0.8, 3 of 11 seeded data sets put the
 #: body-length effect's 95% interval above 0; at 0.7, 1 of 11, just: Bambi fits of the default
 #: seed and seeds 1 to 10, outside the tests).
 PASSED_RANGE_COR = 0.7
