@@ -246,3 +246,14 @@ def test_more_random_effects_than_rows_is_refused_as_lme4_does(builtin):
         checks.validate(parse("testScore ~ bodyLength2 + (1 + bodyLength2|sample)"), two_per_site)
     three_per_site = builtin.groupby("sample", observed=True).head(3)
     checks.validate(parse("testScore ~ bodyLength2 + (1 + bodyLength2|sample)"), three_per_site)
+
+
+def test_an_observation_level_effect_is_allowed_in_a_glmm_only(builtin):
+    """glmer checks with allow.n = TRUE (n < random effects stops, n == allowed): one effect per row,
+    the observation-level effect for overdispersed counts, has no residual to be confused with."""
+    olre = "flames ~ bodyLength2 + offset(log(hoursObserved)) + (1|mountainRange) + (1|dragon)"
+    checks.validate(parse(olre, "poisson"), builtin)
+    with pytest.raises(DataError, match=r"480 rows for 480 random effects of \(1\|dragon\)"):
+        checks.validate(parse("testScore ~ bodyLength2 + (1|dragon)"), builtin)
+    with pytest.raises(DataError, match=r"480 rows for 960 random effects of \(1 \+ bodyLength2\|dragon\)"):
+        checks.validate(parse("flames ~ 1 + (1 + bodyLength2|dragon)", "poisson"), builtin)

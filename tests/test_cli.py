@@ -86,7 +86,7 @@ def test_simulate_writes_csv(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out)
-    assert df.shape == (480, 4)
+    assert df.shape == (480, 8)  # the tutorial's four columns, then passed, flames, hoursObserved, dragon
 
 
 def test_user_error_is_one_line(tmp_path):

@@ -36,7 +36,7 @@ def test_simulator_design_and_seed():
     a, b = simulate_dragons(1), simulate_dragons(1)
     pd.testing.assert_frame_equal(a, b)
     assert not simulate_dragons(2).equals(a)
-    assert a.shape == (480, 4)
+    assert a.shape == (480, 8)
     assert a.groupby(["mountainRange", "site"], observed=True).size().eq(20).all()
     assert set(TRUTH) >= {"(Intercept)", "bodyLength2", "sigma"}
 

@@ -139,8 +139,8 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
             raise DataError(f"grouping factor {r.group!r} has only one level; a random effect needs at least two "
                             f"groups (drop {r.lme4})")
         q = len(levels) * len(r.coefs)
-        # lme4's check.nobs.vs.nRE, an error by default: lmer stops at n <= q, glmer at n < q (an
-        # observation-level effect (1|obs), one level per row, is glmer's remedy for overdispersion)
+        # lme4's check.nobs.vs.nRE, an error by default; glmer (allow.n = TRUE, no residual to tell apart)
+        # stops only below n, so a GLMM may have one effect per row (an observation-level effect)
         if len(df) < q or (len(df) == q and not formula.is_glmm):
             raise DataError(f"{len(df)} rows for {q} random effects of {r.lme4} ({len(levels)} levels x "
                             f"{len(r.coefs)} coefficients): they cannot be told apart from the residual (lme4 stops: "
