@@ -594,4 +594,5 @@ def _with_diagnostics(fit: BayesFit) -> BayesFit:
     from bayeslmm.summary.tables import diagnostics
 
     core = fit.tidy(effects=("fixed", "ran_pars"))
-    return replace(fit, sampler_notes=tuple(sampler_warnings(diagnostics(fit, core), engine=fit.engine)))
+    notes = sampler_warnings(diagnostics(fit, core), engine=fit.engine, gaussian=not fit.formula.is_glmm)
+    return replace(fit, sampler_notes=tuple(notes))

@@ -521,11 +521,13 @@ def label_reuse(
     return LabelReuse(outer, inner, n_cells == len(levels_a) * len(levels_b), test)
 
 
-def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi") -> list[str]:
-    """Sampler trouble from :func:`bayeslmm.summary.tables.diagnostics`, each with what to do."""
+def sampler_warnings(diag: dict, ess_min: float = 400.0, engine: str = "bambi", gaussian: bool = True) -> list[str]:
+    """Sampler trouble from :func:`bayeslmm.summary.tables.diagnostics`, each with what to do
+    (``gaussian``: whether the marginal engine, which has no funnel, could fit the model)."""
     notes = []
     if diag["divergences"]:
-        fix = ("use --engine marginal (no funnel) or raise --target-accept (e.g. 0.99)" if engine == "bambi" else
+        fix = ("use --engine marginal (no funnel) or raise --target-accept (e.g. 0.99)" if engine == "bambi"
+               and gaussian else
                "raise --target-accept (e.g. 0.99), rescale predictors, or drop terms the data cannot identify")
         notes.append(f"{diag['divergences']} divergent transitions: the posterior has regions NUTS cannot explore "
                      f"(often a standard deviation near 0 or a correlation near +-1); {fix}")
