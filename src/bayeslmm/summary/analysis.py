@@ -10,7 +10,7 @@ import pandas as pd
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
 from bayeslmm.summary.compare import compare_models
-from bayeslmm.summary.sidebyside import side_by_side, variance_partition_table
+from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
 
@@ -64,6 +64,13 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
     return pd.concat(tables, ignore_index=True)
 
 
+def ratio_tables(study, fits: dict, side: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+    """Odds ratios and rate ratios of every binomial and Poisson model (:func:`ratio_table`); empty without any."""
+    tables = [ratio_table(fits[spec.name], side[side["model"] == spec.name], ci)
+              for spec in study.models if spec.formula.is_glmm]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
 def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[str, pd.DataFrame]:
     """lme4's profile-likelihood intervals of each mixed model (as ``confint(method = "profile")``):
     fixed effects, standard deviations and correlations (of terms of any number of coefficients)."""
@@ -80,10 +87,11 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
 
 
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
-    """Variance partition of every mixed model: REML point values beside the posterior."""
+    """Variance partition of every Gaussian mixed model: REML point values beside the posterior (a binomial or
+    Poisson model has no residual variance on the link scale to share the total with)."""
     tables = []
     for spec in study.models:
-        if not spec.formula.is_mixed:
+        if not spec.formula.is_mixed or spec.formula.is_glmm:  # no residual variance on the link scale
             continue
         point = frequentist.variance_partition(freq[(spec.name, "reml")])
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
