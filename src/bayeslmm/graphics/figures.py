@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bayeslmm.graphics import plots, plots_checks, plots_pooling
+from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
 from bayeslmm.reporting.document import Image
+from bayeslmm.summary import predict, residuals
 from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
@@ -67,8 +68,8 @@ def main_model(result, x: str | None = None) -> str | None:
 
     Among models with random effects (and ``x`` as a fixed term, when given): the one whose
     grouping factors have the most levels in all (the most detailed random structure, e.g.
-    sites nested in ranges rather than ranges alone or three crossed site labels); ties go to
-    the model listed first.
+    sites nested in ranges rather than ranges alone or three crossed site labels; a factor with a
+    level per row, an observation-level effect, does not count); ties go to the model listed first.
     """
     best, score = None, -1
     for spec in result.study.models:
@@ -76,7 +77,8 @@ def main_model(result, x: str | None = None) -> str | None:
         if not f.random or spec.name not in result.fits or (x is not None and x not in f.fixed):
             continue
         data = result.fits[spec.name].data
-        n = sum(data.groupby(list(r.group_columns), observed=True).ngroups for r in f.random)
+        levels = [data.groupby(list(r.group_columns), observed=True).ngroups for r in f.random]
+        n = sum(k for k in levels if k < len(data))  # an observation-level effect (1|obs) adds no structure
         if n > score:
             best, score = spec.name, n
     if best is None and x is not None:
@@ -84,11 +86,14 @@ def main_model(result, x: str | None = None) -> str | None:
     return best
 
 
-def _pooled_fit(result, x: str):
-    """The simplest model with ``x`` and an intercept and no random terms."""
+def _pooled_fit(result, x: str, like=None):
+    """The simplest model with ``x`` and an intercept and no random terms (of the same response and
+    family as the formula ``like``, the first model's by default)."""
+    like = like if like is not None else result.study.models[0].formula
     for spec in result.study.models:
         f = spec.formula
-        if not f.random and f.fixed == (x,) and f.intercept and spec.name in result.fits:
+        if (not f.random and f.fixed == (x,) and f.intercept and spec.name in result.fits
+                and (f.response, f.family) == (like.response, like.family)):
             return result.fits[spec.name]
     return None
 
@@ -124,12 +129,15 @@ def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
-                 side: pd.DataFrame | None = None) -> list[Image]:
+                 side: pd.DataFrame | None = None, skipped: list[str] | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
     the same mass). ``side``, the side-by-side table, gives lme4's profile intervals of the
-    correlations; without it their lme4 estimates come from ``tidy``.
+    correlations; without it their lme4 estimates come from ``tidy``. Binomial and Poisson models
+    get their own checks (:mod:`bayeslmm.graphics.plots_glmm`) and the data, lines and bands on
+    the response scale; a figure that does not apply to them is left out, and ``skipped`` (a list,
+    when given) receives one line per figure left out saying why.
     """
     df, figures = result.data, []
     mass = percent(ci)
@@ -142,8 +150,14 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
         fig.savefig(root / "figures" / f"{_safe(name)}.png")
         figures.append(Image(f"figures/{_safe(name)}.png", caption))
 
+    def skip(reason: str) -> None:
+        if skipped is not None and reason not in skipped:
+            skipped.append(reason)
+
     order = [m.name for m in result.study.models]
-    response = result.study.models[0].formula.response
+    first = result.study.models[0].formula
+    response = first.response
+    binary = first.family == "binomial" and not first.cbind  # yes/no: 0s and 1s
     x, group = focus_term(result), focus_group(result)
     simple_group = group is not None and ":" not in group
     n_levels = len(levels_of(df, group)) if simple_group else 0
@@ -151,50 +165,74 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     main = main_model(result, x)
     main_fit = result.fits[main] if main else None
 
-    # The data.
-    save(lambda: plots.response_histogram(df, response), "response_histogram",
-         f"Distribution of {response}: the response of every model.")
+    # The data (a binomial or Poisson response on its response scale: proportions, 0/1, rates).
+    shown = response
+    if first.is_glmm:
+        values, shown = predict.response_scale(first, df)
+        df = df.assign(**{shown: values})
+    integers = first.is_glmm and not first.offsets and np.all(np.mod(df[shown].dropna(), 1) == 0)
+    bins = np.arange(-0.5, df[shown].max() + 1) if integers and df[shown].max() <= 60 else 30
+    save(lambda: plots.response_histogram(df, shown, bins), "response_histogram",
+         f"Distribution of {shown}: the response of {'every model' if len(order) > 1 else 'the model'}.")
     if x is not None:
-        save(lambda: plots.pooled_regression(df, x, response, _pooled_draws(result, x), ci), "pooled_regression",
-             f"{response} against {x} with the pooled regression (posterior mean and {mass} band): every "
-             "observation treated as independent.")
+        save(lambda: plots.pooled_regression(df, x, shown, _pooled_draws(result, x), ci, first.family),
+             "pooled_regression",
+             f"{shown} against {x} with the pooled regression (posterior mean and {mass} band"
+             + ("" if not first.is_glmm else ", on the response scale") + "): every observation treated as "
+             "independent.")
     if simple_group:
-        save(lambda: plots.group_boxplot(df, response, group), f"boxplot_{group}",
-             f"{response} by {group}: the levels differ in their typical {response}.")
-        if x is not None and n_levels <= MAX_COLOURS:
-            save(lambda: plots.group_scatter(df, x, response, group), f"scatter_{group}",
-                 f"{response} against {x}, coloured by {group}: each {group} occupies its own region, so "
+        if binary:
+            skip(f"No boxplot or scatter of {response} by {group}: a yes/no response is 0 or 1 in every row; "
+                 f"the per-{group} predictive check shows each {group}'s proportion.")
+        else:
+            save(lambda: plots.group_boxplot(df, shown, group), f"boxplot_{group}",
+                 f"{shown} by {group}: the levels differ in their typical {shown}.")
+        if x is not None and n_levels <= MAX_COLOURS and not binary:
+            save(lambda: plots.group_scatter(df, x, shown, group), f"scatter_{group}",
+                 f"{shown} against {x}, coloured by {group}: each {group} occupies its own region, so "
                  f"a pooled slope mixes differences between {group}s with the effect of {x}.")
-        if x is not None and n_levels <= MAX_FACETS:
+        if x is not None and n_levels <= MAX_FACETS and first.is_glmm:
+            skip(f"No separate regression per {group} (no pooling): its least-squares lines would be on the "
+                 f"scale of {shown}, not on the model's ({predict.scale_label(first)}).")
+        elif x is not None and n_levels <= MAX_FACETS:
             save(lambda: plots.group_facets(df, x, response, group), f"facets_{group}",
                  f"A separate regression in each {group} (no pooling): within each, the slope of {x}.")
 
     # What the models say about the question.
-    pooled = _pooled_fit(result, x) if x is not None else None
+    pooled = _pooled_fit(result, x, main_fit.formula if main_fit is not None else None) if x is not None else None
     if x is not None and main_fit is not None and tuple(main_fit.formula.fixed) == (x,):
         lines = [f for f in (pooled, main_fit) if f is not None]
         save(lambda: plots_checks.population_lines(lines, df, x, ci), f"population_lines_{x}",
              f"The slope of {x} without groups and in {main}'s population line (fixed effects only, for an "
-             f"average group): posterior means and {mass} credible bands.")
+             f"average group): posterior means and {mass} credible bands"
+             + (f", on the response scale ({predict.response_scale(main_fit.formula, df)[1]}); the mixed model's "
+                "line is a typical group's (every group effect 0), which on this scale is not the average over "
+                "groups." if main_fit.formula.is_glmm else "."))
     if x is not None and (tidy["term"] == x).any():
         save(lambda: plots.forest(tidy, x, models=order, ci=ci), f"forest_{x}",
              f"The estimate of {x} in every model, with its {mass} interval: the answer to the study's question.")
     if (tidy["effect"] == "ran_pars").any():
-        save(lambda: plots.forest_sd(tidy, models=order, response=response, ci=ci), "forest_sd",
+        scales = {predict.scale_label(m.formula) for m in result.study.models}
+        save(lambda: plots.forest_sd(tidy, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
+             "forest_sd",
              f"Standard deviations of the group effects and of the residual in every model ({mass} intervals).")
 
     # Checks of every distinct posterior, one grid figure per kind.
-    same_rows = all(len(f.data) == len(df) for f in fits)  # no rows dropped for missing values
-    colour_by = group if simple_group and n_levels <= MAX_COLOURS and same_rows else None
-    save(lambda: plots_checks.residuals_vs_fitted(fits, colour_by=colour_by, data=df), "residuals_fitted",
-         "Residuals against posterior-mean fitted values for every model (lme4's plot(model))"
-         + (f", coloured by {group}: same-coloured bands mean the model ignores {group}." if colour_by else "."))
-    save(lambda: plots_checks.qq_residuals(fits), "qq_residuals",
-         "Normal QQ plots of every model's residuals (qqnorm(resid(model))): points on the line mean "
-         "normal residuals.")
-    save(lambda: plots_checks.ppc(fits), "ppc",
-         f"Posterior predictive checks: the observed distribution of {response} (black) against 50 data sets "
-         "replicated from each posterior; the observed curve should look like one of the replicates.")
+    gaussian = [f for f in fits if not f.formula.is_glmm]
+    if gaussian:
+        same_rows = all(len(f.data) == len(df) for f in gaussian)  # no rows dropped for missing values
+        colour_by = group if simple_group and n_levels <= MAX_COLOURS and same_rows else None
+        save(lambda: plots_checks.residuals_vs_fitted(gaussian, colour_by=colour_by, data=df), "residuals_fitted",
+             "Residuals against posterior-mean fitted values for every model (lme4's plot(model))"
+             + (f", coloured by {group}: same-coloured bands mean the model ignores {group}." if colour_by else "."))
+        save(lambda: plots_checks.qq_residuals(gaussian), "qq_residuals",
+             "Normal QQ plots of every model's residuals (qqnorm(resid(model))): points on the line mean "
+             "normal residuals.")
+        save(lambda: plots_checks.ppc(gaussian), "ppc",
+             f"Posterior predictive checks: the observed distribution of {gaussian[0].formula.response} (black) "
+             "against 50 data sets replicated from each posterior; the observed curve should look like one of the "
+             "replicates.")
+    glmm_checks(result, fits, df, group, ci, save, skip)
 
     # Partial pooling in the main mixed model.
     if main_fit is not None:
@@ -208,7 +246,10 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                 save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by, ci), f"fitted_lines_{main}",
                      f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
                      f"mean, {mass} band) over the observations: the tutorial's last figure.")
-        for term in main_fit.formula.random:
+        if main_fit.formula.is_glmm:
+            skip(f"No shrinkage plot of {main}: its no-pooling estimates are least-squares ones, not on the model's "
+                 f"scale ({predict.scale_label(main_fit.formula)}); the caterpillar plot shows the group effects.")
+        for term in main_fit.formula.random if not main_fit.formula.is_glmm else ():
             if term.intercept and main_fit.formula.intercept:
                 save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci), f"shrinkage_{term.group}",
                      f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
@@ -222,7 +263,9 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
             slopes = [s for s in term.slopes
                       if term.columns is None or any(c.expr == s and not c.level for c in term.columns)]
-            if term.correlated and term.intercept and slopes and fit.formula.intercept:
+            if term.correlated and term.intercept and slopes and fit.formula.intercept and fit.formula.is_glmm:
+                skip(f"No 2-D shrinkage plot of {fit.name}: its no-pooling lines are least-squares ones.")
+            elif term.correlated and term.intercept and slopes and fit.formula.intercept:
                 for slope in slopes:
                     name = f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}"
                     save(lambda f=fit, t=term, s=slope: plots_pooling.shrinkage_2d(f, t.group, s, ci),
@@ -233,9 +276,12 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                          "posterior mean of the covariance matrix of the two effects, tilted by their correlation.")
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
+        latent = ("; for binomial and Poisson models the residual is the latent-scale variance, pi^2/3 for the "
+                  "logit link and ln(1 + 1/mean count) for the log link (Nakagawa et al. 2017)"
+                  if any(f.formula.is_glmm for f in mixed) else "")
         save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
-             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval).")
+             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
     if main_fit is not None:
         try:
             prior = plots_pooling.prior_sd_draws(main_fit)
@@ -252,3 +298,54 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              f"correlation), with the posterior mean and {mass} interval, and lme4's estimate with its {mass} "
              "profile-likelihood interval where lme4 has one.")
     return figures
+
+
+def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: float,
+                save: Callable[[Callable[[], Figure], str, str], None], skip: Callable[[str], None]) -> None:
+    """The checks of the binomial and Poisson models among ``fits`` (one grid figure per kind).
+
+    Simulated-quantile residuals (QQ plot against the uniform, residuals against predicted), the
+    count check for counts and successes out of trials, and the per-group check for ``group``
+    (the study's first grouping factor; a column of each fit's data or of ``df``, same rows).
+    The residuals are computed once per posterior, on the study's own fit object (which keeps them).
+    """
+    glmm = [f for f in fits if f.formula.is_glmm]
+    if not glmm:
+        return
+    if len(glmm) == len(fits):
+        skip("No residuals against fitted values, normal QQ plot or density check (Gaussian checks): for binomial "
+             "and Poisson models the simulated-quantile residuals and the discrete predictive checks take their "
+             "place.")
+    first = {}
+    for spec in result.study.models:
+        fit = result.fits.get(spec.name)
+        if fit is not None:
+            first.setdefault(fit.key, fit)
+    res = [dataclasses.replace(residuals.simulate_residuals(first[f.key]), name=f.name) for f in glmm]
+    save(lambda: plots_glmm.qq_uniform(res, ci=ci), "qq_uniform",
+         f"Simulated-quantile residuals (DHARMa) of every binomial and Poisson model: where each observation falls "
+         f"among {residuals.N_SIM} replicates from the posterior (group effects drawn anew), against the uniform "
+         "they follow if the model is right, with the dispersion, zero-inflation and uniformity tests (red: p < "
+         f"0.05; the band holds {percent(ci)} of the replicates' own residuals point by point: the spread of a right "
+         "model).")
+    save(lambda: plots_glmm.residuals_predicted(res), "residuals_predicted",
+         "Simulated-quantile residuals against the rank of each row's prediction for a typical group: the binned "
+         "25%, 50% and 75% quantiles of the residuals should lie flat on the dashed lines (red: not flat, p < 0.05).")
+    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family == "poisson" or f.formula.cbind]
+    if counts:
+        save(lambda: plots_glmm.ppc_counts(counts, ci), "ppc_counts",
+             "Posterior predictive check of the counts: how many rows have each value (bars) against "
+             f"{residuals.N_SIM} data sets replicated from the posterior (mean and {percent(ci)} interval; red bars: "
+             "outside).")
+    if group is None:
+        return
+    cols = group.split(":")
+    have = [(f, r) for f, r in zip(glmm, res, strict=True)
+            if all(c in f.data.columns for c in cols) or (len(f.data) == len(df) and all(c in df for c in cols))]
+    if have:
+        save(lambda: plots_glmm.ppc_groups([f for f, _ in have], group, df, ci, res=[r for _, r in have]),
+             f"ppc_{_safe(group)}",
+             f"Posterior predictive check per {group}: each level's observed proportion of successes (binomial) or "
+             f"mean count per row (Poisson) against the {percent(ci)} interval of {residuals.N_SIM} replicates given "
+             "the fitted group effects; a model that ignores the groups misses many of them, a mixed model should "
+             f"cover about {percent(ci)}.")

@@ -140,8 +140,9 @@ def place_labels(ax, xs: np.ndarray, ys: np.ndarray, labels: list[str], avoid: n
 # ---------------------------------------------------------------------------------------
 
 
-def response_histogram(df: pd.DataFrame, response: str, bins: int = 30) -> Figure:
-    """Histogram of the response (the tutorial's first look at the data)."""
+def response_histogram(df: pd.DataFrame, response: str, bins: int | np.ndarray = 30) -> Figure:
+    """Histogram of the response (the tutorial's first look at the data); ``bins``: their number or edges
+    (``-0.5, 0.5, 1.5, ...`` gives a bar per count)."""
     fig = new_figure(8.5, 5)
     ax = fig.subplots()
     y = pd.to_numeric(df[response], errors="coerce").dropna()
@@ -152,35 +153,63 @@ def response_histogram(df: pd.DataFrame, response: str, bins: int = 30) -> Figur
     return fig
 
 
+def jitter_binary(y: np.ndarray, family: str) -> tuple[np.ndarray, bool]:
+    """A binomial model's 0/1 responses moved up to 0.05 inwards (seeded), so that their density shows, and
+    whether they were 0/1; any other response as it is."""
+    binary = family == "binomial" and bool(np.isin(y[np.isfinite(y)], (0.0, 1.0)).all())
+    if binary:
+        y = y + np.where(y == 1, -1, 1) * np.random.default_rng(0).uniform(0, 0.05, y.size)
+    return y, binary
+
+
 def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, np.ndarray] | None = None,
-                      ci: float = 0.95) -> Figure:
+                      ci: float = 0.95, family: str = "gaussian") -> Figure:
     """Response against one predictor with the pooled (complete-pooling) regression line.
 
     Parameters
     ----------
     df : DataFrame
     x, response : str
-        Columns.
+        Columns (for a binomial or Poisson model, ``response`` holds the response scale:
+        :func:`~bayeslmm.summary.predict.response_scale`).
     draws : dict, optional
         Posterior draws ``{"(Intercept)": ..., x: ...}`` of the pooled model; the line is the
-        posterior mean and the band the ``ci`` credible band of the regression line.
+        posterior mean and the band the ``ci`` credible band of the regression line, on the
+        response scale (the probability, or the rate per unit of exposure, for ``family``
+        binomial or poisson: the inverse link of the line on the link scale).
     ci : float
         Mass of the band.
+    family : str
+        The pooled model's family; 0/1 responses are jittered a little up and down.
     """
+    from bayeslmm.summary.predict import inverse_link
+
     fig = new_figure(8.5, 5.5)
     ax = fig.subplots()
-    ax.scatter(df[x], df[response], s=14, alpha=0.45, color=NEUTRAL, edgecolor="none", label="observations")
+    y, binary = jitter_binary(df[response].to_numpy(dtype=float), family)
+    ax.scatter(df[x], y, s=14, alpha=0.3 if binary else 0.45, color=NEUTRAL, edgecolor="none", label="observations")
+    if binary:  # the share of 1s in ten bins of x: what the curve should follow
+        xs, ys = df[x].to_numpy(dtype=float), df[response].to_numpy(dtype=float)
+        edges = np.unique(np.quantile(xs, np.linspace(0, 1, 11)))
+        which = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, len(edges) - 2)
+        ax.plot([xs[which == b].mean() for b in range(len(edges) - 1)],
+                [ys[which == b].mean() for b in range(len(edges) - 1)], "D", color="black", ms=7, zorder=4,
+                label=f"share of 1s in ten bins of {x}")
     grid = np.linspace(float(df[x].min()), float(df[x].max()), 100)
     if draws is not None:
-        lines = draws[INTERCEPT][:, None] + draws[x][:, None] * grid[None, :]
+        lines = inverse_link(family, draws[INTERCEPT][:, None] + draws[x][:, None] * grid[None, :])
         lo, hi = eti(lines, ci)
         slope = draws[x]
         s_lo, s_hi = eti(slope, ci)
+        kind = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(family, "slope")
         ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{percent(ci)} credible band of the line")
         ax.plot(grid, lines.mean(axis=0), color=BAYES, lw=2.5,
-                label=f"pooled fit (posterior mean): slope {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
+                label=f"pooled fit (posterior mean): {kind} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
     ax.set(title=f"{response} against {x}, all observations pooled", xlabel=x, ylabel=response)
-    ax.legend(loc="upper left")
+    if binary:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=10)
+    else:
+        ax.legend(loc="upper left")
     return fig
 
 

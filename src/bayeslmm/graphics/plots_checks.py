@@ -21,6 +21,7 @@ from bayeslmm.graphics.plots import (
     NEUTRAL,
     PALETTE,
     colour,
+    jitter_binary,
     label_outer,
     level_colours,
     levels_of,
@@ -193,7 +194,9 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
     ``ci`` credible band), drawn over the range of ``x`` seen at that site. A line includes the
     effects of the grouping factors that are constant within its panel and colour (range and
     site); factors that vary within it (sites, when there is one line per range) are left at
-    zero, their typical value.
+    zero, their typical value. A binomial or Poisson model's lines are on the response scale
+    (:func:`~bayeslmm.summary.predict.response_scale`: the probability, or the rate per unit of
+    exposure).
 
     Parameters
     ----------
@@ -212,7 +215,6 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
         Draws used for the lines and bands.
     ncol : int
     """
-    response = fit.formula.response
     data = data.dropna(subset=[c for c in fit.formula.variables if c in data.columns])
     facets = levels_of(data, facet)
     colours = levels_of(data, colour_by) if colour_by else []
@@ -229,24 +231,28 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
     within = data.groupby(keys, observed=True)
     groups = [t.group for t in fit.formula.random
               if within[list(t.group_columns)].nunique().to_numpy().max() <= 1]
-    eta = predict.linear_predictor(fit, new, groups=groups, max_draws=max_draws)
+    y, ylabel = predict.response_scale(fit.formula, data)
+    if fit.formula.is_glmm:  # probabilities, or rates per unit of exposure
+        new = predict.without_offsets(fit.formula, new)
+    eta = predict.inverse_link(fit.formula.family, predict.linear_predictor(fit, new, groups=groups,
+                                                                            max_draws=max_draws))
     mean = eta.mean(axis=0)
     lo, hi = eti(eta, ci)
     xs = new[x].to_numpy(dtype=float)
     fig, axes = panel_grid(len(facets), ncol, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.4)
     for ax, lv in zip(axes, facets, strict=True):
-        sub = data[data[facet].astype(str) == lv]
+        sub = (data[facet].astype(str) == lv).to_numpy()
         for c in colours or [None]:
-            pts = sub if c is None else sub[sub[colour_by].astype(str) == c]
+            pts = sub if c is None else sub & (data[colour_by].astype(str) == c).to_numpy()
             col = cols.get(c, BAYES)
-            ax.scatter(pts[x], pts[response], s=10, alpha=0.55, color=col, edgecolor="none")
+            ax.scatter(data.loc[pts, x], y[pts], s=10, alpha=0.55, color=col, edgecolor="none")
         ax.set_title(lv, fontsize=11)
     for key, sl in spans:
         ax = axes[facets.index(key[0])]
         col = cols.get(key[1], BAYES) if colour_by else BAYES
         ax.fill_between(xs[sl], lo[sl], hi[sl], color=col, alpha=0.18, lw=0)
         ax.plot(xs[sl], mean[sl], color=col, lw=2)
-    label_outer(axes, ncol, x, response)
+    label_outer(axes, ncol, x, ylabel)
     if colour_by:
         handles = [Line2D([], [], color=cols[c], lw=2, marker="o") for c in colours]
         fig.legend(handles, colours, title=colour_by, loc="outside lower center", ncols=min(len(colours), 8),
@@ -261,29 +267,41 @@ def population_lines(fits, data: pd.DataFrame, x: str, ci: float = 0.95, max_dra
 
     For a mixed model the line is the fixed part alone (the prediction for a new group's
     average member); for a pooled model it is its only line. Shows how much the slope changes
-    once groups are modelled. Every fit's fixed part must be the intercept and ``x`` alone.
+    once groups are modelled. Every fit's fixed part must be the intercept and ``x`` alone, and
+    every fit must model the same response with the same family. A binomial or Poisson model's
+    lines are on the response scale (:func:`~bayeslmm.summary.predict.response_scale`: the
+    probability, or the rate per unit of exposure, offsets 0); the slope in the legend is on the
+    link scale.
     """
     fits = as_fits(fits)
-    response = fits[0].formula.response
-    data = data.dropna(subset=[x, response])
+    first = fits[0].formula
+    response = first.response
+    data = data.dropna(subset=[x, response, *(c for c in first.variables if first.is_glmm and c in data.columns)])
+    y, ylabel = predict.response_scale(first, data)
+    y, _ = jitter_binary(y, first.family)
     fig = new_figure(9.5, 6.8)
     ax = fig.subplots()
-    ax.scatter(data[x], data[response], s=12, alpha=0.35, color=NEUTRAL, edgecolor="none", label="observations")
+    ax.scatter(data[x], y, s=12, alpha=0.35, color=NEUTRAL, edgecolor="none", label="observations")
     grid = pd.DataFrame({x: np.linspace(float(data[x].min()), float(data[x].max()), 60)})
     for i, fit in enumerate(fits):
         if tuple(fit.formula.fixed) != (x,):
             raise ValueError(f"{fit.name!r} has fixed terms {fit.formula.fixed}; a population line needs ({x!r},)")
-        eta = predict.linear_predictor(fit, grid, groups=(), max_draws=max_draws)
+        if (fit.formula.response, fit.formula.family) != (response, first.family):
+            raise ValueError(f"{fit.name!r} models {fit.formula.response} ({fit.formula.family}); the first line "
+                             f"{response} ({first.family}): population lines share one response")
+        eta = predict.inverse_link(fit.formula.family, predict.linear_predictor(
+            fit, predict.without_offsets(fit.formula, grid), groups=(), max_draws=max_draws))
         lo, hi = eti(eta, ci)
         slope = fixed_draws(fit, x)
         s_lo, s_hi = eti(slope, ci)
         col = colour(i)
         ax.fill_between(grid[x], lo, hi, color=col, alpha=0.22, lw=0)
         kind = "population line" if fit.formula.is_mixed else "pooled line"
+        what = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(fit.formula.family, "slope")
         ax.plot(grid[x], eta.mean(axis=0), color=col, lw=2.5,
-                label=f"{fit.name} ({kind}): slope {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
+                label=f"{fit.name} ({kind}): {what} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
     ax.set(title=f"{response} against {x}: pooled regression and mixed models' population lines",
-           xlabel=x, ylabel=response)
+           xlabel=x, ylabel=ylabel)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=1, fontsize=10,
                title=f"posterior mean and {percent(ci)} credible band")
     return fig

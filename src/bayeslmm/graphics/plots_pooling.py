@@ -407,7 +407,7 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
         what = "intercept" if coef == INTERCEPT else f"slope of {coef}"
         ax.set_title(f"{group}: {what} effects ({len(levels)} levels)", fontsize=11, loc="left")
         ax.set_ylabel(group)
-    axes[-1].set_xlabel(f"effect on {fit.formula.response} (deviation from the fixed part)")
+    axes[-1].set_xlabel(f"effect on {predict.scale_label(fit.formula)} (deviation from the fixed part)")
     fig.suptitle(f"Group effects in {fit.name}: posterior mean, {percent(inner)} and {percent(ci)} intervals")
     return fig
 
@@ -470,7 +470,8 @@ def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], n
     # each sd's variable and, for a factor's columns (fA, fB), its level along the variable's columns
     where = {(t.group, sd_term(c.name)): (c.sd_variable(t.group), c.dim, c.level)
              for t in predict.random_terms(fit) for c in t.columns}
-    where[(RESIDUAL, RESIDUAL_TERM)] = (sd_variable(RESIDUAL, RESIDUAL_TERM), None, "")
+    if not fit.formula.is_glmm:  # a binomial or Poisson model has no residual sd
+        where[(RESIDUAL, RESIDUAL_TERM)] = (sd_variable(RESIDUAL, RESIDUAL_TERM), None, "")
     keys = {k: v for k, (v, _, _) in where.items()}
     log = logging.getLogger("pymc")
     level = log.level
@@ -521,7 +522,7 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
         ax.text(0.97, 0.96, f"posterior {percent(ci)}: {pq[0]:.1f} to {pq[1]:.1f}\nprior {percent(ci)}: {qq[0]:.1f} to "
                 f"{qq[1]:.1f}", transform=ax.transAxes, ha="right", va="top", fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-        ax.set_xlabel(f"standard deviation ({fit.formula.response})")
+        ax.set_xlabel(f"standard deviation ({predict.scale_label(fit.formula)})")
     for ax in axes[::3]:
         ax.set_ylabel("density")
     fig.legend([Line2D([], [], color=NEUTRAL, lw=6, alpha=0.5), Line2D([], [], color=BAYES, lw=6, alpha=0.5)],

@@ -190,6 +190,8 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
                 notes.append(f"{s!r} does not vary within levels of {r.group!r}, so the random slope on it in {r.lme4}"
                              f"{corr} cannot be estimated from the data; drop it")
     notes += [n for n in (covariance_warning(r, df) for r in formula.random) if n]
+    if formula.family == "binomial":
+        notes += [n for n in [separation_warning(formula, df)] if n]
     notes += [n for n in (integer_predictor_hint(df, t) for t in formula.fixed) if n]
     for col in _numeric_columns(formula, df):
         x = df[col].to_numpy(dtype=float)
@@ -199,6 +201,75 @@ def design_warnings(formula: Formula, df: pd.DataFrame) -> list[str]:
                          "consider a scaled copy (the tutorial's scale(), prepare.scale in a study file) so "
                          "effects and default priors are on a comparable scale")
     return notes
+
+
+def separating_direction(x: np.ndarray, sign: np.ndarray) -> np.ndarray | None:
+    """A direction ``b`` of the coefficients along which the likelihood of a binomial model only rises, or None.
+
+    ``sign`` is +1 for rows with only successes, -1 for rows with only failures, 0 for rows with
+    both. Such a ``b`` has ``sign * x'b >= 0`` in every row with one kind of outcome, ``x'b = 0`` in
+    rows with both, and ``x'b != 0`` somewhere (complete or quasi-complete separation). Found by a
+    linear programme, as R's detectseparation does: maximise the sum of ``sign * x'b`` with
+    ``|b_j| <= 1`` (columns scaled to a largest value of 1); separation when the optimum is above 0.
+    ``b`` is returned on the scale of the columns of ``x``.
+    """
+    from scipy.optimize import linprog
+
+    scale = np.abs(x).max(axis=0)
+    scale = np.where(scale == 0, 1.0, scale)
+    xs = x / scale
+    pure, mixed = sign != 0, sign == 0
+    res = linprog(-(sign[pure] @ xs[pure]), A_ub=-(sign[pure, None] * xs[pure]), b_ub=np.zeros(int(pure.sum())),
+                  A_eq=xs[mixed] if mixed.any() else None, b_eq=np.zeros(int(mixed.sum())) if mixed.any() else None,
+                  bounds=[(-1, 1)] * xs.shape[1], method="highs")
+    if res.status != 0 or -res.fun <= 1e-7 * max(1.0, float(np.abs(xs[pure]).sum())):
+        return None
+    return res.x / scale  # on the columns of x
+
+
+def separation_warning(formula: Formula, df: pd.DataFrame) -> str | None:
+    """Complete or quasi-complete separation of a binomial response by the fixed effects, in one line (or None).
+
+    When some direction of the fixed-effect coefficients only raises the likelihood
+    (:func:`separating_direction`), their maximum-likelihood estimate runs off to infinity (lme4
+    reports huge estimates and SEs, or fails) and a posterior rests on its prior there. The line
+    names the columns that separate the outcomes alone (with the intercept), or else those of the
+    direction found, and how many rows they predict exactly. Random effects are not in ``x``: a
+    group with only failures is what their shrinkage handles.
+    """
+    from bayeslmm.labels import INTERCEPT
+    from bayeslmm.model.formula import binary_response, fixed_design
+
+    try:
+        design = fixed_design(formula, df)
+    except Exception:  # advice only: building the model for the fit reports the real problem
+        return None
+    x, names = design.X, list(design.names)
+    if formula.cbind:
+        s, f = (np.asarray(df[rterms.r_name(e)], dtype=float) for e in formula.cbind)
+    else:
+        s = binary_response(df[formula.response], formula.response)[0]
+        f = 1 - s
+    sign = np.where(f == 0, 1.0, np.where(s == 0, -1.0, 0.0))  # 0: rows with both outcomes
+    b = separating_direction(x, sign)
+    if b is None:
+        return None
+    base = [names.index(INTERCEPT)] if INTERCEPT in names else []
+    alone = [j for j, n in enumerate(names) if n != INTERCEPT and separating_direction(x[:, [*base, j]], sign)
+             is not None]
+    cols = alone or [j for j, v in enumerate(b) if abs(v) > 1e-6]
+    direction = np.zeros(len(names))
+    direction[cols] = b[cols] if not alone else 0.0
+    if alone:  # the rows the first column alone predicts
+        direction[[*base, alone[0]]] = separating_direction(x[:, [*base, alone[0]]], sign)
+    eta = sign * (x @ direction)
+    rows = int((eta > 1e-9 * max(1.0, float(np.abs(eta).max()))).sum())
+    what = ", ".join(names[j] for j in cols)
+    one = len(cols) == 1
+    return (f"separation (complete or quasi-complete): {what} predict{'s' if one else ''} the outcome of at least "
+            f"{rows} of {len(df)} rows exactly, so {'its' if one else 'their'} effect has no finite maximum-likelihood "
+            "estimate (lme4's runs off with a huge SE) and the posterior leans on the prior there; merge sparse levels "
+            "or drop the term, or read its interval as the prior's")
 
 
 def covariance_warning(term, df: pd.DataFrame) -> str | None:

@@ -49,6 +49,28 @@ def compact_side(side: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compact_ratios(ratios: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
+    """One model's odds ratios or rate ratios (:func:`~bayeslmm.summary.sidebyside.ratio_table`), formatted as
+    :func:`compact_side` formats the side-by-side table."""
+    level = float(ratios["ci"].iloc[0]) if len(ratios) else 0.95
+    rows = []
+    for _, r in ratios.iterrows():
+        kind = f" {r['lme4_ci']}" if r["lme4_ci"] and np.isfinite(r["lme4_conf_low"]) else ""
+        rows.append({
+            "term": r["term"], "exp(estimate)": r["scale"],
+            "lme4": format_number(r["lme4_ratio"], digits),
+            f"lme4 {level:.0%} CI": format_interval(r["lme4_conf_low"], r["lme4_conf_high"], digits) + kind,
+            "posterior mean": format_number(r["post_mean"], digits),
+            "median": format_number(r["post_median"], digits),
+            f"{level:.0%} interval": format_interval(r["post_conf_low"], r["post_conf_high"], digits),
+            "prediction (typical group)": r["predicted"],
+            "prediction: posterior mean": format_number(r["predicted_mean"], digits),
+            f"prediction: {level:.0%} interval": format_interval(r["predicted_conf_low"], r["predicted_conf_high"],
+                                                                 digits),
+        })
+    return pd.DataFrame(rows)
+
+
 def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: int = DIGITS) -> str:
     """Render a table in one of the formats.
 

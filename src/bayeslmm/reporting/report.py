@@ -15,9 +15,11 @@ from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
-from bayeslmm.reporting.export import SUFFIX, compact_side, render
-from bayeslmm.summary import analysis
+from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, render
+from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
+from bayeslmm.summary.predict import scale_label
+from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes
 from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
@@ -48,14 +50,26 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
 
 
 def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq,
-                  ci: float = 0.95) -> list[Block]:
-    """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model."""
+                  ci: float = 0.95, ratios: pd.DataFrame | None = None) -> list[Block]:
+    """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model; for a
+    binomial or Poisson model also its odds or rate ratios (``ratios``) and the tests of its residuals."""
     method = analysis.lme4_method(spec)
     blocks: list[Block] = [Heading(spec.name, 3)]
     if spec.question:
         blocks.append(Para(f"**Question.** {spec.question}"))
     caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed interval)"
+    if spec.formula.is_glmm:
+        caption += f", on the link scale ({scale_label(spec.formula)})"
     blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
+    mine = ratios[ratios["model"] == spec.name] if ratios is not None and not ratios.empty else None
+    if mine is not None and not mine.empty:
+        ratio, base = RATIO_NAMES[spec.formula.family]
+        blocks.append(Table(compact_ratios(mine), f"The fixed effects as {ratio}s: exp of lme4's estimate and interval "
+                            f"beside exp of the posterior draws (mean, median, {ci:.0%} interval); the intercept's is "
+                            f"the {base} at the reference levels. Last columns: the prediction on the response scale "
+                            "for a typical group (every group effect 0)."))
+    if spec.formula.is_glmm:
+        blocks.append(Para(residual_tests_text(fit)))
     if method in ("reml", "ml"):
         f = freq[(spec.name, method)]
         dfs = ", ".join(f"{t}: df {format_number(f.df[t])}, p {format_number(f.p[t], 3)}"
@@ -82,6 +96,22 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def residual_tests_text(fit) -> str:
+    """One paragraph: a binomial or Poisson model's tests on its simulated-quantile residuals."""
+    res = residuals.simulate_residuals(fit)
+    parts = []
+    for t in residuals.residual_tests(res):
+        if not t.computed:
+            parts.append(f"{t.name}: {t.note}")
+            continue
+        n = res.pearson.shape[0] if t.name == "dispersion" else res.n_sim
+        value = f"D = {format_number(t.statistic, 3)}, " if t.name == "uniformity" else (
+            "" if t.name == "quantiles" else f"ratio {format_number(t.statistic, 3)}, ")
+        parts.append(f"{t.name}: {value}{residuals.format_p(t.p_value, n)}" + (" (**flagged**)" if t.flagged else ""))
+    return (f"**Residual checks** (simulated-quantile residuals from {res.n_sim} posterior predictive replicates, "
+            "DHARMa's tests; figures below): " + "; ".join(parts) + ".")
 
 
 def _prior_gloss(prior: str) -> str:
@@ -181,9 +211,16 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         if not comparison.empty:
             comparison.to_csv(root / "comparison.csv", index=False)
         write_tables(root, side, study)
+        ratios = analysis.ratio_tables(study, fits, side, ci)
+        if not ratios.empty:
+            ratios.to_csv(root / "ratios.csv", index=False)
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
-        figures = make_figures(result, root, tidy, ci, side)
-    report_notes += caught
+        skipped: list[str] = []
+        figures = make_figures(result, root, tidy, ci, side, skipped=skipped)
+        checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
+                  for note in (*residuals.check_notes(fits[spec.name]),
+                               *runaway_notes(side[side["model"] == spec.name], spec.formula))]
+    report_notes += caught + checks
     opts = next(iter(fits.values())).options
 
     blocks: list[Block] = [Heading(study.title, 1)]
@@ -221,13 +258,19 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for mixed models, "
-                 "Wald intervals for lm")),
+                 "Wald intervals for lm",
+                 *(["binomial and Poisson models: every estimate, sd and interval in the tables and tidy.csv is on "
+                    "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
+                    "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
+                    "predictions on the response scale"] if any(m.formula.is_glmm for m in study.models) else []))),
         Heading("Models", 2),
     ]
     for spec in study.models:
-        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci)
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
+    if skipped:
+        blocks += [Para("Not drawn:"), Bullets(tuple(skipped))]
     blocks += [Heading("Sampler diagnostics", 2), Table(pd.DataFrame([{"model": k, **v} for k, v in diags.items()]))]
     blocks.append(Para("Every model passed the sampler checks (no divergences, r_hat <= 1.01, ESS >= 400)."
                        if not problems else "**Sampler and LOO warnings.** " + "; ".join(problems)))

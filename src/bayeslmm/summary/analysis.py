@@ -10,7 +10,7 @@ import pandas as pd
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
 from bayeslmm.summary.compare import compare_models
-from bayeslmm.summary.sidebyside import side_by_side, variance_partition_table
+from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
 
@@ -79,6 +79,13 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                     kind[i] = "profile"
         tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
     return pd.concat(tables, ignore_index=True)
+
+
+def ratio_tables(study, fits: dict, side: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+    """Odds ratios and rate ratios of every binomial and Poisson model (:func:`ratio_table`); empty without any."""
+    tables = [ratio_table(fits[spec.name], side[side["model"] == spec.name], ci)
+              for spec in study.models if spec.formula.is_glmm]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[str, pd.DataFrame]:

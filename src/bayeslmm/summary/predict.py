@@ -16,8 +16,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
-from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, RandomColumn
+from bayeslmm.labels import INTERCEPT, RESIDUAL_VARIABLE, SAMPLE_DIMS, RandomColumn, cor_term, sd_term
 from bayeslmm.model.formula import (
     RandomTerm,
     fixed_design,
@@ -27,7 +28,7 @@ from bayeslmm.model.formula import (
     random_values,
     resolve,
 )
-from bayeslmm.summary.tables import column_draws
+from bayeslmm.summary.tables import column_draws, cor_draws, sd_draws
 
 #: Largest block of draws x rows that :func:`fitted` holds at once.
 BLOCK_BYTES = 2**27
@@ -212,14 +213,159 @@ def residuals(fit, max_draws: int | None = None) -> np.ndarray:
     return response(fit) - fitted(fit, max_draws=max_draws)
 
 
-def posterior_predictive(fit, n: int = 50, *, seed: int = 0) -> np.ndarray:
+def inverse_link(family: str, eta: np.ndarray) -> np.ndarray:
+    """The mean of a row given its linear predictor: ``eta`` (gaussian, identity link), the probability
+    of success ``1 / (1 + exp(-eta))`` (binomial, logit link), the expected count ``exp(eta)`` (poisson,
+    log link; an offset is part of ``eta``)."""
+    eta = np.asarray(eta, dtype=float)
+    if family == "binomial":
+        return special.expit(eta)
+    if family == "poisson":
+        return np.exp(eta)
+    if family == "gaussian":
+        return eta
+    raise ValueError(f"no inverse link for family {family!r}")
+
+
+def scale_label(formula) -> str:
+    """What the linear predictor (and every effect, sd and interval of the tidy table) measures:
+    ``testScore`` (Gaussian), ``log-odds of passed`` (binomial), ``log of the mean birds`` (Poisson)."""
+    if formula.family == "binomial":
+        return f"log-odds of {formula.cbind[0] if formula.cbind else formula.response}"
+    if formula.family == "poisson":
+        return f"log of the mean {formula.response}"
+    return formula.response
+
+
+def exposure_label(formula) -> str | None:
+    """The exposure a Poisson model's offset stands for: ``hours`` for ``offset(log(hours))``, else
+    ``exp(offsets)``; ``None`` without offsets."""
+    from bayeslmm.model.rterms import call_of
+
+    if not formula.offsets:
+        return None
+    call = call_of(formula.offsets[0])
+    inner = call_of(call[1][0]) if call is not None and call[0] == "offset" and len(call[1]) == 1 else None
+    if len(formula.offsets) == 1 and inner is not None and inner[0] == "log" and len(inner[1]) == 1:
+        return inner[1][0]
+    return "exp(offsets)"
+
+
+def response_scale(formula, df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Each row's observed response on the scale a GLMM's predictions are drawn on, and its axis label.
+
+    Gaussian: the response. Binomial: the proportion of successes (``cbind``), or 0 and 1 (a yes/no
+    response, 1 the second level in R's order). Poisson: the count, divided by its exposure
+    ``exp(offset)`` when the model has offsets (a rate, labelled ``birds / hours``, as its lines with offsets 0).
+    """
+    from bayeslmm.model.formula import binary_response
+
+    df = materialize(formula, df)
+    if formula.family == "binomial":
+        if formula.cbind:
+            return np.asarray(df[formula.response], dtype=float), f"proportion {formula.cbind[0]}"
+        y, levels = binary_response(df[formula.response], formula.response)
+        return y, f"{formula.response} ({'1' if levels is None else levels[1]} = 1)"
+    y = np.asarray(df[formula.response], dtype=float)
+    exposure = exposure_label(formula) if formula.family == "poisson" else None
+    if exposure is None:
+        return y, formula.response
+    return y / np.exp(offset_values(formula, df)), f"{formula.response} / {exposure}"
+
+
+def without_offsets(formula, newdata: pd.DataFrame) -> pd.DataFrame:
+    """``newdata`` with every offset of ``formula`` set to 0 (a Poisson rate per unit of exposure)."""
+    return newdata.assign(**{c: 0.0 for c in formula.offset_columns})
+
+
+def observed(fit) -> tuple[np.ndarray, np.ndarray | None]:
+    """The response as the likelihood sees it, and the binomial trials (``None`` for other families).
+
+    Binomial: the successes of ``cbind(s, f)`` (or 0/1) and their trials (ones for a 0/1 response);
+    Poisson: the counts; Gaussian: the response (:func:`response`).
+    """
+    if not fit.formula.is_glmm:
+        return response(fit), None
+    from bayeslmm.model.formula import model_frame
+
+    frame = model_frame(fit.formula, fit.data)
+    return frame.y, frame.trials
+
+
+def posterior_predictive(fit, n: int = 50, *, seed: int = 0, fresh: Iterable[str] = ()) -> np.ndarray:
     """``n`` replicated data sets from ``n`` random posterior draws: shape ``(n, rows)``.
 
-    Each replicate is the linear predictor of one draw plus normal noise with that draw's
-    residual sd (the Gaussian likelihood of the model).
+    Gaussian: each replicate is the linear predictor of one draw plus normal noise with that
+    draw's residual sd. Binomial and Poisson: successes (out of the row's trials) and counts drawn
+    from the family with that draw's mean (:func:`predictive_draws`).
     """
+    if fit.formula.is_glmm:
+        return predictive_draws(fit, n, seed=seed, fresh=fresh)[1]
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n_draws(fit), size=min(n, n_draws(fit)), replace=False))
     mu = _eta(fit, fit.data, None, pick, None)
     sigma = param_draws(fit, RESIDUAL_VARIABLE)[pick]
     return mu + sigma[:, None] * rng.standard_normal(mu.shape)
+
+
+def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's part of the linear predictor from ``term`` with its levels' effects drawn anew.
+
+    For each posterior draw in ``pick``, every level of the term's grouping factor gets a new effect
+    from the population the draw describes: a normal with the draw's sds and (for a correlated
+    term) correlations. Shape ``(draws, rows)``.
+    """
+    sds, cors = sd_draws(fit), cor_draws(fit)
+    coefs = term.coefs
+    k = len(coefs)
+    cov = np.zeros((pick.size, k, k))
+    sd = np.column_stack([sds[(term.group, sd_term(c))][pick] for c in coefs])
+    for i in range(k):
+        cov[:, i, i] = sd[:, i] ** 2
+        for j in range(i + 1, k):
+            r = cors.get((term.group, cor_term(coefs[i], coefs[j])))
+            if r is not None:
+                cov[:, i, j] = cov[:, j, i] = r[pick] * sd[:, i] * sd[:, j]
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(k))
+    _, codes = group_codes(fit.data, term.group)
+    z = rng.standard_normal((pick.size, int(codes.max()) + 1, k))
+    u = np.einsum("dij,dlj->dli", chol, z)  # (draws, levels, coefficients)
+    values = random_values(term, materialize(fit.formula, fit.data))
+    return np.einsum("drj,rj->dr", u[:, codes, :], values)
+
+
+def predictive_draws(fit, n: int = 250, *, seed: int = 0,
+                     fresh: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Expected responses and replicated responses of a binomial or Poisson fit, ``n`` draws each.
+
+    Each of ``n`` random posterior draws (without replacement; all of them if there are fewer) gives
+    the mean of every row (:func:`inverse_link` of the linear predictor, times the trials for a
+    binomial) and one replicate drawn from the family with that mean: the posterior predictive
+    distribution, conditional on the draw's group effects. The effects of the grouping factors in
+    ``fresh`` are drawn anew from their population (:func:`new_level_effects`): all of them for
+    the "mixed" predictive distribution of new groups (DHARMa's unconditional simulation), or an
+    observation-level effect ``(1|obs)``, whose fitted values would otherwise pull each replicate
+    towards its row's own count.
+
+    Returns
+    -------
+    expected, replicated : ndarray, shape (n, rows)
+        On the scale of :func:`observed` (successes or counts).
+    """
+    family = fit.formula.family
+    if family not in ("binomial", "poisson"):
+        raise ValueError(f"{fit.name!r} is a {family} model; predictive_draws is for binomial and Poisson fits")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n_draws(fit), size=min(n, n_draws(fit)), replace=False))
+    fresh = set(fresh)
+    kept = [g for g in fit.formula.grouping_factors if g not in fresh]
+    eta = _eta(fit, fit.data, None, pick, kept)
+    for term in random_terms(fit):
+        if term.group in fresh:
+            eta += new_level_effects(fit, term, pick, rng)
+    _, trials = observed(fit)
+    mean = inverse_link(family, eta)
+    if family == "binomial":
+        m = np.broadcast_to(trials.astype(np.int64), mean.shape)
+        return mean * trials, rng.binomial(m, mean).astype(float)
+    return mean, rng.poisson(mean).astype(float)

@@ -144,3 +144,95 @@ def variance_partition_table(model: str, draws: dict[str, np.ndarray], point: di
                      "post_mean": float(d.mean()), "post_median": float(med), "post_conf_low": float(lo),
                      "post_conf_high": float(hi)})
     return pd.DataFrame(rows)
+
+
+#: What ``exp`` of a fixed effect is in a binomial (logit link) and a Poisson (log link) model, and of its intercept.
+RATIO_NAMES = {"binomial": ("odds ratio", "odds"), "poisson": ("rate ratio", "rate")}
+RATIO_COLUMNS = [
+    "model", "term", "scale", "lme4_method", "lme4_ratio", "lme4_conf_low", "lme4_conf_high", "lme4_ci", "post_mean",
+    "post_median", "post_conf_low", "post_conf_high", "predicted", "predicted_mean", "predicted_conf_low",
+    "predicted_conf_high", "ci",
+]
+
+
+def ratio_table(fit, side: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+    """A binomial or Poisson model's fixed effects on the response's scale: odds ratios or rate ratios.
+
+    ``exp`` of each fixed effect (the tidy table keeps the link scale, as lme4 and broom.mixed do):
+    a binomial model's odds ratio (the odds multiply by it per unit of a predictor, or for a
+    factor's level against the reference level), a Poisson model's rate ratio; the intercept's is
+    the odds (rate per unit of exposure) at the reference levels with every numeric predictor at 0
+    (``scale`` says which). lme4: ``exp`` of its estimate and of its interval (of the kind in
+    ``lme4_ci``: Wald, or profile; ``exp`` keeps the coverage of either). Posterior: mean and median
+    of ``exp`` of the draws, and ``exp`` of the link-scale equal-tailed interval (the same quantiles). ``predicted``
+    names, and ``predicted_*`` summarise, the response-scale prediction for a typical group (every
+    group effect 0) at the reference levels, with this term's column at 1 (its level, or one unit of
+    it): the probability of success, or the rate, from the posterior draws of intercept + effect.
+
+    Parameters
+    ----------
+    fit : BayesFit
+        A binomial or Poisson fit.
+    side : DataFrame
+        Its side-by-side rows (:func:`side_by_side`), for lme4's estimates and intervals.
+    ci : float
+        Mass of the intervals.
+    """
+    from bayeslmm.labels import INTERCEPT
+    from bayeslmm.summary.predict import exposure_label, inverse_link
+    from bayeslmm.summary.tables import fixed_draws
+
+    family = fit.formula.family
+    if family not in RATIO_NAMES:
+        raise ValueError(f"{fit.name!r} is a {family} model: odds and rate ratios are for binomial and Poisson models")
+    ratio, base = RATIO_NAMES[family]
+    exposure = exposure_label(fit.formula)
+    what = ("P(success)" if family == "binomial" else f"{fit.formula.response} / {exposure}" if exposure
+            else f"mean {fit.formula.response}")
+    fixed = side[side["effect"] == "fixed"]
+    intercept = fixed_draws(fit, INTERCEPT) if (fixed["term"] == INTERCEPT).any() else None
+    rows = []
+    for _, r in fixed.iterrows():
+        term = r["term"]
+        draws = fixed_draws(fit, term)
+        e = np.exp(draws)
+        lo, hi = np.exp(eti(draws, ci))  # exactly exp of the tidy table's link-scale interval
+        at = draws if term == INTERCEPT or intercept is None else intercept + draws
+        p = inverse_link(family, at)
+        plo, phi = eti(p, ci)
+        rows.append({
+            "model": r["model"], "term": term, "scale": base if term == INTERCEPT else ratio,
+            "lme4_method": r["lme4_method"], "lme4_ratio": np.exp(r["lme4_estimate"]),
+            "lme4_conf_low": np.exp(r["lme4_conf_low"]), "lme4_conf_high": np.exp(r["lme4_conf_high"]),
+            "lme4_ci": r["lme4_ci"], "post_mean": float(e.mean()), "post_median": float(np.median(e)),
+            "post_conf_low": float(lo), "post_conf_high": float(hi),
+            "predicted": f"{what} at the reference levels" if term == INTERCEPT else f"{what} at {term} = 1",
+            "predicted_mean": float(p.mean()), "predicted_conf_low": float(plo), "predicted_conf_high": float(phi),
+            "ci": ci,
+        })
+    return pd.DataFrame(rows, columns=RATIO_COLUMNS)
+
+
+#: A fixed effect beyond this on the log-odds scale (an odds ratio above 22,000) is a sign of separation.
+RUNAWAY = 10.0
+
+
+def runaway_notes(side: pd.DataFrame, formula) -> list[str]:
+    """Warnings for a binomial model's fixed effects that ran off: ``|estimate| > RUNAWAY`` on the log-odds scale.
+
+    Such an lme4 estimate (or posterior mean) is the mark of complete or quasi-complete separation
+    (:func:`bayeslmm.model.checks.separation_warning` finds it in the data): the likelihood keeps
+    rising as the effect grows, so lme4's estimate and SE are arbitrary and the posterior is the prior's.
+    """
+    if formula.family != "binomial":
+        return []
+    out = []
+    for _, r in side[side["effect"] == "fixed"].iterrows():
+        who = [f"{name} {v:.3g}" for name, v in (("lme4's estimate", r["lme4_estimate"]),
+                                                  ("the posterior mean", r["post_mean"]))
+               if np.isfinite(v) and abs(v) > RUNAWAY]
+        if who:
+            out.append(f"{r['term']}: {' and '.join(who)} on the log-odds scale (beyond +-{RUNAWAY:g}, an odds ratio "
+                       "of more than 22,000): a sign of separation, where the estimate has no finite value; check "
+                       "the levels or values of this term with only one outcome")
+    return out
