@@ -186,6 +186,12 @@ def fit_formula(
     with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)
         df = prepared_data(study)
         fits = fit_models(study.models, df, options or SamplerOptions(), run, echo=echo)
+        for f in fits.values():  # a GLMM's residual checks (overdispersion, zero inflation), as the report has them
+            if f.formula.is_glmm:
+                from bayeslmm.summary.residuals import check_notes
+
+                for note in check_notes(f):
+                    echo(f"warning: {note}")
         tidy = pd.concat([f.tidy(run.ci, ("fixed", "ran_pars")) for f in fits.values()], ignore_index=True)
     for note in stray:
         echo(f"warning: {note}")

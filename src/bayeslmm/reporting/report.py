@@ -257,8 +257,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "mean, std_error = posterior sd",
                  "lme4's side: OLS for models without random terms, else the REML fit (ML where the study says so, "
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
-                 "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for mixed models, "
-                 "Wald intervals for lm",
+                 "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for linear mixed "
+                 "models, Wald intervals for lm; binomial and Poisson models get glmer's Laplace fit (glm without "
+                 "random terms) with Wald intervals (R's confint(method = 'Wald'): none for an sd)",
                  *(["binomial and Poisson models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
