@@ -41,8 +41,10 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
                      f"P({term} > 0)": format_number(p_pos.get(spec.name, np.nan), 3)})
     if not rows:
         return []
+    kinds = ("profile likelihood for linear mixed models, Wald for lm, glm and glmer"
+             if any(s.formula.is_glmm for s in study.models) else "profile likelihood for mixed models, Wald for lm")
     return [Heading(f"Summary: {term} across the models", 2),
-            Para(f"lme4's estimate with its {ci:.0%} CI (profile likelihood for mixed models, Wald for lm) beside "
+            Para(f"lme4's estimate with its {ci:.0%} CI ({kinds}) beside "
                  f"the posterior mean with its {ci:.0%} equal-tailed interval, and the "
                  f"posterior probability that the effect of `{term}` is positive: the Bayesian answer to the "
                  "question a p-value is usually asked to settle."),
