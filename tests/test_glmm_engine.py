@@ -389,7 +389,9 @@ def test_supports_names_what_it_cannot_do():
     # Bambi given the yes/no column itself models the first level ("no") as success: refused, saying so
     import bambi as bmb
 
-    data = model_data(f, beyond(CASES["bernoulli"][0])[1])
+    raw = beyond(CASES["bernoulli"][0])[1]
+    data = model_data(f, raw)
+    data["passed"] = pd.Categorical(raw["passed"].astype(str), categories=["no", "yes"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flipped = bmb.Model(to_bambi(f), data, family="bernoulli")
