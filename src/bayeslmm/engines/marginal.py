@@ -307,27 +307,90 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
         raise Unsupported(f"non-Gaussian family ({family.name})")
     if family.link["mu"].name != "identity":
         raise Unsupported(f"non-identity link ({family.link['mu'].name})")
-    priors = priors or Priors()
     cond = model.conditional_parameters
     if set(cond) != {"mu"}:
         raise Unsupported("distributional sub-models (a formula for sigma)")
     marg = model.marginal_parameters
     if set(marg) != {"sigma"}:
         raise Unsupported(f"auxiliary parameters {sorted(marg)} besides sigma")
-    mu = cond["mu"]
-    if getattr(mu, "hsgp_terms", None):
-        raise Unsupported("HSGP terms")
-    offset = np.zeros(frame.y.size) if frame.offset is None else np.asarray(frame.offset, dtype=float)
-    bambi_offset = sum((np.asarray(t.data, dtype=float).reshape(-1) for t in mu.offset_terms.values()),
-                       np.zeros(frame.y.size))
-    if not np.allclose(bambi_offset, offset):
-        raise Unsupported("the offsets of the Bambi model and of the model frame differ")
-    y = np.asarray(frame.y, dtype=float) + offset  # the observed response (the frame holds y - offset)
-    n = y.size
+    d = design(frame, model, priors, "mu")
+    y = np.asarray(frame.y, dtype=float) + d.offset  # the observed response (the frame holds y - offset)
     response = np.asarray(model.response_term.data, dtype=float).reshape(-1)
-    if response.size != n or not np.allclose(response, y, rtol=1e-12, atol=0.0):
+    if response.size != y.size or not np.allclose(response, y, rtol=1e-12, atol=0.0):
         raise Unsupported("the Bambi model and the model frame have different rows")
     y = response
+    shift = 0.0
+    bpar = d.bpar.copy()
+    if d.intercept is not None:
+        shift = float((y - d.offset).mean())
+        bpar[0, 0] -= shift  # the prior is on the (centred) intercept; y is shifted internally
+    sigma_prior = marg["sigma"].prior
+    if isinstance(sigma_prior, int | float):
+        raise Unsupported("residual sigma fixed to a constant")
+    code, par = _scale_prior(sigma_prior, RESIDUAL_VARIABLE)
+    return Spec(
+        response=d.response,
+        y=y,
+        offset=d.offset,
+        X=d.X,
+        shift=shift,
+        x_mean=d.x_mean,
+        intercept=d.intercept,
+        fixed=d.fixed,
+        random=d.random,
+        factors=d.factors,
+        bcode=d.bcode,
+        bpar=bpar,
+        scode=np.append(d.scode, code).astype(np.int64),
+        spar=np.ascontiguousarray(np.vstack([d.spar.reshape(-1, 3), par])),
+        blocks=d.blocks,
+    )
+
+
+@dataclass(frozen=True)
+class Design:
+    """The linear predictor of one parameter of a Bambi model, read against the model frame.
+
+    What every engine built on Bambi's model shares: the fixed-effect design as Bambi builds it
+    (``X = [1, centred columns]`` when there is an intercept), the random terms in lme4's layout
+    matched to Bambi's variables, and the priors (``bcode``/``bpar`` per internal coefficient, the
+    intercept's on the centred intercept; ``scode``/``spar`` per random component's sd).
+    """
+
+    response: str
+    offset: np.ndarray  # sum of the offsets on the link scale
+    X: np.ndarray
+    x_mean: np.ndarray
+    intercept: str | None
+    fixed: tuple[_Fixed, ...]
+    random: tuple[_Random, ...]
+    factors: tuple[ml.Factor, ...]
+    bcode: np.ndarray
+    bpar: np.ndarray
+    scode: np.ndarray
+    spar: np.ndarray
+    blocks: tuple[CorBlock, ...] = ()
+
+
+def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> Design:
+    """Read the linear predictor of ``parameter`` (``mu``, ``p``) from the Bambi model: one source of
+    truth for the design and the priors of the fixed effects, the random terms and their sds.
+
+    Raises
+    ------
+    Unsupported
+        With a one-line reason when a term or prior is outside what the engines handle.
+    """
+    priors = priors or Priors()
+    mu = model.conditional_parameters[parameter]
+    if getattr(mu, "hsgp_terms", None):
+        raise Unsupported("HSGP terms")
+    n = frame.y.size
+    offset = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=float)
+    bambi_offset = sum((np.asarray(t.data, dtype=float).reshape(-1) for t in mu.offset_terms.values()),
+                       np.zeros(n))
+    if not np.allclose(bambi_offset, offset):
+        raise Unsupported("the offsets of the Bambi model and of the model frame differ")
 
     # fixed effects, as Bambi builds them (centred when there is an intercept)
     columns, fixed, codes, pars = [], [], [], []
@@ -347,16 +410,13 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
         at += k
     Xc = np.column_stack(columns) if columns else np.zeros((n, 0))
     x_mean = np.zeros(Xc.shape[1])
-    shift = 0.0
     intercept = None
     if mu.intercept_term is not None:
         intercept = bambi_variable(mu.intercept_term)
         if model.center_predictors and columns:
             x_mean = Xc.mean(0)
             Xc = Xc - x_mean
-        shift = float((y - offset).mean())
         c, p_ = _location_prior(mu.intercept_term.prior, 1, intercept)
-        p_[0, 0] -= shift  # the prior is on the (centred) intercept; y is shifted internally
         codes.insert(0, c)
         pars.insert(0, p_)
         Xc = np.column_stack([np.ones(n), Xc])
@@ -449,18 +509,10 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     if len(frame.blocks) and sum(b.values.shape[1] for b in frame.blocks) != len(random):
         raise Unsupported("random terms of the formula and of the Bambi model differ")
 
-    sigma_prior = marg["sigma"].prior
-    if isinstance(sigma_prior, int | float):
-        raise Unsupported("residual sigma fixed to a constant")
-    code, par = _scale_prior(sigma_prior, RESIDUAL_VARIABLE)
-    scodes.append(code)
-    spars.append(par)
-    return Spec(
+    return Design(
         response=bambi_variable(model.response_term),
-        y=y,
         offset=offset,
         X=np.ascontiguousarray(Xc),
-        shift=shift,
         x_mean=x_mean,
         intercept=intercept,
         fixed=tuple(fixed),
@@ -469,7 +521,7 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
         bcode=np.ascontiguousarray(bcode, dtype=np.int64),
         bpar=np.ascontiguousarray(bpar),
         scode=np.asarray(scodes, dtype=np.int64),
-        spar=np.ascontiguousarray(np.vstack(spars)),
+        spar=np.ascontiguousarray(np.vstack(spars) if spars else np.zeros((0, 3))),
         blocks=tuple(cor_blocks),
     )
 
@@ -558,6 +610,12 @@ _FAST_FIELDS = {
 
 def _compile_fast(sp: Spec, stats: ml.Stats, make_initial_point):
     """nutpie's ``CompiledPyMCModel`` around the C kernels, or ``None`` if nutpie differs."""
+    return _compile_c(sp.n_dim, ml.pack(stats, sp.bcode, sp.bpar, sp.scode, sp.spar), ml.c_logp, make_initial_point)
+
+
+def _compile_c(ndim: int, buffer: np.ndarray, c_logp, make_initial_point):
+    """nutpie's ``CompiledPyMCModel`` around a numba C log density reading ``buffer``, or ``None`` if
+    nutpie is not a version whose internals this was tested with (:data:`NUTPIE_TESTED`)."""
     import dataclasses
 
     import nutpie
@@ -570,15 +628,13 @@ def _compile_fast(sp: Spec, stats: ml.Stats, make_initial_point):
         return None
     if not _FAST_FIELDS <= {f.name for f in dataclasses.fields(CompiledPyMCModel)}:
         return None
-    ndim = sp.n_dim
-    buffer = ml.pack(stats, sp.bcode, sp.bpar, sp.scode, sp.spar)
     buffer.flags.writeable = False
     return CompiledPyMCModel(
         dims={},
         _n_dim=ndim,
         _coords={},
         _shapes={"theta": (ndim,)},
-        compiled_logp_func=ml.c_logp,
+        compiled_logp_func=c_logp,
         compiled_expand_func=ml.c_expand,
         initial_point_func=make_initial_point,
         shared_data={},
@@ -695,19 +751,21 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
 
 
 def assemble(sp: Spec, stats: ml.Stats, beta, sds, sigma, u, cors, stats_ds, shape: tuple[int, int],
-             with_loglik: bool = True) -> xr.DataTree:
+             with_loglik: bool = True, loglik: np.ndarray | None = None) -> xr.DataTree:
     """The engines' common ``DataTree`` from flat draws (one row per draw, chains first).
 
-    ``beta`` (S, p) internal coefficients, ``sds`` (S, K), ``sigma`` (S,), ``u`` (S, q) the random
-    effects in ``stats``' column layout, ``cors`` one (S, k, k) correlation matrix per
-    ``sp.blocks``; ``stats_ds`` nutpie's sample statistics.  Bambi's names, dims and coords.
+    ``beta`` (S, p) internal coefficients, ``sds`` (S, K), ``sigma`` (S,) (``None``: no residual sd,
+    a binomial or Poisson model), ``u`` (S, q) the random effects in ``stats``' column layout (only
+    ``stats.columns`` is read, so a :class:`marginal_lik.Layout` will do), ``cors`` one (S, k, k)
+    correlation matrix per ``sp.blocks``; ``stats_ds`` nutpie's sample statistics; ``loglik`` (S, n)
+    the pointwise log-likelihood when not the Gaussian one.  Bambi's names, dims and coords.
     """
     chains, draws = shape
     p = sp.X.shape[1]
     n = sp.y.size
     cd = ("chain", "draw")
     coords: dict = {"chain": np.arange(chains), "draw": np.arange(draws)}
-    post: dict = {RESIDUAL_VARIABLE: (cd, sigma.reshape(chains, draws))}
+    post: dict = {} if sigma is None else {RESIDUAL_VARIABLE: (cd, sigma.reshape(chains, draws))}
     start = 0
     if sp.intercept is not None:
         b_rest = beta[:, 1:]
@@ -761,7 +819,7 @@ def assemble(sp: Spec, stats: ml.Stats, beta, sds, sigma, u, cors, stats_ds, sha
     internal.attrs["description"] = ENGINE_GROUP_DESCRIPTION
     groups = {"posterior": posterior, "sample_stats": sample_stats, ENGINE_GROUP: internal}
     if with_loglik:
-        loglik = _pointwise(sp, stats, beta, u, sigma, slice(None))
+        loglik = _pointwise(sp, stats, beta, u, sigma, slice(None)) if loglik is None else loglik
         groups["log_likelihood"] = xr.Dataset(
             {sp.response: ((*cd, "__obs__"), loglik.reshape(chains, draws, n))},
             coords={"chain": coords["chain"], "draw": coords["draw"], **obs},
@@ -788,6 +846,28 @@ def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice) -> np.nda
     """Log-likelihood (draws, rows) of ``rows``: one kernel for the fit and the recomputation."""
     y = (sp.y - sp.offset - sp.shift)[rows]
     return ml.pointwise_loglik(y, sp.X[rows], beta, stats.cols[rows], stats.vals[rows], u, sigma)
+
+
+def effects_from_posterior(random: tuple[_Random, ...], columns: tuple[np.ndarray, ...], q: int,
+                           post: xr.Dataset) -> np.ndarray:
+    """The random effects (draws, q) in the engine's column layout, read from Bambi's posterior variables.
+
+    Raises
+    ------
+    ValueError
+        When the posterior lacks some of the model's effects.
+    """
+    S = post.sizes["chain"] * post.sizes["draw"]
+    u = np.empty((S, q))
+    filled = np.zeros(q, dtype=bool)
+    for r in random:
+        cols = columns[r.factor][r.order, r.slot]
+        da = post[r.name] if r.level_dim is None else post[r.name].sel({r.level_dim: r.level})
+        u[:, cols] = da.transpose("chain", "draw", r.dim).values.reshape(S, -1)
+        filled[cols] = True
+    if not filled.all():
+        raise ValueError("the saved posterior does not match the model: refit it")
+    return u
 
 
 def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None),
@@ -821,14 +901,8 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     S = chains * draws
     beta = np.ascontiguousarray(tree[ENGINE_GROUP]["beta"].values.reshape(S, -1), dtype=float)
     sigma = np.ascontiguousarray(post[RESIDUAL_VARIABLE].values.reshape(S), dtype=float)
-    u = np.empty((S, stats.q))
-    filled = np.zeros(stats.q, dtype=bool)
-    for r in sp.random:
-        cols = stats.columns[r.factor][r.order, r.slot]
-        da = post[r.name] if r.level_dim is None else post[r.name].sel({r.level_dim: r.level})
-        u[:, cols] = da.transpose("chain", "draw", r.dim).values.reshape(S, -1)
-        filled[cols] = True
-    if beta.shape[1] != sp.X.shape[1] or not filled.all():
+    u = effects_from_posterior(sp.random, stats.columns, stats.q, post)
+    if beta.shape[1] != sp.X.shape[1]:
         raise ValueError("the saved posterior does not match the model: refit it")
     index = np.arange(sp.y.size)[rows]
     ll = _pointwise(sp, stats, beta, u, sigma, rows)

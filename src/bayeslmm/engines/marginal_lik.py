@@ -818,42 +818,51 @@ class Stats:
         return self.tsize, self.tcomp, self.tcor, self.teta, self.icol, self.itype
 
 
-def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_components: int) -> Stats:
-    """Cross-products of ``y``, ``X`` and ``Z``, the block layout and the symbolic Cholesky of ``A``.
+@dataclass(frozen=True)
+class Layout:
+    """Where each random effect sits: the columns of ``Z`` and the covariance blocks.
+
+    ``columns[f]`` (n_levels, k) the column of every level and coefficient of factor ``f``;
+    ``cols``/``vals`` (n, K) each row's column and value in each component; block types ``tsize``,
+    ``tcomp``, ``tcor``, ``teta`` and their instances ``icol``, ``itype`` as in :class:`Stats`.
+    """
+
+    q: int
+    columns: tuple[np.ndarray, ...]
+    cols: np.ndarray
+    vals: np.ndarray
+    tsize: np.ndarray
+    tcomp: np.ndarray
+    tcor: np.ndarray
+    teta: np.ndarray
+    icol: np.ndarray
+    itype: np.ndarray
+
+
+def layout(factors: list[Factor], n: int, n_components: int) -> Layout:
+    """The columns of the random effects and their covariance blocks.
 
     Columns are ordered factor by factor, the factor with most levels first (as lme4
     orders its random terms), level-major within a factor (a level's coefficients are
-    adjacent, so its covariance block is a diagonal block of ``A``): nested designs then
-    factor with no fill-in at all and crossed designs fill in only the smaller factors.
+    adjacent, so its covariance block is a diagonal block of ``Z'Z``).
     """
-    import scipy.sparse as sp
-
-    y = np.ascontiguousarray(y, dtype=float)
-    X = np.ascontiguousarray(X, dtype=float)
-    n = y.size
     order = sorted(range(len(factors)), key=lambda f: -factors[f].n_levels)
     offsets, off = {}, 0
     for f in order:
         offsets[f] = off
         off += factors[f].n_levels * factors[f].values.shape[1]
-    q = off
     columns = []
     cols = np.zeros((n, n_components), dtype=np.int64)
     vals = np.zeros((n, n_components))
-    rows_, cols_, vals_ = [], [], []
     types: list[tuple[int, tuple[int, ...], int, float]] = []
-    icol, itype, pat_r, pat_c = [], [], [], []
+    icol, itype = [], []
     for f, fac in enumerate(factors):
         k = fac.values.shape[1]
         colmap = offsets[f] + np.arange(fac.n_levels)[:, None] * k + np.arange(k)[None, :]
         columns.append(colmap)
         for j, c in enumerate(fac.components):
-            cj = colmap[fac.index, j]
-            cols[:, c] = cj
+            cols[:, c] = colmap[fac.index, j]
             vals[:, c] = fac.values[:, j]
-            rows_.append(np.arange(n))
-            cols_.append(cj)
-            vals_.append(fac.values[:, j])
         for block in fac.covariance_blocks():
             slots = block.slots
             if list(slots) != list(range(slots[0], slots[0] + len(slots))):
@@ -861,17 +870,44 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
             types.append((len(slots), tuple(fac.components[s] for s in slots), block.cor, block.eta))
             icol.append(colmap[:, slots[0]])
             itype.append(np.full(fac.n_levels, len(types) - 1))
-            for a in slots:  # the whole block is in the pattern, even where Z'Z has a zero
-                for b in slots:
-                    pat_r.append(colmap[:, a])
-                    pat_c.append(colmap[:, b])
     kmax = max((t[0] for t in types), default=1)
-    tsize = np.array([t[0] for t in types], dtype=np.int64)
     tcomp = np.full((len(types), kmax), -1, dtype=np.int64)
     for t, (k, comps, _, _) in enumerate(types):
         tcomp[t, :k] = comps
-    tcor = np.array([t[2] for t in types], dtype=np.int64)
-    teta = np.array([t[3] for t in types], dtype=float)
+    return Layout(
+        q=off, columns=tuple(columns), cols=cols, vals=vals,
+        tsize=np.array([t[0] for t in types], dtype=np.int64), tcomp=tcomp,
+        tcor=np.array([t[2] for t in types], dtype=np.int64), teta=np.array([t[3] for t in types], dtype=float),
+        icol=np.concatenate(icol).astype(np.int64) if icol else np.zeros(0, np.int64),
+        itype=np.concatenate(itype).astype(np.int64) if itype else np.zeros(0, np.int64),
+    )  # fmt: skip
+
+
+def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_components: int) -> Stats:
+    """Cross-products of ``y``, ``X`` and ``Z``, the block layout and the symbolic Cholesky of ``A``.
+
+    Columns as :func:`layout` orders them: nested designs then factor with no fill-in at all and
+    crossed designs fill in only the smaller factors.
+    """
+    import scipy.sparse as sp
+
+    y = np.ascontiguousarray(y, dtype=float)
+    X = np.ascontiguousarray(X, dtype=float)
+    n = y.size
+    lay = layout(factors, n, n_components)
+    q, columns, cols, vals = lay.q, lay.columns, lay.cols, lay.vals
+    tsize, tcomp, tcor, teta = lay.tsize, lay.tcomp, lay.tcor, lay.teta
+    rows_ = [np.arange(n)] * n_components
+    cols_ = [cols[:, c] for c in range(n_components)]
+    vals_ = [vals[:, c] for c in range(n_components)]
+    # every covariance block (a level's adjacent columns) is in the pattern, even where Z'Z has a zero
+    pat_r, pat_c = [], []
+    for t, k in enumerate(tsize):
+        first = lay.icol[lay.itype == t]
+        for a in range(k):
+            for b in range(k):
+                pat_r.append(first + a)
+                pat_c.append(first + b)
     if q:
         Z = sp.csr_matrix(
             (np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))), shape=(n, q)
@@ -889,9 +925,7 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
     return Stats(
         n=n, yy=float(y @ y), Xty=X.T @ y, XtX=np.ascontiguousarray(X.T @ X), Zty=Zty, ZtX=ZtX,
         Lp=Lp, Li=Li, Ax=Ax, Rp=Rp, Rk=Rk, Rpos=Rpos, tsize=tsize, tcomp=tcomp, tcor=tcor, teta=teta,
-        icol=np.concatenate(icol).astype(np.int64) if icol else np.zeros(0, np.int64),
-        itype=np.concatenate(itype).astype(np.int64) if itype else np.zeros(0, np.int64),
-        columns=tuple(columns), cols=cols, vals=vals,
+        icol=lay.icol, itype=lay.itype, columns=tuple(columns), cols=cols, vals=vals,
     )  # fmt: skip
 
 
