@@ -54,7 +54,8 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
                    help=f"NUTS target acceptance ({d.target_accept})")
     g.add_argument("--engine", choices=get_args(Engine), default=d.engine,
                    help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS; "
-                        "pymc: bayeslmm's plain PyMC model (the reference for correlated effects)")
+                        "pymc: bayeslmm's plain PyMC model (the reference for correlated effects); glmm: the "
+                        "binomial/Poisson engine (auto's choice for them)")
     g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
                    help=f"NUTS implementation of the Bambi engine ({d.sampler})")
     g.add_argument("--ci", type=_prob, default=r.ci, help=f"credible interval mass ({r.ci})")

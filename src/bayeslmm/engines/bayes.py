@@ -250,7 +250,7 @@ def find_cached(folder: str | Path | None, key: str) -> Path | None:
 
 def _required_groups(engine: str | None) -> tuple[str, ...]:
     base = ("posterior", "sample_stats", "observed_data")
-    if engine in ("marginal", "pymc"):
+    if engine in ("marginal", "pymc", "glmm"):
         from bayeslmm.engines.marginal import ENGINE_GROUP
 
         return (*base, ENGINE_GROUP)
@@ -468,6 +468,11 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
         tree = reference.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
                                 priors=prep.user_priors)
+    elif engine == "glmm":
+        from bayeslmm.engines import glmm
+
+        tree = glmm.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
+                           priors=prep.user_priors)
     else:
         tree = sample(prep.model, options, progress=progress, log_likelihood=False)
     seconds = time.perf_counter() - start
@@ -539,6 +544,10 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
         from bayeslmm.engines import marginal
 
         return marginal.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
+    if fit.engine == "glmm":
+        from bayeslmm.engines import glmm
+
+        return glmm.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
     whole = rows == slice(0, n, 1)
     tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
     with warnings.catch_warnings():
@@ -569,15 +578,29 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """The engine that fits this model, and a note saying why.
 
     ``auto`` takes the marginal engine whenever it applies (Gaussian model, random intercepts
-    and slopes, correlated or not) and Bambi's NUTS otherwise, never the reference engine;
+    and slopes, correlated or not), the GLMM engine for binomial and Poisson models, and Bambi's
+    NUTS otherwise, never the reference engine;
     ``marginal`` and ``pymc`` (the reference engine, built from the marginal engine's reading of
     the model) refuse models they cannot fit.
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
+    if formula.is_glmm:  # binomial and Poisson: the GLMM engine (NUTS on the joint, cached numba kernels)
+        from bayeslmm.engines import glmm
+
+        reason = glmm.supports(formula, frame, model)
+        if reason is None and requested in ("auto", "glmm"):
+            return "glmm", "GLMM engine"
+        if requested != "auto":
+            why = reason or "it fits Gaussian models; use the glmm engine"
+            raise OptionsError(f"--engine {requested} cannot fit {formula.text!r}: {why}; use --engine auto or bambi")
+        return "bambi", f"Bambi engine; the GLMM engine does not apply: {reason}"
     from bayeslmm.engines import marginal
 
     reason = marginal.supports(formula, frame, model)
+    if requested == "glmm":
+        raise OptionsError(f"--engine glmm fits binomial and Poisson models; {formula.text!r} is Gaussian: use "
+                           "--engine auto")
     if requested == "pymc":
         if reason is not None:
             raise OptionsError(f"--engine pymc cannot fit {formula.text!r}: {reason}; use --engine auto or bambi")

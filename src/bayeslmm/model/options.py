@@ -16,7 +16,7 @@ import numpy as np
 from bayeslmm.errors import OptionsError
 
 Sampler = Literal["pymc", "nutpie"]
-Engine = Literal["auto", "bambi", "marginal", "pymc"]
+Engine = Literal["auto", "bambi", "marginal", "pymc", "glmm"]
 NaAction = Literal["drop", "fail"]
 #: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
 #: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
