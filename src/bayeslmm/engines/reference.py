@@ -220,7 +220,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
         save_warmup=False,
         # The intercept trades off against the mean of the non-centred effects: nutpie's low-rank
         # mass matrix learns that direction (the fixed effects' bulk ESS x10 on slopes.csv).
-        low_rank_modified_mass_matrix=True,
+        adaptation="low_rank",
     )
     if shown:  # nutpie leaves the cursor at the end of its last bar
         print(file=sys.stderr, flush=True)
