@@ -71,6 +71,11 @@ def test_qq_uniform_one_panel_per_fit_with_the_tests(right, overdispersed):
     line = next(t for t in bad if t.startswith("dispersion"))
     assert line == f"dispersion: ratio {disp.statistic:.2f}, p < 0.004" and bad[line] == FREQ.lower()
     assert all(colour == "#000000" for colour in ok.values())  # nothing flagged in the right model
+    # no simulation p-value reads "p = 0": one no replicate reached says "p < 1/replicates"
+    assert not any(", p = 0" == t[-len(", p = 0"):] for t in [*ok, *bad])
+    uni = residuals.uniformity_test(residuals.simulate_residuals(overdispersed))
+    line = next(t for t in bad if t.startswith("uniformity"))
+    assert line.endswith(residuals.format_p(uni.p_value, residuals.simulate_residuals(overdispersed).null.shape[0]))
 
 
 def test_residuals_predicted_draws_the_binned_quantiles(right, curved):

@@ -53,8 +53,9 @@ def _test_lines(res: ScaledResiduals) -> list[tuple[str, bool]]:
         if not t.computed:
             out.append((f"{t.name}: not computed", False))
             continue
-        n = res.pearson.shape[0] if t.name == "dispersion" else res.n_sim
-        p = residuals.format_p(t.p_value, n) if t.name != "uniformity" else f"p = {t.p_value:.2g}"
+        # the simulation p-values' resolution: 1 / the number of replicates they count
+        n = {"dispersion": res.pearson.shape[0], "uniformity": res.null.shape[0]}.get(t.name, res.n_sim)
+        p = residuals.format_p(t.p_value, n)
         what = f"KS D = {t.statistic:.3f}" if t.name == "uniformity" else f"ratio {t.statistic:.2f}"
         out.append((f"{t.name}: {what}, {p}", t.flagged))
     return out
