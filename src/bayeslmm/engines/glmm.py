@@ -26,8 +26,6 @@ Public functions: :func:`supports`, :func:`sample` and :func:`log_likelihood`; :
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -466,42 +464,16 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         If :func:`supports` would return a reason.
     """
-    import nutpie
 
-    from bayeslmm.notices import progress_shown
 
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model, priors, centring_rule)
     compiled = compile_model(sp, *initial_point(sp, sp.start if sp.start is not None else centring(sp)[1]))
-    shown = progress_shown(progress)
-    t0 = time.perf_counter()
-    trace = nutpie.sample(
-        compiled,
-        draws=options.draws,
-        tune=options.tune,
-        chains=options.chains,
-        cores=min(options.chains, os.cpu_count() or 1),
-        seed=int(options.seed),
-        target_accept=float(options.target_accept),
-        progress_bar=shown,
-        save_warmup=False,
-    )
-    if shown:  # nutpie leaves the cursor at the end of its last bar
-        print(file=sys.stderr, flush=True)
-    sampling_time = time.perf_counter() - t0
+    trace, sampling_time = marginal.run_nutpie(compiled, options, progress)
     theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
     tree = _to_datatree(sp, theta, trace["sample_stats"].to_dataset(), log_likelihood)
-    for group in tree.children:
-        tree[group].attrs.update({
-            "inference_library": "nutpie",
-            "inference_library_version": nutpie.__version__,
-            "modeling_interface": "bayeslmm.engines.glmm",
-            "sampling_time": sampling_time,
-            "fit_time": time.perf_counter() - start,
-            "tuning_steps": options.tune,
-            "centring_weight_mean": float(sp.weight.mean()) if sp.weight.size else 0.0,
-        })  # fmt: skip
-    return tree
+    return marginal.stamp(tree, "bayeslmm.engines.glmm", options, sampling_time, time.perf_counter() - start,
+                          centring_weight_mean=float(sp.weight.mean()) if sp.weight.size else 0.0)
 
 
 def draws(sp: Spec, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:

@@ -688,15 +688,25 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         If :func:`supports` would return a reason.
     """
+    start = time.perf_counter()
+    sp = spec(frame.formula, frame, model, priors)
+    stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
+    trace, sampling_time = run_nutpie(compile_model(sp, stats), options, progress)
+    theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
+    stats_ds = trace["sample_stats"].to_dataset()
+    tree = _to_datatree(sp, stats, theta, stats_ds, options, log_likelihood)
+    return stamp(tree, "bayeslmm.engines.marginal", options, sampling_time, time.perf_counter() - start)
+
+
+def run_nutpie(compiled, options, progress: bool, **settings):
+    """nutpie's NUTS on a compiled model with the run's options (every engine samples through this).
+
+    ``settings`` are passed on (``adaptation="low_rank"``). Returns the trace and the seconds spent sampling.
+    """
     import nutpie
 
     from bayeslmm.notices import progress_shown
 
-    start = time.perf_counter()
-    sp = spec(frame.formula, frame, model, priors)
-    stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
-    compiled = compile_model(sp, stats)
-    cores = min(options.chains, os.cpu_count() or 1)
     shown = progress_shown(progress)
     t0 = time.perf_counter()
     trace = nutpie.sample(
@@ -704,29 +714,29 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
         draws=options.draws,
         tune=options.tune,
         chains=options.chains,
-        cores=cores,
+        cores=min(options.chains, os.cpu_count() or 1),
         seed=int(options.seed),
         target_accept=float(options.target_accept),
         progress_bar=shown,
         save_warmup=False,
+        **settings,
     )
     if shown:  # nutpie leaves the cursor at the end of its last bar
         print(file=sys.stderr, flush=True)
-    sampling_time = time.perf_counter() - t0
-    theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
-    stats_ds = trace["sample_stats"].to_dataset()
-    tree = _to_datatree(sp, stats, theta, stats_ds, options, log_likelihood)
+    return trace, time.perf_counter() - t0
+
+
+def stamp(tree: xr.DataTree, interface: str, options, sampling_time: float, fit_time: float,
+          **extra) -> xr.DataTree:
+    """Record on every group of ``tree`` who sampled it and how long it took (ArviZ's attribute names)."""
+    import nutpie
+
     for group in tree.children:
-        tree[group].attrs.update(
-            {
-                "inference_library": "nutpie",
-                "inference_library_version": nutpie.__version__,
-                "modeling_interface": "bayeslmm.engines.marginal",
-                "sampling_time": sampling_time,
-                "fit_time": time.perf_counter() - start,
-                "tuning_steps": options.tune,
-            }
-        )
+        tree[group].attrs.update({
+            "inference_library": "nutpie", "inference_library_version": nutpie.__version__,
+            "modeling_interface": interface, "sampling_time": sampling_time, "fit_time": fit_time,
+            "tuning_steps": options.tune, **extra,
+        })  # fmt: skip
     return tree
 
 

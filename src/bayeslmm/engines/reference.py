@@ -22,8 +22,6 @@ draws).  ``--engine auto`` never chooses it: it exists to prove the fast engine 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import numpy as np
@@ -200,31 +198,14 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     """
     import nutpie
 
-    from bayeslmm.notices import progress_shown
 
     start = time.perf_counter()
     sp = marginal.spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     compiled = nutpie.compile_pymc_model(pymc_model(sp))
-    shown = progress_shown(progress)
-    t0 = time.perf_counter()
-    trace = nutpie.sample(
-        compiled,
-        draws=options.draws,
-        tune=options.tune,
-        chains=options.chains,
-        cores=min(options.chains, os.cpu_count() or 1),
-        seed=int(options.seed),
-        target_accept=float(options.target_accept),
-        progress_bar=shown,
-        save_warmup=False,
-        # The intercept trades off against the mean of the non-centred effects: nutpie's low-rank
-        # mass matrix learns that direction (the fixed effects' bulk ESS x10 on slopes.csv).
-        adaptation="low_rank",
-    )
-    if shown:  # nutpie leaves the cursor at the end of its last bar
-        print(file=sys.stderr, flush=True)
-    sampling_time = time.perf_counter() - t0
+    # The intercept trades off against the mean of the non-centred effects: nutpie's low-rank
+    # mass matrix learns that direction (the fixed effects' bulk ESS x10 on slopes.csv).
+    trace, sampling_time = marginal.run_nutpie(compiled, options, progress, adaptation="low_rank")
     post = trace["posterior"].to_dataset()
     draws = _internal_draws(sp, stats, post)
     shape = (post.sizes["chain"], post.sizes["draw"])
@@ -232,15 +213,4 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     tree[marginal.ENGINE_GROUP].attrs["description"] = (
         "bayeslmm's reference engine: coefficients of the marginal engine's internal, centred design, sampled "
         "directly; the pointwise log-likelihood is recomputed from these (bayeslmm.engines.bayes.log_likelihood)")
-    for group in tree.children:
-        tree[group].attrs.update(
-            {
-                "inference_library": "nutpie",
-                "inference_library_version": nutpie.__version__,
-                "modeling_interface": "bayeslmm.engines.reference",
-                "sampling_time": sampling_time,
-                "fit_time": time.perf_counter() - start,
-                "tuning_steps": options.tune,
-            }
-        )
-    return tree
+    return marginal.stamp(tree, "bayeslmm.engines.reference", options, sampling_time, time.perf_counter() - start)
