@@ -26,6 +26,7 @@ from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.model.checks import NaAction, sampler_warnings, validate
 from bayeslmm.model.formula import Formula, to_bambi
 from bayeslmm.model.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
+from bayeslmm.model.prior_model import PriorModel, bambi_family
 from bayeslmm.model.priors import Priors
 from bayeslmm.numbers import format_number
 from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
@@ -62,8 +63,8 @@ class BayesFit:
         Sampler trouble: divergences, r_hat > 1.01, low ESS, tree depth (``--strict`` fails on these).
     engine_note : str
         Which engine ran and why (``auto`` says so).
-    model : bambi.Model or None
-        The Bambi model (kept to recompute the log-likelihood; rebuilt when ``None``).
+    model : PriorModel or None
+        The terms and priors the engine sampled (kept to recompute the log-likelihood; rebuilt when ``None``).
     """
 
     name: str
@@ -141,25 +142,19 @@ def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     return data.reset_index(drop=True)
 
 
-#: Bambi's family of each of bayeslmm's (a 0/1 binomial response is Bambi's "bernoulli").
-BAMBI_FAMILIES = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson"}
-
-
-def bambi_family(formula: Formula) -> str:
-    """Bambi's family for a formula: ``binomial`` for ``cbind`` responses, ``bernoulli`` for 0/1 ones."""
-    if formula.family == "binomial" and not formula.cbind:
-        return "bernoulli"
-    return BAMBI_FAMILIES[formula.family]
-
-
-def build_model(formula: Formula, data: pd.DataFrame):
-    """The Bambi model of ``formula`` with Bambi's default (weakly informative) priors."""
+def build_model(formula: Formula, data: pd.DataFrame, pm: PriorModel | None = None):
+    """The Bambi model of ``formula``: with the priors of ``pm``, else Bambi's default (weakly
+    informative, data-scaled) priors, which :func:`~bayeslmm.model.prior_model.default_model` computes
+    without Bambi."""
     import bambi as bmb
+
+    from bayeslmm.model.prior_model import bambi_priors
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            model = bmb.Model(to_bambi(formula), data, family=bambi_family(formula))
+            model = bmb.Model(to_bambi(formula), data, family=bambi_family(formula),
+                              priors=bambi_priors(pm) if pm is not None else None)
         model.build()
     except Exception as exc:  # formulae/Bambi raise many types for terms they cannot build
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -168,18 +163,11 @@ def build_model(formula: Formula, data: pd.DataFrame):
 
 
 def prior_table(model, formula: Formula | None = None, priors: Priors | None = None) -> dict[str, str]:
-    """Each parameter's prior as text: Bambi's model's, and the LKJ prior of each correlated term.
+    """Each parameter's prior as text: the prior model's (or a Bambi model's), and the LKJ prior of
+    each correlated term, keyed by its group's correlation matrix, ``cor(Subject)``."""
+    from bayeslmm.engines.marginal import prior_model
 
-    A correlated term's correlations are keyed by their group's correlation matrix, ``cor(Subject)``.
-    """
-    out: dict[str, str] = {}
-    for comp in model.conditional_parameters.values():
-        for name, term in comp.terms.items():
-            prior = getattr(term, "prior", None)
-            if prior is not None:
-                out[name] = _prior_text(prior)
-    for name, comp in model.marginal_parameters.items():
-        out[name] = _prior_text(comp.prior)
+    out = prior_model(model).texts()
     priors = priors or Priors()
     for term in formula.random if formula is not None else ():
         if term.correlated:
@@ -187,33 +175,16 @@ def prior_table(model, formula: Formula | None = None, priors: Priors | None = N
     return out
 
 
-def _prior_text(prior) -> str:
-    """A Bambi prior as text, numbers with 4 significant digits: ``Normal(mu=4.2e-05, sigma=3.1e-06)``."""
-
-    if not hasattr(prior, "args"):
-        return str(prior)
-    args = []
-    for k, v in prior.args.items():
-        if hasattr(v, "args"):
-            v = _prior_text(v)
-        elif isinstance(v, np.ndarray):
-            flat = [format_number(x) for x in np.ravel(v)]
-            v = flat[0] if flat and len(set(flat)) == 1 else f"[{', '.join(flat)}]"
-        else:
-            v = format_number(v)
-        args.append(f"{k}={v}")
-    return f"{prior.name}({', '.join(args)})"
-
-
 def _versions() -> dict[str, str]:
-    """Versions that change a posterior: Bambi and PyMC (Bambi engine), nutpie and bayeslmm (marginal)."""
-    import bambi
-    import nutpie
-    import pymc
+    """Versions that change a posterior: Bambi and PyMC (Bambi engine), nutpie and bayeslmm (marginal).
+
+    Read from the installed packages' metadata, so keying a cache imports none of them.
+    """
+    from importlib.metadata import version
 
     import bayeslmm
 
-    return {"bambi": bambi.__version__, "pymc": pymc.__version__, "nutpie": nutpie.__version__,
+    return {"bambi": version("bambi"), "pymc": version("pymc"), "nutpie": version("nutpie"),
             "bayeslmm": bayeslmm.__version__}
 
 
@@ -353,8 +324,9 @@ class Prepared:
         The formula fitted: collinear terms dropped (its text as written).
     data : DataFrame
         The rows and columns the model uses (R expressions evaluated, grouping factors as factors).
-    model : bambi.Model
-        Bambi's model with its priors (the marginal engine reads them from it).
+    model : PriorModel
+        Every term with its prior (:mod:`bayeslmm.model.prior_model`): what the engines read, and
+        what Bambi's model is given when Bambi's engine runs.
     frame : ModelFrame
         The arrays of lme4's side and the marginal engine.
     priors : dict of str to str
@@ -394,6 +366,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
+    from bayeslmm.model.prior_model import default_model
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
@@ -401,8 +374,8 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     rows, check_notes = validate(formula, df, na)
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
-    model = build_model(formula, data)
     frame = model_frame(formula, data)
+    model = default_model(frame, data)  # Bambi's default priors, without building Bambi's model
     formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
     from bayeslmm.engines.marginal import coding_mismatch
 
@@ -473,8 +446,9 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
         tree = glmm.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
                            priors=prep.user_priors)
-    else:
-        tree = sample(prep.model, options, progress=progress, log_likelihood=False)
+    else:  # Bambi's NUTS on Bambi's model, given the prior model's priors
+        tree = sample(build_model(prep.formula, prep.data, prep.model), options, progress=progress,
+                      log_likelihood=False)
     seconds = time.perf_counter() - start
     _check_complete(tree, options)
     tree = _contiguous(tree)
@@ -539,7 +513,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
-    model = fit.model if fit.model is not None else build_model(fit.formula, fit.data)
+    model = fit.model if fit.model is not None else _prior_model(fit.formula, fit.data)
     if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
@@ -549,12 +523,28 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
         return glmm.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
     whole = rows == slice(0, n, 1)
+    model = build_model(fit.formula, fit.data, marginal_prior_model(model))
     tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model.compute_log_likelihood(tree, data=None if whole else fit.data.iloc[rows])
     ll = next(iter(tree["log_likelihood"].to_dataset().data_vars.values()))
     return ll.assign_coords(__obs__=np.arange(n)[rows])
+
+
+def _prior_model(formula: Formula, data: pd.DataFrame) -> PriorModel:
+    """The prior model of a formula on the model's data (Bambi's default priors)."""
+    from bayeslmm.model.formula import model_frame
+    from bayeslmm.model.prior_model import default_model
+
+    return default_model(model_frame(formula, data), data)
+
+
+def marginal_prior_model(model) -> PriorModel:
+    """``model`` as a prior model (it may be a Bambi model a caller built)."""
+    from bayeslmm.engines.marginal import prior_model
+
+    return prior_model(model)
 
 
 def _contiguous(tree: xr.DataTree) -> xr.DataTree:

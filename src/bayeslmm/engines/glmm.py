@@ -37,6 +37,7 @@ from bayeslmm.engines import marginal
 from bayeslmm.engines import marginal_lik as ml
 from bayeslmm.engines.marginal import ENGINE_GROUP, Unsupported
 from bayeslmm.model.formula import Formula, ModelFrame
+from bayeslmm.model.prior_model import PriorModel
 from bayeslmm.model.priors import Priors
 
 __all__ = ["ENGINE_GROUP", "Spec", "Unsupported", "centring", "log_likelihood", "sample", "spec", "supports"]
@@ -120,9 +121,9 @@ class Spec:
 # ---------------------------------------------------------------------------------------
 
 
-def _response(model, frame: ModelFrame, bambi_family: str) -> tuple[np.ndarray, np.ndarray]:
-    """Successes (or counts) and trials as Bambi's model has them, checked against the model frame."""
-    data = np.asarray(model.response_term.data, dtype=float)
+def _response(model: PriorModel, frame: ModelFrame, bambi_family: str) -> tuple[np.ndarray, np.ndarray]:
+    """Successes (or counts) and trials as the prior model has them, checked against the model frame."""
+    data = np.asarray(model.y, dtype=float)
     n = frame.y.size
     if bambi_family == "binomial":
         if data.ndim != 2 or data.shape != (n, 2):
@@ -155,20 +156,18 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     Unsupported
         With a one-line reason when the engine does not apply.
     """
-    family = model.family
-    if family.name not in FAMILIES:
-        raise Unsupported(f"family {family.name} (the GLMM engine fits binomial and Poisson models)")
-    code, link, parameter, ours = FAMILIES[family.name]
+    pm = marginal.prior_model(model)
+    if pm.family not in FAMILIES:
+        raise Unsupported(f"family {pm.family} (the GLMM engine fits binomial and Poisson models)")
+    code, link, parameter, ours = FAMILIES[pm.family]
     if frame.family != ours:
-        raise Unsupported(f"Bambi's family {family.name} is not the formula's family {frame.family}")
-    if set(model.conditional_parameters) != {parameter}:
-        raise Unsupported(f"distributional sub-models (a formula for {', '.join(model.conditional_parameters)})")
-    if model.marginal_parameters:
-        raise Unsupported(f"auxiliary parameters {sorted(model.marginal_parameters)}")
-    if family.link[parameter].name != link:
-        raise Unsupported(f"{family.link[parameter].name} link (the GLMM engine uses {link} for {family.name})")
-    d = marginal.design(frame, model, priors, parameter)
-    y, trials = _response(model, frame, family.name)
+        raise Unsupported(f"Bambi's family {pm.family} is not the formula's family {frame.family}")
+    if pm.aux:
+        raise Unsupported(f"auxiliary parameters {sorted(pm.aux)}")
+    if pm.link != link:
+        raise Unsupported(f"{pm.link} link (the GLMM engine uses {link} for {pm.family})")
+    d = marginal.design(frame, pm, priors, parameter)
+    y, trials = _response(pm, frame, pm.family)
     lay = ml.layout(list(d.factors), y.size, len(d.random))
     fields = {f.name: getattr(d, f.name) for f in dataclasses.fields(marginal.Design)}
     sp = Spec(**fields, family=code, y=y, trials=trials, row_const=gl.constants(code, y, trials), layout=lay,
