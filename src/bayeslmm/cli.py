@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
                           "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
-                     help="a prior, e.g. 'cor ~ LKJ(2)' or 'cor(Subject) ~ LKJ(4)' (repeatable; LKJ(1) by default)")
+                     help="a prior in brms's classes, e.g. 'sd(site) ~ HalfNormal(10)', 'b ~ Normal(0, 5)', "
+                          "'sigma ~ Exponential(0.1)', 'cor ~ LKJ(2)' (repeatable; Bambi's defaults otherwise)")
     _sampler_args(fit)
 
     tab = sub.add_parser("table", help="print a table of a report folder as text, markdown, LaTeX or HTML")

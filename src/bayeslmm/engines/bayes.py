@@ -366,7 +366,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
-    from bayeslmm.model.prior_model import default_model
+    from bayeslmm.model.prior_model import apply_priors, default_model
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
@@ -375,7 +375,8 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
     frame = model_frame(formula, data)
-    model = default_model(frame, data)  # Bambi's default priors, without building Bambi's model
+    # Bambi's default priors (without building Bambi's model), then the user's in their place
+    model = apply_priors(default_model(frame, data), user_priors)
     formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
     from bayeslmm.engines.marginal import coding_mismatch
 

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bayeslmm.labels import TRIALS_COLUMN, bambi_variable, expr_dim, factor_dim, level_dim
+from bayeslmm.errors import OptionsError
+from bayeslmm.labels import TRIALS_COLUMN, bambi_variable, expr_dim, factor_column, factor_dim, level_dim
 from bayeslmm.model.formula import Formula, ModelFrame, fixed_design
+from bayeslmm.model.priors import DISTRIBUTIONS, Priors
 from bayeslmm.model.rterms import r_name
 
 #: Bambi's prior scaling multiplier (``PriorScaler.STD``).
@@ -62,6 +64,7 @@ class FixedTerm:
     data: np.ndarray  # (n, k), uncentred
     coords: dict  # {dim: labels} for a term of several columns (a factor's levels), else {}
     prior: Dist
+    names: tuple[str, ...] = ()  # lme4's name of each column
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class GroupTerm:
     level_dim: str | None
     levels: tuple[str, ...]
     prior: Dist  # Normal(mu=0, sigma=Dist(<sd prior>))
+    coefs: tuple[str, ...] = ()  # lme4's name of each column (``(Intercept)``, ``x``, ``fB``)
 
     @property
     def dim(self) -> str:
@@ -220,7 +224,8 @@ def default_model(frame: ModelFrame, data: pd.DataFrame) -> PriorModel:
         # a term of one column (a two-level factor too) has scalar arguments, as in Bambi
         prior = Dist("Normal", {"mu": np.zeros(k), "sigma": np.asarray(sigma, dtype=float)} if k > 1 else
                      {"mu": 0.0, "sigma": float(np.ravel(sigma)[0])})
-        common.append(FixedTerm(name, cols, coords, prior))
+        names = tuple(c.name for c in design.columns if c.variable == name)
+        common.append(FixedTerm(name, cols, coords, prior, names))
 
     # the intercept's sigma widens by each slope's prior sigma times its column's mean
     int_sigma = STD * y_sd
@@ -264,7 +269,8 @@ def _group_terms(frame: ModelFrame, data: pd.DataFrame, int_sigma: float, y_sd: 
                 x = block.values[:, js[0]]
                 sd = int_sigma if col.name == "(Intercept)" else STD * y_sd / np.std(x)
                 out[name] = GroupTerm(name, term.group, x.reshape(-1, 1), groups, None, ("",),
-                                      Dist("Normal", {"mu": 0.0, "sigma": Dist("HalfNormal", {"sigma": float(sd)})}))
+                                      Dist("Normal", {"mu": 0.0, "sigma": Dist("HalfNormal", {"sigma": float(sd)})}),
+                                      (col.name,))
                 continue
             values = _factor_values(data, col.expr)
             labels = sorted(values)
@@ -273,7 +279,8 @@ def _group_terms(frame: ModelFrame, data: pd.DataFrame, int_sigma: float, y_sd: 
             x = np.column_stack([values[lv] for lv in labels])
             sd = STD * y_sd / np.std(x, axis=0)
             out[name] = GroupTerm(name, term.group, x, groups, expr_dim(col.expr), tuple(labels),
-                                  Dist("Normal", {"mu": 0.0, "sigma": Dist("HalfNormal", {"sigma": sd})}))
+                                  Dist("Normal", {"mu": 0.0, "sigma": Dist("HalfNormal", {"sigma": sd})}),
+                                  tuple(factor_column(col.expr, lv) for lv in labels))
     return tuple(out.values())
 
 
@@ -283,6 +290,98 @@ def _factor_values(data: pd.DataFrame, expr: str) -> dict[str, np.ndarray]:
 
     values = as_factor(data[expr])
     return {str(lv): np.asarray(values == lv, dtype=float) for lv in values.categories}
+
+
+# ---------------------------------------------------------------------------------------
+# The user's priors
+# ---------------------------------------------------------------------------------------
+
+
+def apply_priors(pm: PriorModel, priors: Priors) -> PriorModel:
+    """``pm`` with the priors the user set (:mod:`bayeslmm.model.priors`) in place of Bambi's defaults.
+
+    Raises
+    ------
+    OptionsError
+        One line naming a statement that reaches no parameter of this model, and what exists.
+    """
+    from dataclasses import replace
+
+    if not priors.statements:
+        return pm
+    _check_reach(pm, priors)
+    common = []
+    for term in pm.common:
+        dists = [_user(priors.chosen("b", coef=c, term=term.name)) for c in term.names]
+        common.append(replace(term, prior=_combine(dists, term.prior, f"b({term.name})")))
+    intercept = pm.intercept
+    if intercept is not None and priors.chosen("Intercept") is not None:
+        intercept = replace(intercept, prior=_user(priors.chosen("Intercept")))
+    group = []
+    for term in pm.group:
+        dists = [_user(priors.chosen("sd", term.group, c)) for c in term.coefs]
+        sd = _combine(dists, term.prior.args["sigma"], f"sd({term.group})")
+        group.append(replace(term, prior=Dist("Normal", {**term.prior.args, "sigma": sd})))
+    aux = dict(pm.aux)
+    if priors.chosen("sigma") is not None:
+        aux["sigma"] = _user(priors.chosen("sigma"))
+    return replace(pm, common=tuple(common), intercept=intercept, group=tuple(group), aux=aux)
+
+
+def _user(statement) -> Dist | None:
+    return None if statement is None else Dist(statement.dist, statement.kwargs)
+
+
+def _combine(dists: list[Dist | None], default, where: str):
+    """One prior for a term's columns: the default where no statement reaches a column.
+
+    A factor's columns are one variable (one distribution, vector arguments): a statement may set
+    some of them only when the distribution is the default's, whose arguments it replaces there.
+    """
+    if all(d is None for d in dists):
+        return default
+    if len(dists) == 1:
+        return dists[0]
+    names = {d.name for d in dists if d is not None}
+    if len(names) > 1 or (None in dists and names != {default.name}):
+        raise OptionsError(f"priors of {where}: the columns of one factor term share one distribution; set it for "
+                           f"the whole term or use {default.name} for each column")
+    name = names.pop()
+    args = {}
+    for key in DISTRIBUTIONS[name][0]:
+        args[key] = np.array([float(d.args[key]) if d is not None else
+                              float(np.broadcast_to(default.args[key], len(dists))[i])
+                              for i, d in enumerate(dists)])
+    return Dist(name, args)
+
+
+def _check_reach(pm: PriorModel, priors: Priors) -> None:
+    """Refuse a statement that sets nothing in this model, naming what it could set."""
+    slopes = [c for t in pm.common for c in t.names]
+    terms = {t.name for t in pm.common}
+    coefs = {}
+    for t in pm.group:
+        coefs.setdefault(t.group, []).extend(t.coefs)
+    for s in priors.statements:
+        if s.cls == "b":
+            if not slopes:
+                raise OptionsError(f"prior {s.text!r}: the model has no fixed-effect slopes")
+            if s.coef and s.coef not in slopes and s.coef not in terms:
+                raise OptionsError(f"prior {s.text!r}: no fixed effect {s.coef!r}; the fixed effects are "
+                                   f"{', '.join(slopes)}")
+        elif s.cls == "Intercept" and pm.intercept is None:
+            raise OptionsError(f"prior {s.text!r}: the model has no intercept")
+        elif s.cls == "sd":
+            if not coefs:
+                raise OptionsError(f"prior {s.text!r}: the model has no random effects")
+            if s.group and s.group not in coefs:
+                raise OptionsError(f"prior {s.text!r}: the formula has no grouping factor {s.group!r}; its grouping "
+                                   f"factors are {', '.join(coefs)}")
+            if s.coef and s.coef not in coefs[s.group]:
+                raise OptionsError(f"prior {s.text!r}: {s.group} has no random coefficient {s.coef!r}; its "
+                                   f"coefficients are {', '.join(coefs[s.group])}")
+        elif s.cls == "sigma" and "sigma" not in pm.aux:
+            raise OptionsError(f"prior {s.text!r}: a {pm.family} model has no residual sd")
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,5 +450,5 @@ def bambi_priors(pm: PriorModel) -> dict:
     return {**{t.name: prior(t.prior) for t in terms}, **{k: prior(d) for k, d in pm.aux.items()}}
 
 
-__all__ = ["Dist", "FixedTerm", "GroupTerm", "PriorModel", "bambi_family", "bambi_groups", "bambi_priors",
-           "default_model", "from_bambi", "prior_text", "response_name"]
+__all__ = ["Dist", "FixedTerm", "GroupTerm", "PriorModel", "apply_priors", "bambi_family", "bambi_groups",
+           "bambi_priors", "default_model", "from_bambi", "prior_text", "response_name"]
