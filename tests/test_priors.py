@@ -201,3 +201,18 @@ def test_the_bambi_engine_is_given_the_users_priors():
     model = bayes.build_model(prep.formula, prep.data, prep.model)
     assert str(model.components["mu"].group_specific_terms["1|subject"].prior.args["sigma"]) == \
         "Exponential(lam: 0.02)"
+
+
+def test_the_report_marks_the_priors_a_user_set():
+    from types import SimpleNamespace
+
+    from bayeslmm.reporting.report import priors_text
+
+    prep = _prepared(["sd(subject, day) ~ HalfNormal(7)", "cor ~ LKJ(2)"])
+    text = priors_text(SimpleNamespace(model=prep.model, priors=prep.priors))
+    assert "`day|subject` ~ Normal(mu=0, sigma=HalfNormal(sigma=7)) (**set**)" in text
+    assert "`cor(subject)` ~ LKJ(eta=2) (favours correlations near 0) (**set**)" in text
+    assert "`1|subject` ~ Normal(mu=0, sigma=HalfNormal(sigma=" in text and text.count("(**set**)") == 2
+    default = _prepared([])
+    assert priors_text(SimpleNamespace(model=default.model, priors=default.priors)).startswith(
+        "Priors (Bambi's defaults, scaled to the data): ")

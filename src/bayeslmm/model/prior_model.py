@@ -103,6 +103,7 @@ class PriorModel:
     group: tuple[GroupTerm, ...]
     aux: dict  # {"sigma": Dist} (Gaussian), {"alpha": Dist} (negative binomial)
     center: bool = True  # slopes centred when there is an intercept (Bambi's center_predictors)
+    user_set: tuple[str, ...] = ()  # the variables whose prior a user's statement set (:func:`apply_priors`)
 
     @property
     def link(self) -> str:
@@ -325,7 +326,10 @@ def apply_priors(pm: PriorModel, priors: Priors) -> PriorModel:
     aux = dict(pm.aux)
     if priors.chosen("sigma") is not None:
         aux["sigma"] = _user(priors.chosen("sigma"))
-    return replace(pm, common=tuple(common), intercept=intercept, group=tuple(group), aux=aux)
+    new = replace(pm, common=tuple(common), intercept=intercept, group=tuple(group), aux=aux)
+    before, after = pm.texts(), new.texts()
+    cors = [f"cor({g})" for g in dict.fromkeys(t.group for t in pm.group) if priors.chosen("cor", g)]
+    return replace(new, user_set=(*(k for k in after if after[k] != before.get(k)), *cors))
 
 
 def _user(statement) -> Dist | None:

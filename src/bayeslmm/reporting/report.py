@@ -92,8 +92,7 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
         f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
         f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
         f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
-    priors = fit.priors  # Bambi's engine drops the correlations of (x|g): its fits have no LKJ prior
-    blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}{_prior_gloss(v)}" for k, v in priors.items()) + "."))
+    blocks.append(Para(priors_text(fit)))  # Bambi's engine drops (x|g)'s correlations: no LKJ prior there
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
@@ -114,6 +113,15 @@ def residual_tests_text(fit) -> str:
         parts.append(f"{t.name}: {value}{residuals.format_p(t.p_value, n)}" + (" (**flagged**)" if t.flagged else ""))
     return (f"**Residual checks** (simulated-quantile residuals from {res.n_sim} posterior predictive replicates, "
             "DHARMa's tests; figures below): " + "; ".join(parts) + ".")
+
+
+def priors_text(fit) -> str:
+    """One paragraph: every prior as the engine used it, those the user set marked as such."""
+    user = set(getattr(fit.model, "user_set", ()))
+    items = [f"`{k}` ~ {v}{_prior_gloss(v)}{' (**set**)' if k in user else ''}" for k, v in fit.priors.items()]
+    how = "set in the study where marked, Bambi's defaults scaled to the data otherwise" if user else \
+        "Bambi's defaults, scaled to the data"
+    return f"Priors ({how}): " + "; ".join(items) + "."
 
 
 def _prior_gloss(prior: str) -> str:
@@ -246,8 +254,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Heading("Data and settings", 2),
         Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
                  f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
-                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults, and LKJ on the correlations of "
-                 "correlated terms (listed per model)",
+                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults scaled to the data unless the "
+                 "study sets them, and LKJ on the correlations of correlated terms (listed per model, set ones marked)",
                  "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
                  "(nutpie) on the fixed effects, standard deviations and correlations only, and draws the random "
                  "effects from their exact conditional normal: the same posterior as Bambi's model, without its "
