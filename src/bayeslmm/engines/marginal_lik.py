@@ -29,17 +29,22 @@ log-Jacobian is added), with an LKJ(eta) prior on each block's correlation matri
 All kernels are numba functions compiled with ``cache=True``: the first process compiles
 them once (about 6 s on the project's machine), later processes load the machine code from
 the cache (``__pycache__`` beside this file, or ``NUMBA_CACHE_DIR``).  The nested designs of
-lme4's tutorials factor with no fill-in at all; crossed designs fill in the smaller factor,
-which the kernels then treat as a dense trailing block.
+lme4's tutorials factor with no fill-in at all; crossed designs fill in the smaller factors,
+a trailing block of ``L`` that :func:`symbolic` stores full and SciPy's LAPACK factors
+(``dpotrf``) and inverts (``dpotri``) at every gradient, called from the compiled kernels
+(InstEval's students x lecturers: 1,139 such columns, 0.06 s a gradient instead of 0.7 s).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+from llvmlite import binding as _llvm
+from scipy.linalg import cython_lapack as _lapack
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -122,12 +127,106 @@ def scale_prior(code, par, t):
 
 
 # ---------------------------------------------------------------------------------------
+# LAPACK for the dense trailing block (SciPy's, called from compiled code)
+# ---------------------------------------------------------------------------------------
+
+
+def _lapack_address(name: str) -> int:
+    """Address of SciPy's LAPACK routine ``name`` (``scipy.linalg.cython_lapack``: 32-bit integers)."""
+    capsule = _lapack.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    signature = get_name(capsule)
+    if signature != b"void (char *, int *, __pyx_t_5scipy_6linalg_13cython_lapack_d *, int *, int *)":
+        raise ImportError(f"scipy.linalg.cython_lapack.{name} has an unexpected signature {signature!r}")
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, signature)
+
+
+# Registered as symbols (not baked-in addresses), so the kernels that call them stay cacheable.
+for _name in ("dpotrf", "dpotri"):
+    _llvm.add_symbol(f"bayeslmm_{_name}", _lapack_address(_name))
+_UPLO_SIG = nb.types.void(*[nb.types.voidptr] * 5)  # (uplo, n, a, lda, info)
+_dpotrf = nb.types.ExternalFunction("bayeslmm_dpotrf", _UPLO_SIG)
+_dpotri = nb.types.ExternalFunction("bayeslmm_dpotri", _UPLO_SIG)
+
+#: Fewest columns of the dense trailing block of ``L`` that :func:`factor` and
+#: :func:`selected_inverse` hand to LAPACK (below it the scalar loops are as fast).
+DENSE_MIN = 64
+
+
+@nb.njit(**_JIT)
+def _dense_lapack(F, inverse):
+    """LAPACK's Cholesky (``dpotrf``) or, from that factor, inverse (``dpotri``) of ``F`` in place.
+
+    ``F`` is C-ordered (nt, nt); LAPACK reads it as column-major, so its lower triangle is
+    ``F``'s upper: ``F[c, r]``, ``r >= c``, holds entry ``(r, c)``.  Returns LAPACK's ``info``
+    (0: done; > 0: not positive definite).
+    """
+    uplo = np.empty(1, np.uint8)
+    uplo[0] = 76  # "L"
+    size = np.empty(1, np.int32)
+    size[0] = F.shape[0]
+    info = np.zeros(1, np.int32)
+    if inverse:
+        _dpotri(uplo.ctypes, size.ctypes, F.ctypes, size.ctypes, info.ctypes)
+    else:
+        _dpotrf(uplo.ctypes, size.ctypes, F.ctypes, size.ctypes, info.ctypes)
+    return info[0]
+
+
+@nb.njit(**_JIT)
+def full_trailing(Lp):
+    """First column of the trailing block of ``L`` whose columns are full (rows ``j..q-1``)."""
+    q = Lp.size - 1
+    t0 = max(q - 1, 0)
+    while t0 > 0 and Lp[t0] - Lp[t0 - 1] == q - t0 + 1:
+        t0 -= 1
+    return t0
+
+
+@nb.njit(**_JIT)
+def dense_start(Lp, dense_min):
+    """First column of the trailing block LAPACK takes: the full trailing block if it has at least
+    ``dense_min`` columns, else ``q`` (none)."""
+    q = Lp.size - 1
+    t0 = full_trailing(Lp)
+    return t0 if q - t0 >= dense_min else q
+
+
+@nb.njit(**_JIT)
+def _trailing_to_dense(Lp, Lx, t0):
+    """The trailing columns ``t0..q-1`` of a full block as LAPACK's lower triangle (see :func:`_dense_lapack`)."""
+    nt = Lp.size - 1 - t0
+    F = np.zeros((nt, nt))
+    for c in range(nt):
+        s = Lp[t0 + c]
+        row = F[c]
+        for i in range(nt - c):
+            row[c + i] = Lx[s + i]
+    return F
+
+
+@nb.njit(**_JIT)
+def _mirror_upper(F):
+    """Copy the upper triangle of the square ``F`` onto its lower one (by tiles, for the cache)."""
+    n = F.shape[0]
+    tile = 32
+    for r0 in range(0, n, tile):
+        for c0 in range(0, r0 + 1, tile):
+            for r in range(r0, min(r0 + tile, n)):
+                for c in range(c0, min(c0 + tile, r)):
+                    F[r, c] = F[c, r]
+
+
+# ---------------------------------------------------------------------------------------
 # Sparse Cholesky with a fixed pattern (left-looking), solves, selected inverse
 # ---------------------------------------------------------------------------------------
 
 
 @nb.njit(**_JIT)
-def factor(Lp, Li, Rp, Rk, Rpos, Lx, pos):
+def factor(Lp, Li, Rp, Rk, Rpos, Lx, pos, dense_min=DENSE_MIN):
     """Numeric Cholesky ``A = L L'`` in place: ``Lx`` holds the lower triangle of ``A``.
 
     ``Lx`` comes in with ``A``'s lower triangle on the precomputed pattern (``Lp``, ``Li``;
@@ -135,9 +234,14 @@ def factor(Lp, Li, Rp, Rk, Rpos, Lx, pos):
     each row ``j``, the columns ``k < j`` with ``L[j, k] != 0`` and the position of that
     entry.  ``pos`` is integer work space of length ``q``.  Returns ``False`` if ``A`` is
     not numerically positive definite.
+
+    A full trailing block of at least ``dense_min`` columns (crossed factors fill the smaller one
+    in; :func:`dense_start`) is copied out dense, the columns before it subtract their outer
+    products from it (the Schur complement ``A_22 - L_21 L_21'``) and LAPACK's ``dpotrf`` factors it.
     """
     q = Lp.size - 1
-    for j in range(q):
+    t0 = dense_start(Lp, dense_min)
+    for j in range(t0):
         start, end = Lp[j], Lp[j + 1]
         if Rp[j] < Rp[j + 1]:
             for p in range(start, end):
@@ -165,6 +269,28 @@ def factor(Lp, Li, Rp, Rk, Rpos, Lx, pos):
         inv = 1.0 / d
         for p in range(start + 1, end):
             Lx[p] *= inv
+    if t0 < q:
+        # Schur complement A_22 - L_21 L_21': each column before the block subtracts the outer product of
+        # its rows in the block (``F[c, r]`` holds entry (r, c), r >= c: see _dense_lapack)
+        F = _trailing_to_dense(Lp, Lx, t0)
+        for k in range(t0):
+            f, end = Lp[k] + 1, Lp[k + 1]
+            while f < end and Li[f] < t0:
+                f += 1
+            for a in range(f, end):
+                la = Lx[a]
+                row = F[Li[a] - t0]
+                for b in range(a, end):
+                    row[Li[b] - t0] -= la * Lx[b]
+        if _dense_lapack(F, False) != 0:
+            return False
+        for c in range(q - t0):
+            s = Lp[t0 + c]
+            row = F[c]
+            if not math.isfinite(row[c]):
+                return False
+            for i in range(q - t0 - c):
+                Lx[s + i] = row[c + i]
     return True
 
 
@@ -196,7 +322,7 @@ _MAX_PRE = 8
 
 
 @nb.njit(**_JIT)
-def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
+def selected_inverse(Lp, Li, Lx, Sx, dense, acc, dense_min=DENSE_MIN):
     """Entries of ``A^-1`` on the pattern of ``L`` (Takahashi's equations) into ``Sx``.
 
     The diagonal of ``A^-1`` is ``Sx[Lp[:-1]]``.  ``dense`` and ``acc`` are float work
@@ -204,20 +330,33 @@ def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
     ``Z[i, j] = -sum_{k in S} L[k, j] Z[k, i] / L[j, j]``; every ``Z[k, i]`` needed lies in
     column ``min(k, i)`` (the pattern of a column is a clique of the filled graph), so each
     such column is scattered once into ``dense`` instead of searching for single entries.
+    A full trailing block of at least ``dense_min`` columns is ``(L_22 L_22')^-1``, the inverse of
+    the Schur complement, which LAPACK's ``dpotri`` computes from :func:`factor`'s ``L_22``.
     """
     q = Lp.size - 1
     # trailing block of columns whose pattern is full (crossed factors fill the smaller one
     # in): once done, it is kept as a dense matrix for the columns that only reach into it
-    t0 = q - 1
-    while t0 > 0 and Lp[t0] - Lp[t0 - 1] == q - t0 + 1:
-        t0 -= 1
+    t0 = full_trailing(Lp)
     nt = q - t0
-    block = np.empty((nt, nt)) if nt >= 8 else np.empty((0, 0))
+    lapack = nt >= dense_min
     pre = np.empty((_MAX_PRE, nt)) if nt >= 8 else np.empty((0, 0))
-    for j in range(q - 1, -1, -1):
+    first = q - 1
+    if lapack:
+        block = _trailing_to_dense(Lp, Lx, t0)
+        _dense_lapack(block, True)  # info > 0 only for a singular L_22, which factor() has refused
+        for c in range(nt):
+            s = Lp[t0 + c]
+            row = block[c]
+            for i in range(nt - c):
+                Sx[s + i] = row[c + i]
+        _mirror_upper(block)
+        first = t0 - 1
+    else:
+        block = np.empty((nt, nt)) if nt >= 8 else np.empty((0, 0))
+    for j in range(first, -1, -1):
         start, end = Lp[j], Lp[j + 1]
         inv = 1.0 / Lx[start]
-        if j == t0 - 1 and nt >= 8:
+        if j == t0 - 1 and nt >= 8 and not lapack:
             for c in range(t0, q):
                 for pp in range(Lp[c], Lp[c + 1]):
                     block[Li[pp] - t0, c - t0] = Sx[pp]
@@ -241,6 +380,20 @@ def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
                 r0 = Li[f] - t0
                 contiguous = Li[end - 1] - Li[f] == m - 1
                 lj = Lx[f:end]
+                if not contiguous:
+                    # acc = block[rows, rows] @ lj, each entry of the (symmetric) block read once
+                    for i in range(m):
+                        acc[i] = 0.0
+                    for i in range(m):
+                        ri = Li[f + i] - t0
+                        row = block[ri]
+                        li = lj[i]
+                        v = row[ri] * li
+                        for b in range(i + 1, m):
+                            z = row[Li[f + b] - t0]
+                            v += z * lj[b]
+                            acc[b] += z * li
+                        acc[i] += v
                 d = 0.0
                 for a in range(f, end):
                     ra = Li[a] - t0
@@ -250,8 +403,7 @@ def selected_inverse(Lp, Li, Lx, Sx, dense, acc):
                         for i in range(m):
                             v += row[i] * lj[i]
                     else:
-                        for b in range(f, end):
-                            v += block[ra, Li[b] - t0] * Lx[b]
+                        v = acc[a - f]
                     for k in range(npre):
                         v += pre[k, ra] * Lx[start + 1 + k]
                     z = -v * inv
@@ -452,14 +604,15 @@ def fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx):
 @nb.njit(**_JIT)
 def logp_grad(
     theta, grad, n, yy, Xty, XtX, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype,
-    bcode, bpar, scode, spar,
+    bcode, bpar, scode, spar, dense_min=DENSE_MIN,
 ):  # fmt: skip
     """Log posterior (marginal likelihood + priors) at ``theta``; gradient into ``grad``.
 
     Returns ``-inf`` (gradient zero) where ``A`` or a correlation matrix is not numerically
     positive definite.  ``bcode/bpar``: one location prior per coefficient; ``scode/spar``: one
     scale prior per standard deviation, the residual sigma last; block types (``tsize``,
-    ``tcomp``, ``tcor``, ``teta``) and their instances (``icol``, ``itype``) as :class:`Stats`.
+    ``tcomp``, ``tcor``, ``teta``) and their instances (``icol``, ``itype``) as :class:`Stats`;
+    ``dense_min`` as :func:`factor` (tests set it to compare the dense-block path with the scalar one).
     """
     p = Xty.size
     K = scode.size - 1
@@ -510,7 +663,7 @@ def logp_grad(
     if q > 0:
         Lx = np.empty(Ax.size)
         fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx)
-        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64)):
+        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64), dense_min):
             for a in range(grad.size):
                 grad[a] = 0.0
             return -np.inf
@@ -519,7 +672,7 @@ def logp_grad(
         ltsolve(Lp, Li, Lx, u)
         for i in range(q):
             uw += u[i] * w[i]
-        selected_inverse(Lp, Li, Lx, Sx, np.empty(q), np.empty(q))
+        selected_inverse(Lp, Li, Lx, Sx, np.empty(q), np.empty(q), dense_min)
     ll = -0.5 * (n * _LOG_2PI + (n - q) * 2.0 * lsig + sumlogd + logdet_a + (rr - uw) / sigma2)
 
     # d/db = X'V^-1 r = (X'r - X'Z u_hat) / sigma^2
@@ -643,7 +796,8 @@ def correlations(thetas, p, K, tsize, tcomp, tcor, teta):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def draw_effects(thetas, K, z, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype):
+def draw_effects(thetas, K, z, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp, tcor, teta, icol, itype,
+                 dense_min=DENSE_MIN):
     """Exact draws of ``u | y, b, Sigma, sigma ~ N(A^-1 w, sigma^2 A^-1)``, one per row of ``thetas``.
 
     ``K`` is the number of standard deviations (the residual's not counted); ``z`` holds
@@ -677,7 +831,7 @@ def draw_effects(thetas, K, z, Zty, ZtX, Lp, Li, Ax, Rp, Rk, Rpos, tsize, tcomp,
             w[i] = v
         Lx = np.empty(Ax.size)
         fill(Ax, Lp, icol, itype, tsize, P, sigma2, Lx)
-        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64)):
+        if not factor(Lp, Li, Rp, Rk, Rpos, Lx, np.empty(q, dtype=np.int64), dense_min):
             out[s, :] = np.nan
             continue
         lsolve(Lp, Li, Lx, w)
@@ -883,11 +1037,12 @@ def layout(factors: list[Factor], n: int, n_components: int) -> Layout:
     )  # fmt: skip
 
 
-def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_components: int) -> Stats:
+def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_components: int,
+                     dense_min: int = DENSE_MIN) -> Stats:
     """Cross-products of ``y``, ``X`` and ``Z``, the block layout and the symbolic Cholesky of ``A``.
 
     Columns as :func:`layout` orders them: nested designs then factor with no fill-in at all and
-    crossed designs fill in only the smaller factors.
+    crossed designs fill in only the smaller factors; ``dense_min`` as :func:`dense_block`.
     """
     import scipy.sparse as sp
 
@@ -921,7 +1076,7 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
         ZtZ = pattern = sp.csc_matrix((0, 0))
         Zty = np.zeros(0)
         ZtX = np.zeros((0, X.shape[1]))
-    Lp, Li, Ax, Rp, Rk, Rpos = symbolic(ZtZ, pattern)
+    Lp, Li, Ax, Rp, Rk, Rpos = symbolic(ZtZ, pattern, dense_min)
     return Stats(
         n=n, yy=float(y @ y), Xty=X.T @ y, XtX=np.ascontiguousarray(X.T @ X), Zty=Zty, ZtX=ZtX,
         Lp=Lp, Li=Li, Ax=Ax, Rp=Rp, Rk=Rk, Rpos=Rpos, tsize=tsize, tcomp=tcomp, tcor=tcor, teta=teta,
@@ -929,13 +1084,51 @@ def sufficient_stats(y: np.ndarray, X: np.ndarray, factors: list[Factor], n_comp
     )  # fmt: skip
 
 
-def symbolic(ZtZ, pattern=None) -> tuple[np.ndarray, ...]:
+#: Cost of a scalar loop's flop in LAPACK flops, for :func:`dense_block` (measured on the
+#: InstEval-shaped design of ``benchmarks/insteval.py``: see there).
+_SCALAR_COST = 10.0
+
+
+def dense_block(counts: np.ndarray, dense_min: int = DENSE_MIN) -> int:
+    """First column of the trailing block of ``L`` to store full (zeros included) and leave to LAPACK.
+
+    ``counts`` are the entries of each column of ``L`` (diagonal included).  LAPACK factors and
+    inverts a full block of ``nt`` columns in about ``nt^3`` flops; a column left to the scalar
+    loops costs about ``1.5 count^2`` of theirs (factor and selected inverse), each
+    :data:`_SCALAR_COST` times dearer.  The start minimising the sum is returned, or ``q`` (no
+    block) when the best block has fewer than ``dense_min`` columns.  A crossed design's smaller
+    factors fill in almost completely and become the block; a nested design's never do.
+    """
+    q = counts.size
+    if q == 0:
+        return 0
+    nt = (q - np.arange(q + 1)).astype(float)
+    sparse = np.concatenate([[0.0], np.cumsum(1.5 * _SCALAR_COST * counts.astype(float) ** 2)])
+    t0 = int(np.argmin(nt**3 + sparse))
+    return t0 if q - t0 >= dense_min else q
+
+
+def gradient_flops(Lp: np.ndarray) -> float:
+    """The cost of one log-density gradient in LAPACK flops, by :func:`dense_block`'s model.
+
+    ``nt^3`` for a dense trailing block of ``nt`` columns (``dpotrf`` and ``dpotri``), ``1.5 count^2``
+    scalar flops, each :data:`_SCALAR_COST` LAPACK flops, for every other column.
+    """
+    Lp = np.asarray(Lp)
+    q = Lp.size - 1
+    t0 = int(dense_start(Lp, DENSE_MIN))
+    counts = np.diff(Lp[: t0 + 1]).astype(float)
+    return float(q - t0) ** 3 + 1.5 * _SCALAR_COST * float(np.sum(counts**2))
+
+
+def symbolic(ZtZ, pattern=None, dense_min: int = DENSE_MIN) -> tuple[np.ndarray, ...]:
     """Pattern of the Cholesky factor of ``Z'Z + sigma^2 D^-1`` (elimination tree, no pivoting).
 
     ``pattern`` (default ``Z'Z``'s) is the nonzero structure of ``A``, a superset of ``Z'Z``'s
     holding every covariance block.  Returns ``Lp, Li`` (CSC pattern, diagonal first, rows
     sorted), ``Ax`` (lower triangle of ``Z'Z`` on that pattern) and the row lists
-    ``Rp, Rk, Rpos`` that :func:`factor` uses.
+    ``Rp, Rk, Rpos`` that :func:`factor` uses.  The trailing block that :func:`dense_block` picks
+    is stored full (its missing entries are zeros of ``L``), so that LAPACK takes it.
     """
     import scipy.sparse as sp
 
@@ -954,6 +1147,9 @@ def symbolic(ZtZ, pattern=None) -> tuple[np.ndarray, ...]:
         structs.append(s)
         if s.size:
             children[int(s[0])].append(j)
+    t0 = dense_block(np.array([s.size + 1 for s in structs], dtype=np.int64), dense_min)
+    for j in range(t0, q):
+        structs[j] = np.arange(j + 1, q, dtype=np.int64)
     counts = np.array([s.size + 1 for s in structs], dtype=np.int64)
     Lp = np.zeros(q + 1, dtype=np.int64)
     np.cumsum(counts, out=Lp[1:])
