@@ -197,7 +197,8 @@ def cache_key(formula: Formula, data: pd.DataFrame, priors: dict[str, str], opti
     h.update(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
     h.update(json.dumps(list(map(str, data.columns))).encode())
     h.update(json.dumps(priors, sort_keys=True).encode())
-    h.update(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    settings = {k: v for k, v in asdict(options).items() if not (k == "target_ess" and v is None)}  # keys as before
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps(_versions(), sort_keys=True).encode())
     return h.hexdigest()
 
@@ -386,6 +387,11 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
     table = prior_table(model, formula, user_priors)
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
+    if engine == "marginal":  # a large design gets fewer, cheaper draws unless the options were chosen
+        from bayeslmm.engines.marginal import plan
+
+        options, plan_note = plan(frame, model, options, user_priors)
+        engine_note += plan_note
     # Bambi's engine drops correlations, so its fits have no LKJ prior (nor one in their cache key)
     table = prior_table(model, formula if engine != "bambi" else None, user_priors)
     # The cache knows the engine that ran, so "auto" and an explicit choice share posteriors.
@@ -559,9 +565,11 @@ def _contiguous(tree: xr.DataTree) -> xr.DataTree:
 
 
 def _check_complete(tree: xr.DataTree, options: SamplerOptions) -> None:
-    """Refuse a truncated posterior: PyMC returns what it has when Ctrl-C stops it."""
+    """Refuse a truncated posterior: PyMC returns what it has when Ctrl-C stops it (a run with a
+    ``target_ess`` may stop early, and says where in the posterior's ``stopped_at_draw``)."""
     sizes = tree["posterior"].sizes
-    if sizes.get("chain") != options.chains or sizes.get("draw") != options.draws:
+    stopped = tree["posterior"].attrs.get("stopped_at_draw") if options.target_ess is not None else None
+    if sizes.get("chain") != options.chains or sizes.get("draw") != (options.draws if stopped is None else stopped):
         raise KeyboardInterrupt("sampling was interrupted")
 
 

@@ -670,20 +670,104 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         If :func:`supports` would return a reason.
     """
+    from threadpoolctl import threadpool_limits
+
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
-    trace, sampling_time = run_nutpie(compile_model(sp, stats), options, progress)
-    theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
-    stats_ds = trace["sample_stats"].to_dataset()
-    tree = _to_datatree(sp, stats, theta, stats_ds, options, log_likelihood)
-    return stamp(tree, "bayeslmm.engines.marginal", options, sampling_time, time.perf_counter() - start)
+    enough = None
+    if options.target_ess is not None:
+        def enough(theta):
+            return good_enough(reported(sp, stats, theta), options.target_ess)
+    with threadpool_limits(limits=1, user_api="blas"):  # each chain's LAPACK calls on its own core
+        trace, sampling_time = run_nutpie(compile_model(sp, stats), options, progress, enough)
+        theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
+        stats_ds = trace["sample_stats"].to_dataset()
+        tree = _to_datatree(sp, stats, theta, stats_ds, options, log_likelihood)
+    kept = int(tree["posterior"].sizes["draw"])
+    extra = {"stopped_at_draw": kept} if kept < options.draws else {}
+    return stamp(tree, "bayeslmm.engines.marginal", options, sampling_time, time.perf_counter() - start, **extra)
 
 
-def run_nutpie(compiled, options, progress: bool, **settings):
+def reported(sp: Spec, stats: ml.Stats, theta: np.ndarray) -> np.ndarray:
+    """Every fixed effect, sd (sigma last) and correlation as the posterior reports them, from the
+    sampler's draws ``theta`` (chains, draws, dim): (chains, draws, quantities)."""
+    chains, draws, ndim = theta.shape
+    flat = np.ascontiguousarray(theta.reshape(chains * draws, ndim))
+    p, K = sp.X.shape[1], len(sp.random)
+    beta = flat[:, :p].copy()
+    if sp.intercept is not None:
+        beta[:, 0] += sp.shift - beta[:, 1:] @ sp.x_mean
+    parts = [beta, np.exp(flat[:, p : p + K + 1])]
+    if sp.blocks:
+        corr = ml.correlations(flat, p, K, *stats.blocks()[:4])
+        for block in sp.blocks:
+            c = corr[:, _block_type(stats, block)]
+            parts.append(np.stack([c[:, a, b] for a, b in block.pairs], axis=1))
+    return np.concatenate(parts, axis=1).reshape(chains, draws, -1)
+
+
+def good_enough(values: np.ndarray, target_ess: float, max_rhat: float = 1.01) -> bool:
+    """Whether every quantity of ``values`` (chains, draws, quantities) has bulk and tail ESS >= ``target_ess``
+    and r_hat <= ``max_rhat``: ArviZ's estimates, computed as the fit's summary computes them
+    (:func:`bayeslmm.summary.tables`), so the fit then reports what was checked here."""
+    import arviz as az
+
+    return bool(np.all(az.ess(values, method="bulk") >= target_ess)
+                and np.all(az.ess(values, method="tail", prob=0.9) >= target_ess)
+                and np.all(az.rhat(values) <= max_rhat))
+
+
+#: Cost of one gradient (:func:`marginal_lik.gradient_flops`) from which a design is large: its default run
+#: (4 chains x 2000 steps, about 7 gradients each) would take minutes.  InstEval's crossed students x
+#: lecturers cost 1.5e9 (0.06 s a gradient on the project's machine); dragons and every nested design ~1e3-1e6.
+LARGE_FLOPS = 1e8
+#: How a large design is sampled when the sampler options are left at their defaults: its posterior has a few
+#: dimensions, so 2 chains after 150 tuning steps at target_accept 0.8, stopped
+#: at the first 100 draws per chain where every fixed effect, sd and correlation has bulk and tail ESS >= 400
+#: and r_hat <= 1.01 (what the fit's diagnostics then warn about), at most 1000 draws each: on InstEval's
+#: shape a fifth to a tenth of the default's gradients (``benchmarks/insteval.py``).
+LARGE_PLAN = {"chains": 2, "draws": 1000, "tune": 150, "target_accept": 0.8, "target_ess": 400}
+
+
+def large_design(stats: ml.Stats) -> bool:
+    """Whether a gradient costs at least :data:`LARGE_FLOPS`."""
+    return ml.gradient_flops(stats.Lp) >= LARGE_FLOPS
+
+
+def plan(frame: ModelFrame, model, options, priors: Priors | None = None):
+    """The sampler options for this design and a note for the engine's line (``""`` when as given).
+
+    A large design (:func:`large_design`) whose draws, tuning steps, chains and target_accept are all
+    the defaults is sampled as :data:`LARGE_PLAN` says; the note says so, and how to choose.
+    """
+    from dataclasses import replace
+
+    from bayeslmm.model.options import SamplerOptions
+
+    sp = spec(frame.formula, frame, model, priors)
+    stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
+    if not large_design(stats):
+        return options, ""
+    nt = stats.q - int(ml.dense_start(stats.Lp, ml.DENSE_MIN))
+    size = f"large design ({nt} crossed random effects factored as one dense block)"
+    defaults = SamplerOptions()
+    if any(getattr(options, name) != getattr(defaults, name) for name in LARGE_PLAN):
+        return options, f"; {size}: sampled as asked"
+    planned = replace(options, **LARGE_PLAN)
+    return planned, (f"; {size}: {planned.chains} chains after {planned.tune} tuning steps at target_accept "
+                     f"{planned.target_accept}, stopped at the first {CHECK_EVERY} draws per chain where every "
+                     f"fixed effect and sd has bulk and tail ESS >= {planned.target_ess} and r_hat <= 1.01 (at most "
+                     f"{planned.draws}); set --draws, --tune, --chains or --target-accept to choose")
+
+
+def run_nutpie(compiled, options, progress: bool, enough=None, **settings):
     """nutpie's NUTS on a compiled model with the run's options (every engine samples through this).
 
     ``settings`` are passed on (``adaptation="low_rank"``). Returns the trace and the seconds spent sampling.
+    ``enough(theta)``, given the first ``k`` draws of every chain (chains, k, dim) for k = 100, 200, ...
+    as they arrive, may stop sampling there by returning True; the trace then holds those k draws per
+    chain (the same draws whenever it is run: each chain's draws are fixed by the seed).
     """
     import nutpie
 
@@ -691,21 +775,44 @@ def run_nutpie(compiled, options, progress: bool, **settings):
 
     shown = progress_shown(progress)
     t0 = time.perf_counter()
-    trace = nutpie.sample(
-        compiled,
-        draws=options.draws,
-        tune=options.tune,
-        chains=options.chains,
-        cores=min(options.chains, os.cpu_count() or 1),
-        seed=int(options.seed),
-        target_accept=float(options.target_accept),
-        progress_bar=shown,
-        save_warmup=False,
-        **settings,
-    )
+    run = dict(draws=options.draws, tune=options.tune, chains=options.chains,
+               cores=min(options.chains, os.cpu_count() or 1), seed=int(options.seed),
+               target_accept=float(options.target_accept), progress_bar=shown, save_warmup=False, **settings)
+    if enough is None:
+        trace = nutpie.sample(compiled, **run)
+    else:
+        trace = _sample_until(nutpie.sample(compiled, blocking=False, **run), options.draws, enough)
     if shown:  # nutpie leaves the cursor at the end of its last bar
         print(file=sys.stderr, flush=True)
     return trace, time.perf_counter() - t0
+
+
+#: Draws per chain between two looks at a run that may stop early (:func:`run_nutpie`'s ``enough``).
+CHECK_EVERY = 100
+
+
+def _sample_until(sampler, draws: int, enough, poll: float = 1.0):
+    """Wait for nutpie's background ``sampler``, asking ``enough`` at every :data:`CHECK_EVERY` draws per chain."""
+    import warnings
+
+    checked = 0
+    try:
+        while True:
+            with warnings.catch_warnings():  # ArviZ's "chain dimension longer than draw" while draws are few
+                warnings.simplefilter("ignore")
+                trace = sampler.inspect()
+            theta = np.asarray(trace["posterior"]["theta"].values, dtype=float) if "posterior" in trace else None
+            done = int(np.isfinite(theta[..., 0]).sum(axis=1).min()) if theta is not None and theta.size else 0
+            while checked + CHECK_EVERY <= min(done, draws - 1):
+                checked += CHECK_EVERY
+                if enough(theta[:, :checked]):
+                    return sampler.abort().isel(draw=slice(0, checked))
+            if done >= draws:
+                return sampler.wait()
+            time.sleep(poll)
+    except BaseException:
+        sampler.cancel()
+        raise
 
 
 def stamp(tree: xr.DataTree, interface: str, options, sampling_time: float, fit_time: float,
@@ -735,11 +842,29 @@ def _to_datatree(sp: Spec, stats: ml.Stats, theta: np.ndarray, stats_ds, options
 
     rng = np.random.default_rng([int(options.seed), 7])
     z = rng.standard_normal((S, stats.q))
-    u = ml.draw_effects(flat, K, z, stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
-                        stats.Rk, stats.Rpos, *stats.blocks())  # fmt: skip
+    u = _draw_effects(flat, K, z, stats)
     corr = ml.correlations(flat, p, K, *stats.blocks()[:4]) if sp.blocks else None
     cors = [corr[:, _block_type(stats, block)] for block in sp.blocks]
     return assemble(sp, stats, beta, sds, sigma, u, cors, stats_ds, (chains, draws), with_loglik)
+
+
+def _draw_effects(flat: np.ndarray, K: int, z: np.ndarray, stats: ml.Stats) -> np.ndarray:
+    """:func:`marginal_lik.draw_effects` of every draw, split over the cores when a draw is dear (the same
+    numbers: each draw is computed alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import pairwise
+
+    def run(rows):
+        return ml.draw_effects(flat[rows], K, z[rows], stats.Zty, stats.ZtX, stats.Lp, stats.Li, stats.Ax, stats.Rp,
+                               stats.Rk, stats.Rpos, *stats.blocks())  # fmt: skip
+
+    workers = min(os.cpu_count() or 1, flat.shape[0])
+    if workers < 2 or ml.gradient_flops(stats.Lp) * flat.shape[0] < 1e9:
+        return run(slice(None))
+    bounds = np.linspace(0, flat.shape[0], workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:  # the kernel releases the GIL
+        parts = list(pool.map(run, [slice(a, b) for a, b in pairwise(bounds)]))
+    return np.concatenate(parts)
 
 
 def assemble(sp: Spec, stats: ml.Stats, beta, sds, sigma, u, cors, stats_ds, shape: tuple[int, int],

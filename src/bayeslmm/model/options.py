@@ -38,7 +38,10 @@ class SamplerOptions:
     samples per second, no divergences); for the Bambi engine, PyMC's NUTS with
     ``target_accept=0.95`` gave no divergences and r_hat <= 1.01 on the tutorial models where
     0.8 left divergences and nutpie's Intercept r_hat stayed above 1.01 at 1000 draws.
-    ``sampler`` applies to the Bambi engine only.
+    ``sampler`` applies to the Bambi engine only. ``target_ess`` (the marginal engine only; set by
+    its plan for large designs, :func:`bayeslmm.engines.marginal.plan`) stops sampling at the first
+    100 draws per chain where every fixed effect, sd and correlation has a bulk ESS of at least
+    ``target_ess`` and r_hat <= 1.01; ``draws`` is then the most each chain takes.
     """
 
     draws: int = 1000
@@ -48,12 +51,13 @@ class SamplerOptions:
     target_accept: float = 0.95
     sampler: Sampler = "pymc"
     engine: Engine = "auto"
+    target_ess: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("draws", "tune", "chains"):
+        for name in ("draws", "tune", "chains") + (("target_ess",) if self.target_ess is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise OptionsError(f"--{name} must be a positive whole number, not {value!r}")
+                raise OptionsError(f"--{name.replace('_', '-')} must be a positive whole number, not {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
             raise OptionsError(f"--seed must be a non-negative whole number, not {self.seed!r}")
         if not 0.5 <= float(self.target_accept) < 1.0:
