@@ -95,6 +95,18 @@ def test_report_reads_the_comparison(written):
     assert "LOO and the LRT agree" in md
 
 
+def test_conclusions_come_first_and_answer_the_tutorial(written):
+    """On the tutorial's data (real_fits): the pooled slope is clear, the mixed models' are not, and the
+    crossed-site model carries the nesting warning."""
+    md = (written[0] / "report.md").read_text()
+    head = md[md.index("## Conclusions"):md.index("## Summary")]
+    assert md.index("## Conclusions") < md.index("## Summary") < md.index("## Models")
+    assert "**basic.lm** *" in head and "A clear positive effect: `bodyLength2`" in head
+    assert "**mixed.lmer2** *" in head and "**mixed.lmer2** *Sites nested" in head
+    assert "The pooled association does not survive" in head
+    assert "**mixed.WRONG**: " in head and "nest them" in head
+
+
 @pytest.mark.parametrize("fmt", ["text", "markdown", "latex", "html"])
 def test_table_command(written, capsys, fmt):
     assert main(["table", str(written[0]), "--model", "mixed.lmer2", "--format", fmt]) == 0

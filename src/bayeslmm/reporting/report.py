@@ -14,6 +14,7 @@ from bayeslmm.graphics.figures import focus_term, make_figures
 from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
+from bayeslmm.reporting.conclusions import conclusions_section
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, render
 from bayeslmm.summary import analysis, residuals
@@ -237,8 +238,10 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     if study.description:
         blocks.append(Para(study.description))
     term = focus_term(result)
+    p_pos = analysis.probability_positive(fits, term) if term is not None else {}
+    blocks += conclusions_section(study, fits, side, comparison, term, p_pos, ci)
     if term is not None:
-        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
+        blocks += summary_section(study, side, term, p_pos, ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
     report_notes = [*analysis.singular_notes(study, freq), *report_notes]
