@@ -45,6 +45,7 @@ def compact_side(side: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
             "sd": num(r["post_sd"]),
             f"{level:.0%} interval": interval(r["post_conf_low"], r["post_conf_high"]),
             "agreement": r["agreement"],
+            **({"truth": num(r["truth"]) if np.isfinite(r["truth"]) else ""} if "truth" in side else {}),
         })
     return pd.DataFrame(rows)
 
