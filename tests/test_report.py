@@ -116,3 +116,15 @@ def test_table_command(written, capsys, fmt):
         assert "\\begin{tabular}" in out and "sd\\_\\_(Intercept)" in out
     if fmt == "html":
         assert out.startswith("<table>")
+
+
+def test_r2_lme4_inside_the_posterior_interval(written):
+    """Nakagawa's R² per model: the posterior interval (per-draw R²) holds lme4's plug-in value for the
+    tutorial's models, whose posteriors agree with lme4 (the side-by-side table)."""
+    r2 = _csv(written[0], "r2.csv")
+    assert set(r2["r2"]) == {"marginal", "conditional"} and set(r2["model"]) >= {"mixed.lmer2", "basic.lm"}
+    for _, r in r2[r2["model"].isin(["mixed.lmer", "mixed.lmer2"])].iterrows():
+        assert r["post_conf_low"] < r["lme4_estimate"] < r["post_conf_high"], r.to_dict()
+    basic = r2[r2["model"] == "basic.lm"].set_index("r2")["lme4_estimate"]
+    assert basic["marginal"] == pytest.approx(basic["conditional"])  # no random effects
+    assert "**R²** (Nakagawa & Schielzeth" in (written[0] / "report.md").read_text()

@@ -20,6 +20,7 @@ from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, rend
 from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
 from bayeslmm.summary.predict import scale_label
+from bayeslmm.summary.r2 import r2_table
 from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes
 from bayeslmm.summary.tables import diagnostics
 
@@ -73,7 +74,7 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
 
 
 def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq,
-                  ci: float = 0.95, ratios: pd.DataFrame | None = None) -> list[Block]:
+                  ci: float = 0.95, ratios: pd.DataFrame | None = None, r2: pd.DataFrame | None = None) -> list[Block]:
     """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model; for a
     binomial or Poisson model also its odds or rate ratios (``ratios``) and the tests of its residuals."""
     method = analysis.lme4_method(spec)
@@ -107,6 +108,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
             f"{format_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 3)}%"
             for _, r in mine.iterrows() if r["group"] != "Residual")
         blocks.append(Para(f"**Share of variance** (intercept variances over their sum with the residual's): {share}."))
+    if r2 is not None and not r2.empty and spec.name in set(r2["model"]):
+        blocks.append(Para(r2_text(r2[r2["model"] == spec.name], spec.formula.is_glmm, ci)))
     how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
     blocks.append(Para(
         f"Sampler ({fit.engine}): {diag['chains']} chains x {diag['draws']} draws ({how}); divergences "
@@ -118,6 +121,15 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def r2_text(rows: pd.DataFrame, latent: bool, ci: float) -> str:
+    """One model's marginal and conditional R², lme4 beside the posterior (:mod:`bayeslmm.summary.r2`)."""
+    parts = [f"{r['r2']} lme4 {format_number(r['lme4_estimate'], 3)}, posterior {format_number(r['post_mean'], 3)} "
+             f"{format_interval(r['post_conf_low'], r['post_conf_high'], 3)}" for _, r in rows.iterrows()]
+    scale = " on the latent (link) scale" if latent else ""
+    return (f"**R²** (Nakagawa & Schielzeth{scale}; marginal: fixed effects, conditional: fixed and random; "
+            f"{ci:.0%} interval): " + "; ".join(parts) + ".")
 
 
 def residual_tests_text(fit) -> str:
@@ -237,6 +249,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         if builtin:
             side = with_truth(side, study)
         parts = analysis.variance_partitions(study, fits, freq, ci)
+        r2 = r2_table(study, fits, freq, ci)
+        r2.to_csv(root / "r2.csv", index=False)
         comparison = analysis.comparisons(study, fits, freq)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
@@ -305,7 +319,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Heading("Models", 2),
     ]
     for spec in study.models:
-        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios)
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios, r2)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
     if skipped:
