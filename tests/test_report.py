@@ -128,3 +128,11 @@ def test_r2_lme4_inside_the_posterior_interval(written):
     basic = r2[r2["model"] == "basic.lm"].set_index("r2")["lme4_estimate"]
     assert basic["marginal"] == pytest.approx(basic["conditional"])  # no random effects
     assert "**R²** (Nakagawa & Schielzeth" in (written[0] / "report.md").read_text()
+
+
+def test_aicc_beside_aic(written, reference):
+    """AICc = AIC + 2k(k+1)/(n-k-1): with n = 480 rows it is a hair above AIC for every model."""
+    comp = _csv(written[0], "comparison.csv")
+    k, n = comp["n_par"], 480
+    np.testing.assert_allclose(comp["aicc"], comp["aic"] + 2 * k * (k + 1) / (n - k - 1), rtol=1e-12)
+    assert (comp["aicc"] > comp["aic"]).all()

@@ -179,11 +179,12 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = [Heading("Model comparisons", 2),
                            Para("PSIS-LOO (expected log predictive density; higher is better) of the Bayesian fits "
                                 "beside the likelihood-ratio test and AIC/BIC of the ML fits, as lme4's "
-                                "`anova()` reports them.")]
+                                "`anova()` reports them, and AICc (AIC corrected for small samples, the "
+                                "tutorial's NOTE 2).")]
     for comp in study.comparisons:
         t = table[table["comparison"] == comp.name]
         show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
-                  "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
+                  "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))

@@ -11,9 +11,16 @@ from bayeslmm.errors import BayeslmmError
 from bayeslmm.lme4.frequentist import FreqFit, lrt
 
 PARETO_K_BAD = 0.7
+
+
+def aicc(fit: FreqFit) -> float:
+    """AIC with the small-sample correction (Hurvich & Tsai; the tutorial's NOTE 2, MuMIn's ``AICc``):
+    ``AIC + 2k(k + 1) / (n - k - 1)`` for ``k`` parameters (logLik's df) and ``n`` rows; NaN when n <= k + 1."""
+    k, n = fit.npar, fit.nobs
+    return float(fit.aic + 2 * k * (k + 1) / (n - k - 1)) if n > k + 1 else float("nan")
 COMPARISON_COLUMNS = [
     "comparison", "model", "rank", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo",
-    "pareto_k_bad", "stacking_weight", "n_par", "ml_loglik", "aic", "bic",
+    "pareto_k_bad", "stacking_weight", "n_par", "ml_loglik", "aic", "aicc", "bic",
     "lrt_against", "lrt_chisq", "lrt_df", "lrt_p", "pair_elpd_diff", "pair_elpd_diff_se",
 ]
 
@@ -111,7 +118,7 @@ def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits
         f = ml_fits.get(m)
         row = {"comparison": name, "model": m, **table.loc[m].to_dict(),
                "n_par": f.npar if f else np.nan, "ml_loglik": f.loglik if f else np.nan,
-               "aic": f.aic if f else np.nan, "bic": f.bic if f else np.nan,
+               "aic": f.aic if f else np.nan, "aicc": aicc(f) if f else np.nan, "bic": f.bic if f else np.nan,
                "lrt_against": "", "lrt_chisq": np.nan, "lrt_df": np.nan, "lrt_p": np.nan,
                "pair_elpd_diff": np.nan, "pair_elpd_diff_se": np.nan}
         if m != models[0] and f is not None and base is not None:
