@@ -33,6 +33,7 @@ def _checked(convert, ok, wanted: str):
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive whole number")
 _seed = _checked(int, lambda v: v >= 0, "a non-negative whole number")
+_nonnegative_int = _seed
 _prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
 
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data file to use instead of the study's source")
     run.add_argument("--object", help="which data frame of an .RData file")
     run.add_argument("--out", help="report folder (default out/<study name>)")
+    run.add_argument("--pb", type=_nonnegative_int, default=0, metavar="N",
+                     help="parametric-bootstrap LRT with N simulations beside each comparison's chi-square test "
+                          "(linear mixed models; pbkrtest uses 1000)")
     _sampler_args(run)
 
     fit = sub.add_parser("fit", help="fit one lmer formula to a data file and print a summary")
@@ -119,7 +123,8 @@ def _options(args):
 def _run_options(args):
     from bayeslmm.model.options import RunOptions
 
-    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress)
+    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress,
+                      pb=getattr(args, "pb", 0))
 
 
 def _cmd_run(args) -> int:

@@ -76,12 +76,16 @@ class RunOptions:
         Rows with missing values in a model's columns: drop them with a warning, or refuse (``--na``).
     progress : bool
         Show the sampler's progress bar (on stderr, when it is a terminal).
+    pb : int
+        Simulations of a parametric-bootstrap LRT beside each comparison's chi-square one (``--pb``;
+        0: none). Linear mixed models only.
     """
 
     ci: float = 0.95
     refit: bool = False
     na: NaAction = "drop"
     progress: bool = True
+    pb: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.ci, bool) or not isinstance(self.ci, int | float | np.floating) or not 0 < self.ci < 1:
@@ -90,6 +94,9 @@ class RunOptions:
         for name in ("refit", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if isinstance(self.pb, bool) or not isinstance(self.pb, int) or self.pb < 0:
+            raise OptionsError(f"--pb must be a whole number of simulations (0 for none; 1000 as pbkrtest), "
+                               f"not {self.pb!r}")
 
 
 def _check_choice(flag: str, value, kind) -> None:

@@ -184,7 +184,7 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     for comp in study.comparisons:
         t = table[table["comparison"] == comp.name]
         show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
-                  "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
+                  "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p", *(["pb_p"] if "pb_p" in t else [])]]
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
@@ -217,7 +217,8 @@ class Written:
     report_notes: tuple[str, ...]
 
 
-def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> Written:
+def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None,
+          pb: int = 0, echo=None) -> Written:
     """Write the report files into ``root``.
 
     Parameters
@@ -232,6 +233,10 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Where the data came from.
     profiles : dict, optional
         lme4-style profile intervals per model; computed here when ``None``.
+    pb : int
+        Simulations of the parametric-bootstrap LRT of each comparison (0: none).
+    echo : callable, optional
+        Where progress lines go.
     """
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
@@ -252,7 +257,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         parts = analysis.variance_partitions(study, fits, freq, ci)
         r2 = r2_table(study, fits, freq, ci)
         r2.to_csv(root / "r2.csv", index=False)
-        comparison = analysis.comparisons(study, fits, freq)
+        comparison = analysis.comparisons(study, fits, freq, pb=pb, echo=echo)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
         if not parts.empty:

@@ -121,13 +121,35 @@ def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.D
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
-    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
+def comparisons(study, fits: dict, freq: dict, pb: int = 0, echo=None) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models), and with
+    ``pb`` simulations a parametric-bootstrap LRT (columns ``pb_p``, ``pb_nsim``) for linear models."""
     tables = []
     for comp in study.comparisons:
         ml = {m: ml_fit(freq, m) for m in comp.models}
-        tables.append(compare_models(comp.name, comp.models, fits, ml))
+        table = compare_models(comp.name, comp.models, fits, ml)
+        if pb:
+            table = _with_pb(table, fits, ml, pb, echo)
+        tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _with_pb(table: pd.DataFrame, fits: dict, ml: dict, nsim: int, echo=None) -> pd.DataFrame:
+    """The comparison table with the parametric-bootstrap p of each LRT (NaN where none applies)."""
+    from bayeslmm.lme4.pbtest import pb_lrt
+    from bayeslmm.model.formula import model_frame
+
+    p = np.full(len(table), np.nan)
+    for i, r in enumerate(table.itertuples()):
+        if not np.isfinite(r.lrt_p) or fits[r.model].formula.is_glmm:
+            continue
+        small, large = sorted((r.model, r.lrt_against), key=lambda m: ml[m].npar)
+        frames = {m: model_frame(fits[m].formula, fits[m].data) for m in (small, large)}
+        if echo is not None:
+            echo(f"parametric bootstrap: {small} against {large}, {nsim} simulations ...")
+        seed = fits[small].options.seed
+        p[i] = pb_lrt(frames[small], frames[large], ml[small], nsim=nsim, seed=seed).p_value
+    return table.assign(pb_p=p, pb_nsim=np.where(np.isfinite(p), nsim, np.nan))
 
 
 def probability_positive(fits: dict, term: str) -> dict[str, float]:

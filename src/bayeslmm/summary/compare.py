@@ -175,6 +175,11 @@ def reading(table: pd.DataFrame) -> str:
         parts.append(f"The likelihood-ratio test of {m} against {base} gives chisq = {r['lrt_chisq']:.3f} on "
                      f"{int(r['lrt_df'])} df, p = {r['lrt_p']:.3g}: "
                      f"{'the larger model fits significantly better' if sig else 'no significant improvement'}.")
+        if "pb_p" in r and np.isfinite(r["pb_p"]):
+            parts.append(f"A parametric bootstrap of the same test ({int(r['pb_nsim'])} simulations from the smaller "
+                         f"model's ML fit, as pbkrtest's PBmodcomp) gives p = {r['pb_p']:.3g}; where the models differ "
+                         "by a variance component the chi-square p is conservative (its null value is on the "
+                         "boundary, sd = 0).")
         d = float(r["pair_elpd_diff"]) * (1 if larger == m else -1)  # larger minus smaller
         loo_larger = _loo_verdict(d, float(r["pair_elpd_diff_se"])) == "clear" and d > 0
         parts.append(f"LOO: {larger} minus the other = {d:.1f} elpd (SE {float(r['pair_elpd_diff_se']):.1f}); "
