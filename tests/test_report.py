@@ -136,3 +136,20 @@ def test_aicc_beside_aic(written, reference):
     k, n = comp["n_par"], 480
     np.testing.assert_allclose(comp["aicc"], comp["aic"] + 2 * k * (k + 1) / (n - k - 1), rtol=1e-12)
     assert (comp["aicc"] > comp["aic"]).all()
+
+
+def test_one_lme4_interval_per_number(written):
+    """tidy.csv and the figures take lme4's interval from the side-by-side table: the profile interval of
+    a linear mixed model (its REML and ML rows share it, as R's confint), Wald for lm; named in conf_method."""
+    root = written[0]
+    tidy, side = _csv(root, "tidy.csv"), _csv(root, "sidebyside.csv")
+    s = side[(side["model"] == "mixed.lmer2") & (side["term"] == "bodyLength2")].iloc[0]
+    rows = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["term"] == "bodyLength2")].set_index("method")
+    for method in ("reml", "ml"):
+        assert rows.loc[method, "conf_method"] == "profile"
+        assert (rows.loc[method, "conf_low"], rows.loc[method, "conf_high"]) == (s["lme4_conf_low"],
+                                                                                 s["lme4_conf_high"])
+    assert rows.loc["bayes", "conf_method"] == "ETI"
+    ols = tidy[(tidy["model"] == "basic.lm") & (tidy["method"] == "ols")]
+    assert ols.loc[ols["conf_low"].notna(), "conf_method"].eq("Wald").all()
+    assert ols.loc[ols["conf_low"].isna(), "conf_method"].isna().all()  # the residual sd: no interval, no kind

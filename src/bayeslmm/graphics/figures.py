@@ -26,6 +26,7 @@ from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
 from bayeslmm.reporting.document import Image
 from bayeslmm.summary import predict, residuals
+from bayeslmm.summary.sidebyside import with_lme4_intervals
 from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
@@ -208,12 +209,17 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              + (f", on the response scale ({predict.response_scale(main_fit.formula, df)[1]}); the mixed model's "
                 "line is a typical group's (every group effect 0), which on this scale is not the average over "
                 "groups." if main_fit.formula.is_glmm else "."))
+    # lme4's interval of each number is the side-by-side table's (profile where it exists), as in the tables
+    shown = with_lme4_intervals(tidy, side) if side is not None else tidy
+    lme4_ci = (" (lme4's: the profile interval where one exists, as in the tables; a model's REML and ML "
+               "estimates share it, as R's confint profiles the ML deviance)") if side is not None else ""
     if x is not None and (tidy["term"] == x).any():
-        save(lambda: plots.forest(tidy, x, models=order, ci=ci), f"forest_{x}",
-             f"The estimate of {x} in every model, with its {mass} interval: the answer to the study's question.")
+        save(lambda: plots.forest(shown, x, models=order, ci=ci), f"forest_{x}",
+             f"The estimate of {x} in every model, with its {mass} interval{lme4_ci}: the answer to the study's "
+             "question.")
     if (tidy["effect"] == "ran_pars").any():
         scales = {predict.scale_label(m.formula) for m in result.study.models}
-        save(lambda: plots.forest_sd(tidy, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
+        save(lambda: plots.forest_sd(shown, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
              "forest_sd",
              f"Standard deviations of the group effects and of the residual in every model ({mass} intervals).")
 

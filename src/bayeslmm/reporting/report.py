@@ -21,7 +21,7 @@ from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
 from bayeslmm.summary.predict import scale_label
 from bayeslmm.summary.r2 import r2_table
-from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes
+from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes, with_lme4_intervals
 from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
@@ -249,8 +249,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         report_notes += caught
     profiles = computed if profiles is None else profiles
     with collected() as caught:
-        tidy = analysis.tidy_all(fits, freq, ci)
         side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+        # one lme4 interval per number: the side-by-side table's (profile where it exists), named
+        tidy = with_lme4_intervals(analysis.tidy_all(fits, freq, ci), side)
         builtin = str(source).startswith("builtin:")
         if builtin:
             side = with_truth(side, study)

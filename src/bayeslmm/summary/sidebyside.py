@@ -236,3 +236,27 @@ def runaway_notes(side: pd.DataFrame, formula) -> list[str]:
                        "of more than 22,000): a sign of separation, where the estimate has no finite value; check "
                        "the levels or values of this term with only one outcome")
     return out
+
+
+def with_lme4_intervals(tidy: pd.DataFrame, side: pd.DataFrame) -> pd.DataFrame:
+    """``tidy`` with each lme4-side row's interval the one the side-by-side table shows: the profile
+    interval where one exists, Wald otherwise; the kind in column ``conf_method`` (``Wald``, ``profile``,
+    or ``ETI`` for the posterior's equal-tailed interval).
+
+    The side-by-side table is the one source of the lme4 interval of a parameter; figures and tidy.csv
+    take it from there, so the report shows one interval per number.
+    """
+    keys = ["model", "effect", "group", "term"]
+    lme4 = side[[*keys, "lme4_conf_low", "lme4_conf_high", "lme4_ci"]].copy()
+    lme4["group"] = lme4["group"].fillna("").astype(str)
+    out = tidy.copy()
+    out["_g"] = out["group"].fillna("").astype(str)
+    merged = out.merge(lme4.rename(columns={"group": "_g"}), on=["model", "effect", "_g", "term"], how="left")
+    # a model's REML and ML rows share its profile interval, which profiles the ML deviance (R's confint)
+    hit = (merged["method"] != "bayes") & merged["lme4_ci"].notna() & (merged["lme4_ci"] != "")
+    merged.loc[hit, "conf_low"] = merged.loc[hit, "lme4_conf_low"]
+    merged.loc[hit, "conf_high"] = merged.loc[hit, "lme4_conf_high"]
+    bayes = merged["method"] == "bayes"
+    merged["conf_method"] = np.where(bayes, "ETI", np.where(hit, merged["lme4_ci"],
+                                                            np.where(merged["conf_low"].notna(), "Wald", "")))
+    return merged.drop(columns=["_g", "lme4_conf_low", "lme4_conf_high", "lme4_ci"])
