@@ -62,6 +62,8 @@ def test_groups_are_checked_against_the_formula():
         Priors.from_texts("cor(k) ~ LKJ(2)").check_groups(f.grouping_factors, ("g",))
     with pytest.raises(OptionsError, match="h has no correlated random effects"):
         Priors.from_texts("cor(h) ~ LKJ(2)").check_groups(f.grouping_factors, ("g",))
+    with pytest.raises(OptionsError, match="the formula has no correlated random effects"):
+        Priors.from_texts("cor ~ LKJ(2)").check_groups(f.grouping_factors, ())
 
 
 def test_study_file_takes_priors_per_model():

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--family", choices=get_args(Family), default="gaussian",
                      help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
                           "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
+    fit.add_argument("--newdata", metavar="CSV",
+                     help="rows to predict: prints the mean response with credible and prediction intervals "
+                          "(and writes predictions.csv into --out)")
+    fit.add_argument("--re-form", choices=("existing", "new", "population"), default="existing",
+                     help="group effects of the predictions: the fitted groups' (default, lme4's predict), new "
+                          "groups drawn from the population (brms's allow_new_levels), or none (re.form = NA)")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
                      help="a prior in brms's classes, e.g. 'sd(site) ~ HalfNormal(10)', 'b ~ Normal(0, 5)', "
                           "'sigma ~ Exponential(0.1)', 'cor ~ LKJ(2)' (repeatable; Bambi's defaults otherwise)")
@@ -153,6 +159,13 @@ def _cmd_fit(args) -> int:
     from bayeslmm.runner import fit_formula
     from bayeslmm.summary.tables import format_table
 
+    newdata = None
+    if args.newdata:  # checked before fitting, so that a bad file fails in a second, not after the fit
+        from bayeslmm.model.data import load
+        from bayeslmm.model.formula import parse
+        from bayeslmm.summary.newdata import check_newdata
+
+        newdata = check_newdata(parse(args.formula, args.family), load(args.newdata), args.re_form)
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
                          run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family)
     tidy = result.tidy
@@ -161,7 +174,21 @@ def _cmd_fit(args) -> int:
     print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
     shown = t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}).assign(ess_bulk=t["ess_bulk"].round())
     print(format_table(shown))
+    if newdata is not None:
+        _predictions(args, next(iter(result.fits.values())), newdata)
     return _strict(args, result)
+
+
+def _predictions(args, fit, newdata) -> None:
+    """``--newdata``: predictions for the rows of a CSV file, printed (and saved into ``--out``)."""
+    from bayeslmm.summary.tables import format_table
+
+    pred = fit.predict(newdata, re_form=args.re_form, ci=args.ci)
+    print(f"\npredictions ({args.re_form} groups; mean response with {args.ci:.0%} credible and prediction "
+          "intervals):")
+    print(format_table(pred))
+    if args.out:
+        pred.to_csv(Path(args.out) / "predictions.csv", index=False)
 
 
 def _cmd_table(args) -> int:

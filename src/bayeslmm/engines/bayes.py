@@ -111,6 +111,25 @@ class BayesFit:
         """Posterior summary of each group level's effect (lme4's ``ranef``)."""
         return ranef_table(self.tidy(ci, ("ran_vals",)))
 
+    def __repr__(self) -> str:
+        draws = self.idata["posterior"].sizes
+        return (f"<BayesFit {self.name}: {self.formula.text} ({self.formula.family}); {self.engine} engine, "
+                f"{draws['chain']} chains x {draws['draw']} draws; {len(self.data)} rows>")
+
+    def summary(self, ci: float = 0.95) -> Summary:
+        """What lme4's ``summary()`` prints, with posterior columns: groups, random effects, fixed effects."""
+        from bayeslmm.summary.text import fit_summary
+
+        return Summary(fit_summary(self, ci))
+
+    def predict(self, newdata: pd.DataFrame, re_form: str = "existing", ci: float = 0.95,
+                seed: int = 0) -> pd.DataFrame:
+        """Mean response with credible and prediction intervals for new rows
+        (:func:`bayeslmm.summary.newdata.predict`: ``re_form`` existing, new or population groups)."""
+        from bayeslmm.summary.newdata import predict
+
+        return predict(self, newdata, re_form, ci, seed)
+
     def varcorr(self) -> pd.DataFrame:
         """Posterior means of the standard deviations and correlations, laid out as lme4's ``print(VarCorr(fit))``.
 
@@ -119,6 +138,13 @@ class BayesFit:
         and intervals.
         """
         return varcorr_table(self.tidy(effects=("ran_pars",)))
+
+
+class Summary(str):
+    """Text that displays as itself (``fit.summary()`` in a notebook or REPL prints like R's ``summary``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:

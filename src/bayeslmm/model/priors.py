@@ -166,6 +166,9 @@ class Priors:
             if s.group and s.cls == "cor" and s.group not in correlated:
                 raise OptionsError(f"prior {s.text!r}: {s.group} has no correlated random effects; "
                                    "a cor prior needs a term like (1 + x|group)")
+            if s.cls == "cor" and not correlated:
+                raise OptionsError(f"prior {s.text!r}: the formula has no correlated random effects; "
+                                   "a cor prior needs a term like (1 + x|group)")
 
     def chosen(self, cls: str, group: str = "", coef: str = "", term: str = "") -> PriorStatement | None:
         """The statement that sets one parameter: the most specific that reaches it, the last of those.
