@@ -233,8 +233,12 @@ class Calibration:
 
 def calibrate(name: str, n: int, seed: int = SEED, sd_scale: float = 1.0, progress: bool = False) -> Calibration:
     """Run ``n`` simulations of one design (seeded by ``seed`` and their index) and rank them."""
+    from bayeslmm.model.formula import parse
+
     design = DESIGNS[name]()
-    priors = Priors.from_texts(PRIORS)
+    correlated = any(r.correlated for r in parse(design.formula).random)
+    # a cor prior only where there are correlations (bayeslmm refuses one that reaches nothing)
+    priors = Priors.from_texts([t for t in PRIORS if correlated or not t.startswith("cor")])
     start = time.perf_counter()
     ranks, infos, names = [], [], None
     for i in range(n):
