@@ -100,7 +100,8 @@ def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: in
         return (f"*{caption}*\n\n" if caption else "") + "\n".join(lines) + "\n"
     if fmt == "latex":
         esc = _latex_escape
-        lines = ["\\begin{table}[ht]", "\\centering"]
+        lines = ["% needs \\usepackage{booktabs} (\\toprule, \\midrule, \\bottomrule)", "\\begin{table}[ht]",
+                 "\\centering"]
         if caption:
             lines.append(f"\\caption{{{esc(caption)}}}")
         lines += [f"\\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}", "\\toprule",
