@@ -510,28 +510,54 @@ class GlmerProblem:
     def optimize(self, lme4_pirls: bool = True) -> Optimum:
         """lme4's two stages: theta with ``(u, beta)`` from PIRLS, then ``(theta, beta)`` jointly.
 
-        Stage 1 minimises :meth:`stage1` (L-BFGS-B under lme4's bounds) and keeps its linear
-        predictor (lme4's ``lp0``). Stage 2 takes Newton steps (:meth:`newton`) on the exact
-        deviance :meth:`objective` from stage 1's ``(theta, beta)`` (L-BFGS-B first if they fail),
-        then, with ``lme4_pirls``, on lme4's own deviance :meth:`lme4_objective` from there (its
-        optimum is within 1e-3 of the exact one). Last, lme4's ``check.boundary``.
+        Stage 1 minimises :meth:`stage1` (L-BFGS-B under lme4's bounds, :meth:`off_bound` where it
+        stopped at 0) and keeps its linear predictor (lme4's ``lp0``). Stage 2 takes Newton steps
+        (:meth:`newton`) on the exact deviance :meth:`objective` from stage 1's ``(theta, beta)``
+        (L-BFGS-B first if they fail), then, with ``lme4_pirls``, on lme4's own deviance
+        :meth:`lme4_objective` from there (its optimum is within 1e-3 of the exact one). Last, lme4's
+        ``check.boundary``.
         """
         s = self.structure
-        res = optimize.minimize(self.stage1, s.theta0, method="L-BFGS-B", jac="3-point",
-                                bounds=optimize.Bounds(s.lower, np.full(self.ntheta, np.inf)),
-                                options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 1000})
+        stage1 = {"method": "L-BFGS-B", "jac": "3-point", "options": {"ftol": 1e-12, "gtol": 1e-7, "maxiter": 1000},
+                  "bounds": optimize.Bounds(s.lower, np.full(self.ntheta, np.inf))}
+        res = optimize.minimize(self.stage1, s.theta0, **stage1)
+        x = self.off_bound(self.stage1, np.maximum(res.x, s.lower), s.theta0)
+        if x is not None:
+            res = optimize.minimize(self.stage1, x, **stage1)
         md = self.modes(np.maximum(res.x, s.lower))
         self.lp0 = md.eta - self.offset
         lower = np.concatenate([s.lower, np.full(self.p, -np.inf)])
         opt = self.newton(self.objective, np.concatenate([md.theta, md.beta]), lower)
         if not opt.converged or self._leaves_bound(self.objective, opt):
-            res = optimize.minimize(self.objective, opt.x, method="L-BFGS-B", jac="3-point",
+            x = self.off_bound(self.objective, opt.x, s.theta0)
+            res = optimize.minimize(self.objective, opt.x if x is None else x, method="L-BFGS-B", jac="3-point",
                                     bounds=optimize.Bounds(lower, np.full(lower.size, np.inf)),
                                     options={"ftol": 1e-13, "gtol": 1e-8, "maxiter": 2000})
             opt = self.newton(self.objective, np.maximum(res.x, lower), lower)
         if lme4_pirls:
             opt = self.newton(self.lme4_deviance_function(), opt.x, lower)
         return self._check_boundary(opt, lme4_pirls)
+
+    def off_bound(self, fun, x: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
+        """``x`` with each diagonal theta that sits at 0 moved to where ``fun`` is lowest along it in
+        ``[0, upper_i]`` (bounded Brent), when that is lower; None if none moved.
+
+        The deviance is even in such a theta (``Lambda`` enters through ``Lambda Lambda'``), so its
+        derivative there is 0: L-BFGS-B, whose first step from theta0 can land on the bound, stops at
+        0 even where 0 is a maximum along it (lme4's bobyqa, without derivatives, goes on). A minimum
+        the search finds lies below the start, where L-BFGS-B's first step went down from.
+        """
+        f0, out = float(fun(x)), None
+        for i in np.flatnonzero(self.structure.diag_theta):
+            at = x if out is None else out
+            if at[i] > 0:
+                continue
+            mask = np.arange(at.size) == i
+            res = optimize.minimize_scalar(lambda t, at=at, mask=mask: fun(_put(at, mask, np.array([t]))),
+                                           bounds=(0.0, float(upper[i])), method="bounded", options={"xatol": 1e-4})
+            if res.fun < f0 - 1e-8:
+                out, f0 = _put(at, mask, np.array([res.x])), float(res.fun)
+        return out
 
     def lme4_deviance_function(self):
         """lme4's stage-2 ``devfun`` as a function of ``(theta, beta)`` alone (from :attr:`lp0`)."""
