@@ -29,7 +29,8 @@ Subpackages, one job each:
   ``data`` (files, R's ``scale()``, explicit nesting), ``simulate`` (the built-in data),
   ``study`` (study files), ``checks`` (every check before a fit), ``options`` (frozen options).
 - ``lme4``: lme4's side. ``lmer`` (penalized least squares, Satterthwaite), ``glmer`` (PIRLS,
-  Laplace and AGQ deviances: binomial and Poisson), ``frequentist`` (``lm``/``lmer``/``glm``/``glmer``
+  Laplace and AGQ deviances: binomial, Poisson, negative binomial at a given theta), ``glmer_nb``
+  (``glmer.nb``'s search for theta, ``glm.nb``), ``frequentist`` (``lm``/``lmer``/``glm``/``glmer``
   fits with R's names), ``profile`` (``confint(method = "profile")``, linear mixed models).
 - ``engines``: the Bayesian fits. ``bayes`` (prepare, sample, cache, the Bambi engine),
   ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels),

@@ -37,6 +37,17 @@ _nonnegative_int = _seed
 _prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
 
 
+def _family(text: str) -> str:
+    """An argparse type: the family, or another name of the negative binomial refused with the one to use."""
+    from bayeslmm.model.options import check_family
+
+    try:
+        return check_family(text)
+    except OptionsError as exc:  # "--family 'nb': the negative ..." or "--family must be one of ..."
+        msg = str(exc).removeprefix(f"--family {text!r}: ").removeprefix("--family ")
+        raise argparse.ArgumentTypeError(msg) from exc
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise OptionsError(f"{message} (see 'bayeslmm {self.prog.split()[-1]} --help')")
@@ -56,7 +67,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=get_args(Engine), default=d.engine,
                    help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS; "
                         "pymc: bayeslmm's plain PyMC model (the reference for correlated effects); glmm: the "
-                        "binomial/Poisson engine (auto's choice for them)")
+                        "binomial, Poisson and negative binomial engine (auto's choice for them)")
     g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
                    help=f"NUTS implementation of the Bambi engine ({d.sampler})")
     g.add_argument("--ci", type=_prob, default=r.ci, help=f"credible interval mass ({r.ci})")
@@ -91,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("formula", help="lmer formula, e.g. 'y ~ x + (1|g)'")
     fit.add_argument("--object", help="which data frame of an .RData file")
     fit.add_argument("--out", help="also write a report folder here")
-    fit.add_argument("--family", choices=get_args(Family), default="gaussian",
+    fit.add_argument("--family", choices=get_args(Family), default="gaussian", type=_family,
                      help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
-                          "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
+                          "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link), "
+                          "negbinomial (counts more variable than Poisson's; log link; lme4's glmer.nb)")
     fit.add_argument("--newdata", metavar="CSV",
                      help="rows to predict: prints the mean response with credible and prediction intervals "
                           "(and writes predictions.csv into --out)")

@@ -95,12 +95,14 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
+        from bayeslmm.labels import auxiliary_variables
         from bayeslmm.summary.tables import fixed_terms, ran_pars_order, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
                  lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects,
-                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula)))
+                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula),
+                                        auxiliary=auxiliary_variables(self.formula.family)))
         return t if median else t.drop(columns="median")
 
     def fixef(self, ci: float = 0.95) -> pd.DataFrame:
@@ -602,7 +604,7 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
-    if formula.is_glmm:  # binomial and Poisson: the GLMM engine (NUTS on the joint, cached numba kernels)
+    if formula.is_glmm:  # binomial, Poisson, negative binomial: the GLMM engine (NUTS on the joint, numba kernels)
         from bayeslmm.engines import glmm
 
         reason = glmm.supports(formula, frame, model)
@@ -616,7 +618,8 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
 
     reason = marginal.supports(formula, frame, model)
     if requested == "glmm":
-        raise OptionsError(f"--engine glmm fits binomial and Poisson models; {formula.text!r} is Gaussian: use "
+        raise OptionsError(f"--engine glmm fits binomial, Poisson and negative binomial models; {formula.text!r} is "
+                           "Gaussian: use "
                            "--engine auto")
     if requested == "pymc":
         if reason is not None:

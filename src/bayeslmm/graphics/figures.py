@@ -24,6 +24,7 @@ from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
 from bayeslmm.summary import predict, residuals
 from bayeslmm.summary.sidebyside import with_lme4_intervals
@@ -282,8 +283,9 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                          "posterior mean of the covariance matrix of the two effects, tilted by their correlation.")
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
-        latent = ("; for binomial and Poisson models the residual is the latent-scale variance, pi^2/3 for the "
-                  "logit link and ln(1 + 1/mean count) for the log link (Nakagawa et al. 2017)"
+        latent = ("; for binomial and count models the residual is the latent-scale variance, pi^2/3 for the "
+                  "logit link and ln(1 + 1/mean count) for the log link (+ 1/theta for the negative binomial; "
+                  "Nakagawa et al. 2017)"
                   if any(f.formula.is_glmm for f in mixed) else "")
         save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
@@ -320,7 +322,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
         return
     if len(glmm) == len(fits):
         skip("No residuals against fitted values, normal QQ plot or density check (Gaussian checks): for binomial "
-             "and Poisson models the simulated-quantile residuals and the discrete predictive checks take their "
+             "and count models the simulated-quantile residuals and the discrete predictive checks take their "
              "place.")
     first = {}
     for spec in result.study.models:
@@ -329,7 +331,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
             first.setdefault(fit.key, fit)
     res = [dataclasses.replace(residuals.simulate_residuals(first[f.key]), name=f.name) for f in glmm]
     save(lambda: plots_glmm.qq_uniform(res, ci=ci), "qq_uniform",
-         f"Simulated-quantile residuals (DHARMa) of every binomial and Poisson model: where each observation falls "
+         f"Simulated-quantile residuals (DHARMa) of every binomial and count model: where each observation falls "
          f"among {residuals.N_SIM} replicates from the posterior (group effects drawn anew), against the uniform "
          "they follow if the model is right, with the dispersion, zero-inflation and uniformity tests (red: p < "
          f"0.05; the band holds {percent(ci)} of the replicates' own residuals point by point: the spread of a right "
@@ -337,7 +339,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
     save(lambda: plots_glmm.residuals_predicted(res), "residuals_predicted",
          "Simulated-quantile residuals against the rank of each row's prediction for a typical group: the binned "
          "25%, 50% and 75% quantiles of the residuals should lie flat on the dashed lines (red: not flat, p < 0.05).")
-    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family == "poisson" or f.formula.cbind]
+    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family in COUNT_FAMILIES or f.formula.cbind]
     if counts:
         save(lambda: plots_glmm.ppc_counts(counts, ci), "ppc_counts",
              "Posterior predictive check of the counts: how many rows have each value (bars) against "

@@ -201,7 +201,8 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
         lo, hi = eti(lines, ci)
         slope = draws[x]
         s_lo, s_hi = eti(slope, ci)
-        kind = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(family, "slope")
+        kind = {"binomial": "log-odds slope", "poisson": "log-rate slope", "negbinomial": "log-rate slope"}.get(
+            family, "slope")
         ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{percent(ci)} credible band of the line")
         ax.plot(grid, lines.mean(axis=0), color=BAYES, lw=2.5,
                 label=f"pooled fit (posterior mean): {kind} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")

@@ -19,12 +19,20 @@ Sampler = Literal["pymc", "nutpie"]
 Engine = Literal["auto", "bambi", "marginal", "pymc", "glmm"]
 NaAction = Literal["drop", "fail"]
 #: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
-#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
-Family = Literal["gaussian", "binomial", "poisson"]
+#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link),
+#: negbinomial (the negative binomial, log link: lme4's glmer.nb, Bambi's "negativebinomial", brms's name).
+Family = Literal["gaussian", "binomial", "poisson", "negbinomial"]
+#: The families of counts: non-negative whole numbers, log link, offsets as log exposures.
+COUNT_FAMILIES = ("poisson", "negbinomial")
+#: Other names of the negative binomial, refused with the one bayeslmm uses.
+_NEGBINOMIAL_ALIASES = ("negativebinomial", "negative_binomial", "negative.binomial", "nb", "nbinom", "nbinom2")
 
 
 def check_family(family) -> str:
     """``family`` if it is one bayeslmm fits, else a one-line OptionsError naming those it does."""
+    if isinstance(family, str) and family.lower() in _NEGBINOMIAL_ALIASES:
+        raise OptionsError(f"--family {family!r}: the negative binomial is called 'negbinomial' here (lme4's "
+                           "glmer.nb, Bambi's negativebinomial); use --family negbinomial")
     _check_choice("--family", family, Family)
     return family
 

@@ -318,8 +318,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for linear mixed "
                  "models, Wald intervals for lm; binomial and Poisson models get glmer's Laplace fit (glm without "
-                 "random terms) with Wald intervals (R's confint(method = 'Wald'): none for an sd)",
-                 *(["binomial and Poisson models: every estimate, sd and interval in the tables and tidy.csv is on "
+                 "random terms), negative binomial ones glmer.nb's (glm.nb), with Wald intervals (R's "
+                 "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)",
+                 *(["binomial and count models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
                     "predictions on the response scale"] if any(m.formula.is_glmm for m in study.models) else []))),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.summary.compare import compare_models
 from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
@@ -114,7 +115,7 @@ def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.D
         if not spec.formula.is_mixed:
             continue
         fit = fits[spec.name]
-        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family == "poisson" else None
+        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family in COUNT_FAMILIES else None
         method = "laplace" if spec.formula.is_glmm else "reml"
         point = frequentist.variance_partition(freq[(spec.name, method)], mean)
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))

@@ -146,8 +146,9 @@ def variance_partition_table(model: str, draws: dict[str, np.ndarray], point: di
     return pd.DataFrame(rows)
 
 
-#: What ``exp`` of a fixed effect is in a binomial (logit link) and a Poisson (log link) model, and of its intercept.
-RATIO_NAMES = {"binomial": ("odds ratio", "odds"), "poisson": ("rate ratio", "rate")}
+#: What ``exp`` of a fixed effect is in a binomial (logit link) and a count (log link) model, and of its intercept.
+RATIO_NAMES = {"binomial": ("odds ratio", "odds"), "poisson": ("rate ratio", "rate"),
+               "negbinomial": ("rate ratio", "rate")}
 RATIO_COLUMNS = [
     "model", "term", "scale", "lme4_method", "lme4_ratio", "lme4_conf_low", "lme4_conf_high", "lme4_ci", "post_mean",
     "post_median", "post_conf_low", "post_conf_high", "predicted", "predicted_mean", "predicted_conf_low",
@@ -184,7 +185,8 @@ def ratio_table(fit, side: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
 
     family = fit.formula.family
     if family not in RATIO_NAMES:
-        raise ValueError(f"{fit.name!r} is a {family} model: odds and rate ratios are for binomial and Poisson models")
+        raise ValueError(f"{fit.name!r} is a {family} model: odds and rate ratios are for binomial and Poisson "
+                         "(or negative binomial) models")
     ratio, base = RATIO_NAMES[family]
     exposure = exposure_label(fit.formula)
     what = ("P(success)" if family == "binomial" else f"{fit.formula.response} / {exposure}" if exposure
