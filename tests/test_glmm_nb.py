@@ -74,7 +74,7 @@ def test_counts_are_read_as_bambis_negativebinomial():
     assert frame.trials is None and f.is_glmm and bayes.bambi_family(f) == "negativebinomial"
     prep = bayes.prepare(f, df, SamplerOptions())
     pois = bayes.prepare(parse(FORMULA, "poisson"), df, SamplerOptions())
-    assert prep.engine == "glmm" and prep.model.family.name == "negativebinomial" and prep.key != pois.key
+    assert prep.engine == "glmm" and prep.model.family == "negativebinomial" and prep.key != pois.key
     assert prep.priors["alpha"] == "HalfCauchy(beta=1)"
     assert not any("counts" in n for n in prep.notes)
     with pytest.raises(DataError, match=r"counts .* for --family negbinomial"):

@@ -108,10 +108,13 @@ def test_dragons_priors_are_bambis(builtin):
     ("bernoulli.csv", "passed ~ hours + urban + (1 + hours|school)"),
     ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)"),
     ("counts.csv", "birds ~ temp * factor(visit) + (temp|site)"),
+    ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + nb"),
 ])
 def test_glmm_priors_are_bambis(file, text):
     df = read_csv_as_r(BEYOND / file)
     family = "poisson" if file == "counts.csv" else "binomial"
+    if text.endswith(" + nb"):  # the negative binomial: alpha's prior too
+        text, family = text.removesuffix(" + nb"), "negbinomial"
     _assert_same(*_both(text, df, family))
 
 
