@@ -557,6 +557,13 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     return ll.assign_coords(__obs__=np.arange(n)[rows])
 
 
+def log_prior(fit: BayesFit) -> xr.DataArray:
+    """Each draw's log prior density (chain, draw): :func:`bayeslmm.engines.prior_density.log_prior`."""
+    from bayeslmm.engines import prior_density
+
+    return prior_density.log_prior(fit)
+
+
 def _contiguous(tree: xr.DataTree) -> xr.DataTree:
     """Every array C-contiguous, as a reloaded file gives them.
 
