@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bayeslmm.engines.marginal import Unsupported
+from bayeslmm.engines.prior_density import sd_priors
 from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
@@ -284,13 +286,14 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
     if main_fit is not None:
         try:
-            prior = plots_pooling.prior_sd_draws(main_fit)
-        except ValueError:
+            prior = sd_priors(main_fit)
+        except Unsupported as exc:
             prior = None
+            skip(f"No prior-against-posterior figure of the sds of {main}: {exc}.")
         if prior is not None:
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
-                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
-                 f"{mass} intervals: few levels leave a wide posterior.")
+                 f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
+                 f"deviation in {main}, with both {mass} intervals: few levels leave a wide posterior.")
     correlated = [f for f in fits if plots_pooling.correlations(f)]
     if correlated:
         save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",
