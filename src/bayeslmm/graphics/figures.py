@@ -21,13 +21,14 @@ from matplotlib.figure import Figure
 
 from bayeslmm.engines.marginal import Unsupported
 from bayeslmm.engines.prior_density import sd_priors
-from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
+from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
 from bayeslmm.reporting.document import Image
 from bayeslmm.summary import predict, residuals
+from bayeslmm.summary.prior_predictive import prior_predictive
 from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
@@ -294,6 +295,22 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
                  f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
                  f"deviation in {main}, with both {mass} intervals: few levels leave a wide posterior.")
+    replicated = {}
+    for fit in fits:
+        try:
+            replicated[fit.name] = prior_predictive(fit)
+        except Unsupported as exc:
+            skip(f"No prior predictive check of {fit.name}: {exc}.")
+    if replicated:
+        bars = ", ".join(percent(m) for m in plots_priors.masses(ci))
+        save(lambda: plots_priors.prior_predictive_check([f for f in fits if f.name in replicated], ci,
+                                                         draws=replicated),
+             "prior_predictive",
+             "Prior predictive check of every model: data sets replicated from the priors alone (parameters from "
+             "the priors as fitted, group effects from their normal given those sds, the response from the family) "
+             f"against the observed response; bars: the replicates' {bars} intervals over the observed range. A "
+             "prior predictive much wider than the data is what weakly informative priors give; one that misses the "
+             "data is a prior in conflict with it.")
     correlated = [f for f in fits if plots_pooling.correlations(f)]
     if correlated:
         save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",
