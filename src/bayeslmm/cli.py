@@ -149,7 +149,7 @@ def _strict(args, result) -> int:
         for name, fit in result.fits.items():
             why = sensitivity.unavailable(fit)
             if why:
-                print(f"warning: --strict-prior: {name} not checked: power-scaling sensitivity {why}", file=sys.stderr)
+                print(f"warning: --strict-prior: {name} not checked: {why}", file=sys.stderr)
         conflicts = sensitivity.conflicts(result.fits)
         if conflicts:
             print(f"error: prior-data conflict (--strict-prior): {conflicts[0]}"

@@ -79,6 +79,8 @@ def power_scaling(fit) -> pd.DataFrame:
         :data:`COLUMNS`: the tidy table's ``effect, group, term``, the two sensitivities and the
         diagnosis (:data:`CONFLICT`, :data:`WEAK` or ``""``).
     """
+    if unavailable(fit):
+        return pd.DataFrame(columns=COLUMNS)
     return memo(fit._summaries, ("power_scaling",), lambda: _power_scaling(fit))
 
 
@@ -86,8 +88,10 @@ def unavailable(fit) -> str | None:
     """Why a fit has no sensitivity diagnostics (``None`` when it has them)."""
     from bayeslmm.engines.marginal import ENGINE_GROUP
 
+    if not hasattr(fit, "idata"):
+        return "it has no posterior draws"
     if ENGINE_GROUP not in fit.idata.children:
-        return f"not computed for the {fit.engine} engine (its posterior lacks the internal draws the log prior needs)"
+        return f"the {fit.engine} engine's posterior lacks the internal draws the log prior is computed from"
     return None
 
 
@@ -96,8 +100,6 @@ def _power_scaling(fit) -> pd.DataFrame:
 
     from bayeslmm.engines.bayes import log_prior
 
-    if unavailable(fit):
-        return pd.DataFrame(columns=COLUMNS)
     draws = draws_by_row(fit)
     keys = list(draws)
     post = fit.idata["posterior"]
