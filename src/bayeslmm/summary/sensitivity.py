@@ -137,8 +137,8 @@ def conflicts(fits: dict) -> list[str]:
             who = f"{' = '.join(same)}: " if len(fits) > 1 else ""
             out.append(f"{who}{parameter_name(r['effect'], r['group'], r['term'])}: prior-data conflict (power-scaling "
                        f"sensitivity to the prior {r['prior_sensitivity']:.3f}, to the likelihood "
-                       f"{r['likelihood_sensitivity']:.3f}, both >= {THRESHOLD}): the prior and the data pull apart; "
-                       "check the prior")
+                       f"{r['likelihood_sensitivity']:.3f}, both >= {THRESHOLD}): the prior and the data pull it "
+                       "different ways; check the prior")
     return out
 
 
