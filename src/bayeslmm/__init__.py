@@ -35,10 +35,12 @@ Subpackages, one job each:
 - ``engines``: the Bayesian fits. ``bayes`` (prepare, sample, cache, the Bambi engine),
   ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels),
   ``reference`` (the same posterior as a plain PyMC model, random effects included: the check
-  of the marginal engine where Bambi has no model, ``--engine pymc``).
+  of the marginal engine where Bambi has no model, ``--engine pymc``), ``prior_density`` (each
+  draw's log prior, each prior as a scipy distribution).
 - ``summary``: what fits answer. ``tables`` (posterior summaries, diagnostics), ``sidebyside``,
-  ``compare`` (LOO, LRT), ``predict``, ``analysis`` (both sides of a study together).
-- ``graphics``: ``plots``, ``plots_checks``, ``plots_pooling`` draw; ``figures`` chooses.
+  ``compare`` (LOO, LRT), ``predict``, ``analysis`` (both sides of a study together),
+  ``sensitivity`` (power-scaling prior sensitivity), ``prior_predictive`` (data from the priors).
+- ``graphics``: ``plots``, ``plots_checks``, ``plots_pooling``, ``plots_priors`` draw; ``figures`` chooses.
 - ``reporting``: ``report`` assembles, ``document`` renders Markdown/HTML, ``export`` renders
   tables, ``output`` swaps folders in atomically.
 - Top level: ``runner`` and ``cli`` orchestrate. The shared vocabulary every stage speaks sits

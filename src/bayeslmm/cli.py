@@ -76,6 +76,9 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
                    help="rows with missing values in used columns: drop with a warning (default) or refuse")
     g.add_argument("--strict", action="store_true",
                    help="exit with code 3 when the sampler's diagnostics fail (divergences, r_hat, ESS)")
+    g.add_argument("--strict-prior", action="store_true",
+                   help="exit with code 3 when a parameter shows prior-data conflict (power-scaling sensitivity "
+                        ">= 0.05 to both the prior and the likelihood)")
     g.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bars")
 
 
@@ -156,13 +159,26 @@ def _cmd_run(args) -> int:
 
 
 def _strict(args, result) -> int:
-    """Under --strict, sampler trouble is an error (after the report is written)."""
+    """Under --strict, sampler trouble is an error; under --strict-prior, prior-data conflict (after the
+    report is written)."""
     trouble = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
     trouble += list(result.notes)  # LOO's Pareto-k warnings
     if args.strict and trouble:
         print(f"error: sampler diagnostics failed (--strict): {trouble[0]}"
               + (f" (and {len(trouble) - 1} more)" if len(trouble) > 1 else ""), file=sys.stderr)
         return EXIT_SAMPLER
+    if args.strict_prior:
+        from bayeslmm.summary import sensitivity
+
+        for name, fit in result.fits.items():
+            why = sensitivity.unavailable(fit)
+            if why:
+                print(f"warning: --strict-prior: {name} not checked: {why}", file=sys.stderr)
+        conflicts = sensitivity.conflicts(result.fits)
+        if conflicts:
+            print(f"error: prior-data conflict (--strict-prior): {conflicts[0]}"
+                  + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""), file=sys.stderr)
+            return EXIT_SAMPLER
     return 0
 
 

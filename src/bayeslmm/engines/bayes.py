@@ -65,6 +65,8 @@ class BayesFit:
         Which engine ran and why (``auto`` says so).
     model : PriorModel or None
         The terms and priors the engine sampled (kept to recompute the log-likelihood; rebuilt when ``None``).
+    user_priors : Priors
+        The priors the user set (``model`` has them applied).
     """
 
     name: str
@@ -81,6 +83,7 @@ class BayesFit:
     sampler_notes: tuple[str, ...] = field(default=())
     engine_note: str = ""
     model: object = field(default=None, repr=False, compare=False)
+    user_priors: Priors = field(default_factory=Priors, repr=False)
 
     _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -445,7 +448,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
     save_dir = save_dir if save_dir is not None else cache_dir
     target = cache_path(Path(save_dir), key) if save_dir is not None else None
     made = dict(name=prep.name, formula=prep.formula, data=prep.data, options=options, priors=prep.priors,
-                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model)
+                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model,
+                user_priors=prep.user_priors)
     # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
     folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
@@ -542,7 +546,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
-    model = fit.model if fit.model is not None else _prior_model(fit.formula, fit.data)
+    model = prior_model_of(fit)
     if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
@@ -561,12 +565,15 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     return ll.assign_coords(__obs__=np.arange(n)[rows])
 
 
-def _prior_model(formula: Formula, data: pd.DataFrame) -> PriorModel:
-    """The prior model of a formula on the model's data (Bambi's default priors)."""
+def prior_model_of(fit: BayesFit) -> PriorModel:
+    """The terms and priors a fit's engine sampled: ``fit.model``, or rebuilt from its formula, data and
+    the user's priors."""
+    if fit.model is not None:
+        return marginal_prior_model(fit.model)
     from bayeslmm.model.formula import model_frame
-    from bayeslmm.model.prior_model import default_model
+    from bayeslmm.model.prior_model import apply_priors, default_model
 
-    return default_model(model_frame(formula, data), data)
+    return apply_priors(default_model(model_frame(fit.formula, fit.data), fit.data), fit.user_priors)
 
 
 def marginal_prior_model(model) -> PriorModel:
@@ -574,6 +581,13 @@ def marginal_prior_model(model) -> PriorModel:
     from bayeslmm.engines.marginal import prior_model
 
     return prior_model(model)
+
+
+def log_prior(fit: BayesFit) -> xr.DataArray:
+    """Each draw's log prior density (chain, draw): :func:`bayeslmm.engines.prior_density.log_prior`."""
+    from bayeslmm.engines import prior_density
+
+    return prior_density.log_prior(fit)
 
 
 def _contiguous(tree: xr.DataTree) -> xr.DataTree:

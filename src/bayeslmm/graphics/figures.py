@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
+from bayeslmm.engines.marginal import Unsupported
+from bayeslmm.engines.prior_density import sd_priors
+from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
@@ -27,6 +29,7 @@ from bayeslmm.model.formula import materialize
 from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
 from bayeslmm.summary import predict, residuals
+from bayeslmm.summary.prior_predictive import prior_predictive
 from bayeslmm.summary.sidebyside import with_lme4_intervals
 from bayeslmm.summary.tables import fixed_draws
 
@@ -292,13 +295,30 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
     if main_fit is not None:
         try:
-            prior = plots_pooling.prior_sd_draws(main_fit)
-        except ValueError:
+            prior = sd_priors(main_fit)
+        except Unsupported as exc:
             prior = None
+            skip(f"No prior-against-posterior figure of the sds of {main}: {exc}.")
         if prior is not None:
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
-                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
-                 f"{mass} intervals: few levels leave a wide posterior.")
+                 f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
+                 f"deviation in {main}, with both {mass} intervals: few levels leave a wide posterior.")
+    replicated = {}
+    for fit in fits:
+        try:
+            replicated[fit.name] = prior_predictive(fit)
+        except Unsupported as exc:
+            skip(f"No prior predictive check of {fit.name}: {exc}.")
+    if replicated:
+        bars = ", ".join(percent(m) for m in plots_priors.masses(ci))
+        save(lambda: plots_priors.prior_predictive_check([f for f in fits if f.name in replicated], ci,
+                                                         draws=replicated),
+             "prior_predictive",
+             "Prior predictive check of every model: data sets replicated from the priors alone (parameters from "
+             "the priors as fitted, group effects from their normal given those sds, the response from the family) "
+             f"against the observed response; bars: the replicates' {bars} intervals over the observed range. A "
+             "prior predictive much wider than the data is what weakly informative priors give; one that misses the "
+             "data is a prior in conflict with it.")
     correlated = [f for f in fits if plots_pooling.correlations(f)]
     if correlated:
         save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",

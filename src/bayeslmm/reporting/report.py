@@ -170,6 +170,43 @@ def _prior_gloss(prior: str) -> str:
     return " (favours correlations near 0)" if eta > 1 else " (favours correlations near -1 and 1)"
 
 
+def sensitivity_section(study, fits: dict, freq: dict) -> list[Block]:
+    """Which numbers are the prior speaking, in one place: each distinct posterior's prior-sensitive
+    parameters and why (power-scaling, :mod:`bayeslmm.summary.sensitivity`)."""
+    from bayeslmm.summary import sensitivity
+
+    names: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for spec in study.models:
+        names.setdefault(fits[spec.name].key, []).append(spec.name)
+        first.setdefault(fits[spec.name].key, spec)
+    lines, missing = [], []
+    for key, models in names.items():
+        spec, label = first[key], " = ".join(models)
+        fit = fits[spec.name]
+        why = sensitivity.unavailable(fit)
+        if why:
+            missing.append(f"{label}: {why}")
+            continue
+        f = freq.get((spec.name, analysis.lme4_method(spec)))
+        lines += [f"{label}: {line}" for line in sensitivity.findings(sensitivity.power_scaling(fit),
+                                                                     f.ngroups if f is not None else None)]
+    blocks: list[Block] = [
+        Heading("Prior sensitivity", 2),
+        Para("Which numbers are the data speaking and which the prior? Power-scaling (Kallioinen et al. 2024, "
+             "priorsense; arviz-stats `psense`) raises each model's prior, then its likelihood, to a power near 1 "
+             "and measures how far each parameter's posterior moves; "
+             f"{format_number(sensitivity.THRESHOLD)} or more counts as sensitive. Each model's table gives both "
+             "numbers in its last column (prior / likelihood)."
+             + (" Prior-sensitive:" if lines else " No fixed effect, sd or correlation of any model is "
+                "prior-sensitive: every posterior is the data speaking."))]
+    if lines:
+        blocks.append(Bullets(tuple(lines)))
+    if missing:
+        blocks.append(Para("Not computed: " + "; ".join(missing) + "."))
+    return blocks
+
+
 def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     """Each comparison: LOO beside the LRT and AIC/BIC, and a plain-language reading."""
     from bayeslmm.summary.compare import reading
@@ -297,6 +334,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
                         "what to do."),
                    Bullets(tuple(dict.fromkeys(problems + advice)))]
+    blocks += sensitivity_section(study, fits, freq)
     prep = [f"`{k}` = `{v}` standardised (mean 0, sd 1 with n - 1, as R's `scale()`)" for k, v in study.scale.items()]
     prep += [f"`{k}` = `{':'.join(v)}` (explicit nesting, as R's `factor(a:b)`)" for k, v in study.nest.items()]
     blocks += [

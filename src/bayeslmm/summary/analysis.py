@@ -11,6 +11,7 @@ from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
 from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.summary.compare import compare_models
+from bayeslmm.summary.sensitivity import power_scaling
 from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
@@ -59,7 +60,7 @@ def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
 
 
 def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: dict | None = None) -> pd.DataFrame:
-    """The side-by-side table of every model of the study.
+    """The side-by-side table of every model of the study, with each posterior's power-scaling sensitivity.
 
     ``profiles`` maps a model name to lme4-style profile intervals (``effect, group, term,
     conf_low, conf_high``) that replace the Wald intervals (and fill the standard deviations').
@@ -78,7 +79,8 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
+        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms(),
+                                   power_scaling(fit)))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -11,7 +11,7 @@ from bayeslmm.labels import COR_PREFIX
 SIDE_COLUMNS = [
     "model", "effect", "group", "term", "lme4_method", "lme4_estimate", "lme4_std_error", "lme4_conf_low",
     "lme4_conf_high", "lme4_ci", "post_mean", "post_median", "post_sd", "post_conf_low", "post_conf_high", "agreement",
-    "ci",
+    "prior_sensitivity", "likelihood_sensitivity", "sensitivity", "ci",
 ]
 #: A posterior mean this many posterior sds from lme4's estimate is reported as a difference.
 SHIFT_SD = 0.5
@@ -21,7 +21,8 @@ WIDER = 1.5
 
 def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dict[str, int] | None = None,
                  ci_kind: pd.Series | None = None, ci: float = 0.95,
-                 boundary: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+                 boundary: list[tuple[str, str]] | None = None,
+                 sensitivity: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per parameter of one model: lme4's estimate and CI beside the posterior's.
 
     Parameters
@@ -39,6 +40,10 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     boundary : list of (group, term), optional
         Standard deviations lme4 put at 0 and correlations at +-1 (a singular fit,
         :meth:`FreqFit.boundary_terms`).
+    sensitivity : DataFrame, optional
+        The posterior's power-scaling sensitivity (:func:`bayeslmm.summary.sensitivity.power_scaling`):
+        ``prior_sensitivity``, ``likelihood_sensitivity`` and the diagnosis as ``sensitivity`` (empty
+        where it was not computed).
 
     Returns
     -------
@@ -62,6 +67,10 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     at_bound = set(boundary or ())
     out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"]), (r["group"], r["term"]) in at_bound)
                         for _, r in out.iterrows()]
+    sens = (sensitivity if sensitivity is not None else pd.DataFrame(columns=[*keys, "diagnosis"]))
+    sens = sens.reindex(columns=[*keys, "prior_sensitivity", "likelihood_sensitivity", "diagnosis"])
+    out = out.merge(sens.rename(columns={"diagnosis": "sensitivity"}), on=keys, how="left")
+    out["sensitivity"] = out["sensitivity"].fillna("").astype(str)
     out["ci"] = ci
     return out[SIDE_COLUMNS].reset_index(drop=True)
 
