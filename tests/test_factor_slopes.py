@@ -408,7 +408,8 @@ def test_priors_of_a_factors_sds_are_per_column(short_fit):
 
     prior = sd_priors(short_fit)
     assert list(prior) == [("g", "sd__(Intercept)"), ("g", "sd__fB"), ("g", "sd__fC"), ("Residual", "sd__Observation")]
-    term = short_fit.model.conditional_parameters["mu"].group_specific_terms["f|g"]
+    bambi = build_model(short_fit.formula, short_fit.data, short_fit.model)  # Bambi's model, as its engine gets it
+    term = bambi.conditional_parameters["mu"].group_specific_terms["f|g"]
     scales = dict(zip(term.coords["f__expr_dim"], np.asarray(term.prior.args["sigma"].args["sigma"]), strict=True))
     for level in ("B", "C"):  # a half-normal's sd is its scale times sqrt(1 - 2/pi)
         assert prior[("g", f"sd__f{level}")].std() == pytest.approx(scales[level] * math.sqrt(1 - 2 / math.pi),
