@@ -36,6 +36,12 @@ _seed = _checked(int, lambda v: v >= 0, "a non-negative whole number")
 _prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
 
 
+def _nagq(text: str) -> int:
+    from bayeslmm.model.options import NAGQ_MAX
+
+    return _checked(int, lambda v: 1 <= v <= NAGQ_MAX, f"a whole number from 1 (Laplace) to {NAGQ_MAX}")(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise OptionsError(f"{message} (see 'bayeslmm {self.prog.split()[-1]} --help')")
@@ -90,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--family", choices=get_args(Family), default="gaussian",
                      help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
                           "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
+    fit.add_argument("--nagq", type=_nagq, default=None, metavar="N",
+                     help="lme4's side of a binomial or Poisson mixed model: glmer's nAGQ, 1 = Laplace (default), "
+                          "up to 100 adaptive Gauss-Hermite nodes for a single scalar random term, as lme4")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
                      help="a prior, e.g. 'cor ~ LKJ(2)' or 'cor(Subject) ~ LKJ(4)' (repeatable; LKJ(1) by default)")
     _sampler_args(fit)
@@ -148,7 +157,8 @@ def _cmd_fit(args) -> int:
     from bayeslmm.summary.tables import format_table
 
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
-                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family)
+                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family,
+                         nagq=args.nagq)
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
