@@ -84,6 +84,20 @@ def test_bad_nagq_in_a_study_is_one_line_naming_the_model(model, message):
     assert message in text and "model 'm'" in text and "\n" not in text
 
 
+def test_more_nodes_only_for_the_families_checked_against_lme4():
+    """A family beyond binomial and Poisson (a stand-in formula: this checkout fits no other) may say nAGQ = 1 only."""
+    from dataclasses import replace
+
+    from bayeslmm.errors import OptionsError
+    from bayeslmm.model.formula import parse
+    from bayeslmm.model.options import check_nagq
+
+    other = replace(parse("y ~ x + (1|g)", "poisson"), family="negbinomial")
+    assert check_nagq(1, other) == 1
+    with pytest.raises(OptionsError, match="fitted here for binomial and poisson mixed models, not negbinomial"):
+        check_nagq(25, other)
+
+
 def test_nagq_one_is_laplace_wherever_glmer_runs():
     study = _study([{"name": "m", "formula": "cbind(sick, size - sick) ~ season + (1|farm) + (1|season)",
                      "family": "binomial", "nagq": 1}])

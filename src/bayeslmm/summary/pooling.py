@@ -42,8 +42,9 @@ from bayeslmm.model.checks import separating_direction
 ALL_SUCCESSES, ALL_FAILURES, ALL_ZERO = "all successes", "all failures", "all zero counts"
 SPLIT_BINOMIAL = "separated by its covariates"
 SPLIT_POISSON = "zeros at one end of its covariates"
-#: Families this module fits (their canonical links).
-FAMILIES = glmer.FAMILIES
+#: Families this module fits: their canonical links, no dispersion parameter (a negative binomial's no pooling
+#: would need its theta per level or shared: not done here, and its figures say so).
+FAMILIES = ("binomial", "poisson")
 
 
 @dataclass(frozen=True)
