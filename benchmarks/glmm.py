@@ -1,4 +1,4 @@
-"""Bambi engine vs the GLMM engine on binomial and Poisson mixed models: speed, effective samples, agreement.
+"""Bambi engine vs the GLMM engine on binomial, Poisson and negative binomial mixed models: speed, ESS, agreement.
 
 Run from the repository root::
 
@@ -10,8 +10,10 @@ All fits use the default sampler settings (4 chains x 1000 draws after 1000 tuni
 
 1. In one process, both engines on tests/data/beyond/binomial.csv (``cbind(sick, size - sick) ~ season +
    (1|farm)``), counts.csv with an observation-level effect (``birds ~ temp + offset(log(hours)) +
-   (1|site) + (1|obs)``) and bernoulli.csv: fit seconds (Bambi: ``bayes.sample``, PyMC compilation
-   included; GLMM engine: ``glmm.sample``, its rough fit, NUTS and the output included), minimum bulk
+   (1|site) + (1|obs)``), bernoulli.csv, and counts.csv as a negative binomial (``birds ~ temp +
+   offset(log(hours)) + (1|site)``, alpha among the sds), with lme4's glmer.nb time: fit seconds
+   (Bambi: ``bayes.sample``, PyMC compilation included; GLMM engine: ``glmm.sample``, its rough fit,
+   NUTS and the output included), minimum bulk
    and tail ESS over the fixed effects and sds, bulk ESS per second, the ratio to Bambi's,
    divergences, the largest r_hat, and the largest difference of the engines' posterior means in
    posterior sds (fixed effects and sds; every level of every random effect).
@@ -42,6 +44,7 @@ MODELS = {
     "binomial.csv": ("binomial", "cbind(sick, size - sick) ~ season + (1|farm)"),
     "counts.csv (1|obs)": ("poisson", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)"),
     "bernoulli.csv": ("binomial", "passed ~ hours + urban + (1|school)"),
+    "counts.csv negbin": ("negbinomial", "birds ~ temp + offset(log(hours)) + (1|site)"),
 }
 BIG_FORMULA = "y ~ x + w + (1|g)"
 
@@ -65,7 +68,7 @@ def bambi_model(formula, df):
     from bayeslmm.model.formula import binary_response, model_frame, to_bambi
 
     data = model_data(formula, df)
-    family = formula.family
+    family = {"negbinomial": "negativebinomial"}.get(formula.family, formula.family)
     if family == "binomial" and not formula.cbind:
         data[formula.response] = binary_response(data[formula.response], formula.response)[0]
         family = "bernoulli"
@@ -187,6 +190,13 @@ def main(argv=None) -> int:
         gap = float(((mb["summary"]["mean"] - mg["summary"]["mean"]).abs() / mg["summary"]["sd"]).max())
         print(row(label, "bambi", mb), flush=True)
         print(row(label, "glmm", mg, mg["ess_s"] / mb["ess_s"], gap, effects_gap(ref, tree)), flush=True)
+        if family == "negbinomial":
+            from bayeslmm.lme4 import frequentist
+
+            t0 = time.perf_counter()
+            nb = frequentist.fit(frame)
+            print(f"{'':<20}glmer.nb (lme4's side, in process): {time.perf_counter() - t0:.2f} s, theta "
+                  f"{nb.nb_theta:.4g}", flush=True)
 
     if not args.quick:
         print(f"\n2. 20,000 rows, 500 groups: {BIG_FORMULA} (binomial)")

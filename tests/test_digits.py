@@ -218,7 +218,7 @@ def test_fit_at_extreme_scales_keeps_digits_and_a_clean_console(scaled, scale, t
         assert shown["ess_bulk"] == format_number(round(row["ess_bulk"]))
 
     md = (out / "report.md").read_text()
-    priors = next(line for line in md.splitlines() if line.startswith("Priors: "))
+    priors = next(line for line in md.splitlines() if line.startswith("Priors ("))
     assert not re.search(r"=-?0\.0\b|sigma=0[,)]", priors), priors
     side = pd.read_csv(out / "sidebyside.csv", keep_default_na=False, na_values=[""])
     slope = side[side["term"] == "bodyLength"].iloc[0]

@@ -333,10 +333,11 @@ def test_short_fit_names_its_variables_as_bambi_would(short_fit):
     assert fit.formula.random[0].coefs == ("(Intercept)", "fB", "fC")  # resolved when prepared
     assert bayes.prior_table(fit.model, fit.formula)["cor(g)"] == "LKJ(eta=1)"
     post = fit.idata["posterior"]
-    bambi_dims = {k: tuple(v) for k, v in fit.model.backend.model.named_vars_to_dims.items()}
+    bambi = build_model(fit.formula, fit.data, fit.model).backend.model  # Bambi given the fit's priors
+    bambi_dims = {k: tuple(v) for k, v in bambi.named_vars_to_dims.items()}
     for var in ("1|g", "1|g_sigma", "f|g", "f|g_sigma"):
         assert post[var].dims == ("chain", "draw", *bambi_dims.get(var, ()))
-    np.testing.assert_array_equal(post["f__expr_dim"].values, fit.model.backend.model.coords["f__expr_dim"])
+    np.testing.assert_array_equal(post["f__expr_dim"].values, bambi.coords["f__expr_dim"])
     cors = [v for v in post.data_vars if str(v).startswith(labels.COR_PREFIX)]
     assert cors == ["cor__(Intercept).fB|g", "cor__(Intercept).fC|g", "cor__fB.fC|g"]
     # the pointwise log-likelihood recomputed from the posterior (a factor's effects selected by
@@ -345,7 +346,7 @@ def test_short_fit_names_its_variables_as_bambi_would(short_fit):
     theirs = xr.DataTree.from_dict({"posterior": post.to_dataset()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit.model.compute_log_likelihood(theirs)
+        build_model(fit.formula, fit.data, fit.model).compute_log_likelihood(theirs)
     np.testing.assert_allclose(ours.values, theirs["log_likelihood"]["y"].values, rtol=1e-10)
 
 
@@ -400,10 +401,15 @@ def test_short_fit_tables_name_each_column_as_lme4(short_fit):
     assert len(cor_draws(fit)) == 3
 
 
-def test_prior_draws_of_a_factors_sds_are_per_column(short_fit):
-    """The prior-vs-posterior figure's prior draws: one per column of the factor (it crashed the report)."""
-    from bayeslmm.graphics.plots_pooling import prior_sd_draws
+def test_priors_of_a_factors_sds_are_per_column(short_fit):
+    """The prior-vs-posterior figure's priors: one per column of the factor (it crashed the report), each
+    column's own scale from Bambi's vector argument (``HalfNormal(sigma=[...])``, in Bambi's order of levels)."""
+    from bayeslmm.engines.prior_density import sd_priors
 
-    prior = prior_sd_draws(short_fit, n=200)
+    prior = sd_priors(short_fit)
     assert list(prior) == [("g", "sd__(Intercept)"), ("g", "sd__fB"), ("g", "sd__fC"), ("Residual", "sd__Observation")]
-    assert all(v.shape == (200,) and (v > 0).all() for v in prior.values())
+    term = short_fit.model.conditional_parameters["mu"].group_specific_terms["f|g"]
+    scales = dict(zip(term.coords["f__expr_dim"], np.asarray(term.prior.args["sigma"].args["sigma"]), strict=True))
+    for level in ("B", "C"):  # a half-normal's sd is its scale times sqrt(1 - 2/pi)
+        assert prior[("g", f"sd__f{level}")].std() == pytest.approx(scales[level] * math.sqrt(1 - 2 / math.pi),
+                                                                    rel=1e-12)

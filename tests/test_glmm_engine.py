@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayeslmm import labels
 from bayeslmm.engines import glmm, marginal
 from bayeslmm.engines import glmm_lik as gl
 from bayeslmm.engines import marginal_lik as ml
@@ -354,7 +355,7 @@ def test_log_likelihood_is_what_bambi_computes(short_fits, name):
     theirs = tree.copy(deep=True)
     del theirs["log_likelihood"]
     model.compute_log_likelihood(theirs)
-    var = marginal.bambi_variable(model.response_term)
+    var = labels.bambi_variable(model.response_term)
     ours = tree["log_likelihood"][var].values
     np.testing.assert_allclose(ours, theirs["log_likelihood"][var].values, rtol=1e-12, atol=1e-13)
     again = glmm.log_likelihood(model, frame, tree, slice(5, 40))
@@ -377,7 +378,7 @@ def test_posterior_layout_is_bambis(short_fits):
         for c in ours.coords:
             if c not in ("chain", "draw"):
                 np.testing.assert_array_equal(ours[c].values, theirs[c].values)
-    var = marginal.bambi_variable(model.response_term)
+    var = labels.bambi_variable(model.response_term)
     assert var == "p(sick, (trials))"
     np.testing.assert_array_equal(tree["observed_data"][var].values, ref["observed_data"][var].values)
     assert tree[glmm.ENGINE_GROUP]["beta"].shape[-1] == 4

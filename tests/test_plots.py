@@ -282,14 +282,23 @@ def test_variance_partition(fits):
 
 
 def test_prior_against_posterior(fits):
+    """Exact priors: the same prior gives the same interval in every panel (the Monte Carlo quantiles of old
+    differed), and the interval printed is the distribution's own."""
+    from bayeslmm.engines.prior_density import sd_priors
+
     fit = fits["mixed.lmer2"]
-    prior = plots_pooling.prior_sd_draws(fit, n=500, seed=1)
-    assert set(prior) == set(sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
+    prior = sd_priors(fit)
+    assert set(prior) == set(sd_draws(fit))
     fig = plots_pooling.prior_posterior_sd(fit, prior)
     assert _titles(fig) == ["sd of mountainRange (Intercept) (8 levels)", "sd of sample (Intercept) (24 levels)",
                             "residual sd (480 rows)"]
     assert all(ax.get_xlabel() == "standard deviation (testScore)" for ax in _visible(fig))
-    assert _legend_texts(fig) == ["prior (Bambi's default)", "posterior"]
+    assert _legend_texts(fig) == ["prior (exact density)", "posterior"]
+    texts = [t.get_text().splitlines()[1] for ax in _visible(fig) for t in ax.texts]
+    lo, hi = prior[("mountainRange", "sd__(Intercept)")].ppf([0.025, 0.975])
+    assert texts[0] == f"prior 95%: {lo:.1f} to {hi:.1f}"
+    assert texts[0] == texts[1]  # both groups' sds have the same prior (Bambi's HalfNormal of the same scale)
+    assert texts[2] != texts[0]  # the residual's is a half-Student-t
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,7 +347,7 @@ def test_make_figures_passes_ci_to_every_figure(run, tmp_path):
     captions = {img.path.split("/")[-1].removesuffix(".png"): img.caption for img in images}
     with_intervals = ["pooled_regression", "population_lines_bodyLength2", "forest_bodyLength2", "forest_sd",
                       "fitted_lines_mixed.lmer2", "shrinkage_mountainRange", "caterpillar_mixed.lmer2",
-                      "variance_partition", "prior_posterior_sd"]
+                      "variance_partition", "prior_posterior_sd", "prior_predictive"]
     for name in with_intervals:
         assert "90%" in captions[name], name
     assert not any("95%" in c for c in captions.values())
@@ -356,7 +365,7 @@ def test_report_writes_at_least_12_distinct_wide_figures(run):
     assert {"response_histogram", "pooled_regression", "boxplot_mountainRange", "scatter_mountainRange",
             "facets_mountainRange", "forest_bodyLength2", "forest_sd", "residuals_fitted", "qq_residuals", "ppc",
             "fitted_lines_mixed.lmer2", "shrinkage_mountainRange", "shrinkage_sample", "caterpillar_mixed.lmer2",
-            "variance_partition", "prior_posterior_sd"} <= names
+            "variance_partition", "prior_posterior_sd", "prior_predictive"} <= names
     for p in pngs:
         assert Image.open(p).size[0] >= 800, p.name
     assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in pngs}) == len(pngs)

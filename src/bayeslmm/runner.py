@@ -148,7 +148,7 @@ def run_study(
                               echo=echo)
             echo("writing report ...")
             written = report.write(Fitted(study, df, fits), stage, ci=run.ci,
-                                   source=str(data) if data else study.source)
+                                   source=str(data) if data else study.source, pb=run.pb, echo=echo)
     seconds = time.perf_counter() - start
     report_notes = (*written.report_notes, *stray)
     for note in (*written.notes, *report_notes):

@@ -26,6 +26,7 @@ from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.model.checks import NaAction, sampler_warnings, validate
 from bayeslmm.model.formula import Formula, to_bambi
 from bayeslmm.model.options import Engine, RunOptions, Sampler, SamplerOptions  # noqa: F401 -- re-exported
+from bayeslmm.model.prior_model import PriorModel, bambi_family
 from bayeslmm.model.priors import Priors
 from bayeslmm.numbers import format_number
 from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
@@ -62,8 +63,10 @@ class BayesFit:
         Sampler trouble: divergences, r_hat > 1.01, low ESS, tree depth (``--strict`` fails on these).
     engine_note : str
         Which engine ran and why (``auto`` says so).
-    model : bambi.Model or None
-        The Bambi model (kept to recompute the log-likelihood; rebuilt when ``None``).
+    model : PriorModel or None
+        The terms and priors the engine sampled (kept to recompute the log-likelihood; rebuilt when ``None``).
+    user_priors : Priors
+        The priors the user set (``model`` has them applied).
     """
 
     name: str
@@ -80,6 +83,7 @@ class BayesFit:
     sampler_notes: tuple[str, ...] = field(default=())
     engine_note: str = ""
     model: object = field(default=None, repr=False, compare=False)
+    user_priors: Priors = field(default_factory=Priors, repr=False)
 
     _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -94,12 +98,14 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
+        from bayeslmm.labels import auxiliary_variables
         from bayeslmm.summary.tables import fixed_terms, ran_pars_order, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
                  lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects,
-                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula)))
+                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula),
+                                        auxiliary=auxiliary_variables(self.formula.family)))
         return t if median else t.drop(columns="median")
 
     def fixef(self, ci: float = 0.95) -> pd.DataFrame:
@@ -110,6 +116,25 @@ class BayesFit:
         """Posterior summary of each group level's effect (lme4's ``ranef``)."""
         return ranef_table(self.tidy(ci, ("ran_vals",)))
 
+    def __repr__(self) -> str:
+        draws = self.idata["posterior"].sizes
+        return (f"<BayesFit {self.name}: {self.formula.text} ({self.formula.family}); {self.engine} engine, "
+                f"{draws['chain']} chains x {draws['draw']} draws; {len(self.data)} rows>")
+
+    def summary(self, ci: float = 0.95) -> Summary:
+        """What lme4's ``summary()`` prints, with posterior columns: groups, random effects, fixed effects."""
+        from bayeslmm.summary.text import fit_summary
+
+        return Summary(fit_summary(self, ci))
+
+    def predict(self, newdata: pd.DataFrame, re_form: str = "existing", ci: float = 0.95,
+                seed: int = 0) -> pd.DataFrame:
+        """Mean response with credible and prediction intervals for new rows
+        (:func:`bayeslmm.summary.newdata.predict`: ``re_form`` existing, new or population groups)."""
+        from bayeslmm.summary.newdata import predict
+
+        return predict(self, newdata, re_form, ci, seed)
+
     def varcorr(self) -> pd.DataFrame:
         """Posterior means of the standard deviations and correlations, laid out as lme4's ``print(VarCorr(fit))``.
 
@@ -118,6 +143,13 @@ class BayesFit:
         and intervals.
         """
         return varcorr_table(self.tidy(effects=("ran_pars",)))
+
+
+class Summary(str):
+    """Text that displays as itself (``fit.summary()`` in a notebook or REPL prints like R's ``summary``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
@@ -141,25 +173,19 @@ def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
     return data.reset_index(drop=True)
 
 
-#: Bambi's family of each of bayeslmm's (a 0/1 binomial response is Bambi's "bernoulli").
-BAMBI_FAMILIES = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson"}
-
-
-def bambi_family(formula: Formula) -> str:
-    """Bambi's family for a formula: ``binomial`` for ``cbind`` responses, ``bernoulli`` for 0/1 ones."""
-    if formula.family == "binomial" and not formula.cbind:
-        return "bernoulli"
-    return BAMBI_FAMILIES[formula.family]
-
-
-def build_model(formula: Formula, data: pd.DataFrame):
-    """The Bambi model of ``formula`` with Bambi's default (weakly informative) priors."""
+def build_model(formula: Formula, data: pd.DataFrame, pm: PriorModel | None = None):
+    """The Bambi model of ``formula``: with the priors of ``pm``, else Bambi's default (weakly
+    informative, data-scaled) priors, which :func:`~bayeslmm.model.prior_model.default_model` computes
+    without Bambi."""
     import bambi as bmb
+
+    from bayeslmm.model.prior_model import bambi_priors
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            model = bmb.Model(to_bambi(formula), data, family=bambi_family(formula))
+            model = bmb.Model(to_bambi(formula), data, family=bambi_family(formula),
+                              priors=bambi_priors(pm) if pm is not None else None)
         model.build()
     except Exception as exc:  # formulae/Bambi raise many types for terms they cannot build
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -168,18 +194,11 @@ def build_model(formula: Formula, data: pd.DataFrame):
 
 
 def prior_table(model, formula: Formula | None = None, priors: Priors | None = None) -> dict[str, str]:
-    """Each parameter's prior as text: Bambi's model's, and the LKJ prior of each correlated term.
+    """Each parameter's prior as text: the prior model's (or a Bambi model's), and the LKJ prior of
+    each correlated term, keyed by its group's correlation matrix, ``cor(Subject)``."""
+    from bayeslmm.engines.marginal import prior_model
 
-    A correlated term's correlations are keyed by their group's correlation matrix, ``cor(Subject)``.
-    """
-    out: dict[str, str] = {}
-    for comp in model.conditional_parameters.values():
-        for name, term in comp.terms.items():
-            prior = getattr(term, "prior", None)
-            if prior is not None:
-                out[name] = _prior_text(prior)
-    for name, comp in model.marginal_parameters.items():
-        out[name] = _prior_text(comp.prior)
+    out = prior_model(model).texts()
     priors = priors or Priors()
     for term in formula.random if formula is not None else ():
         if term.correlated:
@@ -187,33 +206,16 @@ def prior_table(model, formula: Formula | None = None, priors: Priors | None = N
     return out
 
 
-def _prior_text(prior) -> str:
-    """A Bambi prior as text, numbers with 4 significant digits: ``Normal(mu=4.2e-05, sigma=3.1e-06)``."""
-
-    if not hasattr(prior, "args"):
-        return str(prior)
-    args = []
-    for k, v in prior.args.items():
-        if hasattr(v, "args"):
-            v = _prior_text(v)
-        elif isinstance(v, np.ndarray):
-            flat = [format_number(x) for x in np.ravel(v)]
-            v = flat[0] if flat and len(set(flat)) == 1 else f"[{', '.join(flat)}]"
-        else:
-            v = format_number(v)
-        args.append(f"{k}={v}")
-    return f"{prior.name}({', '.join(args)})"
-
-
 def _versions() -> dict[str, str]:
-    """Versions that change a posterior: Bambi and PyMC (Bambi engine), nutpie and bayeslmm (marginal)."""
-    import bambi
-    import nutpie
-    import pymc
+    """Versions that change a posterior: Bambi and PyMC (Bambi engine), nutpie and bayeslmm (marginal).
+
+    Read from the installed packages' metadata, so keying a cache imports none of them.
+    """
+    from importlib.metadata import version
 
     import bayeslmm
 
-    return {"bambi": bambi.__version__, "pymc": pymc.__version__, "nutpie": nutpie.__version__,
+    return {"bambi": version("bambi"), "pymc": version("pymc"), "nutpie": version("nutpie"),
             "bayeslmm": bayeslmm.__version__}
 
 
@@ -353,8 +355,9 @@ class Prepared:
         The formula fitted: collinear terms dropped (its text as written).
     data : DataFrame
         The rows and columns the model uses (R expressions evaluated, grouping factors as factors).
-    model : bambi.Model
-        Bambi's model with its priors (the marginal engine reads them from it).
+    model : PriorModel
+        Every term with its prior (:mod:`bayeslmm.model.prior_model`): what the engines read, and
+        what Bambi's model is given when Bambi's engine runs.
     frame : ModelFrame
         The arrays of lme4's side and the marginal engine.
     priors : dict of str to str
@@ -394,6 +397,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
+    from bayeslmm.model.prior_model import apply_priors, default_model
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
@@ -401,8 +405,9 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     rows, check_notes = validate(formula, df, na)
     formula, alias_notes = drop_aliased(formula, rows)
     data = model_data(formula, rows)
-    model = build_model(formula, data)
     frame = model_frame(formula, data)
+    # Bambi's default priors (without building Bambi's model), then the user's in their place
+    model = apply_priors(default_model(frame, data), user_priors)
     formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
     from bayeslmm.engines.marginal import coding_mismatch
 
@@ -443,7 +448,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
     save_dir = save_dir if save_dir is not None else cache_dir
     target = cache_path(Path(save_dir), key) if save_dir is not None else None
     made = dict(name=prep.name, formula=prep.formula, data=prep.data, options=options, priors=prep.priors,
-                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model)
+                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model,
+                user_priors=prep.user_priors)
     # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
     folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
@@ -473,8 +479,9 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
         tree = glmm.sample(prep.model, prep.frame, options, progress=progress, log_likelihood=False,
                            priors=prep.user_priors)
-    else:
-        tree = sample(prep.model, options, progress=progress, log_likelihood=False)
+    else:  # Bambi's NUTS on Bambi's model, given the prior model's priors
+        tree = sample(build_model(prep.formula, prep.data, prep.model), options, progress=progress,
+                      log_likelihood=False)
     seconds = time.perf_counter() - start
     _check_complete(tree, options)
     tree = _contiguous(tree)
@@ -539,7 +546,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
-    model = fit.model if fit.model is not None else build_model(fit.formula, fit.data)
+    model = prior_model_of(fit)
     if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
@@ -549,12 +556,38 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
         return glmm.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
     whole = rows == slice(0, n, 1)
+    model = build_model(fit.formula, fit.data, marginal_prior_model(model))
     tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model.compute_log_likelihood(tree, data=None if whole else fit.data.iloc[rows])
     ll = next(iter(tree["log_likelihood"].to_dataset().data_vars.values()))
     return ll.assign_coords(__obs__=np.arange(n)[rows])
+
+
+def prior_model_of(fit: BayesFit) -> PriorModel:
+    """The terms and priors a fit's engine sampled: ``fit.model``, or rebuilt from its formula, data and
+    the user's priors."""
+    if fit.model is not None:
+        return marginal_prior_model(fit.model)
+    from bayeslmm.model.formula import model_frame
+    from bayeslmm.model.prior_model import apply_priors, default_model
+
+    return apply_priors(default_model(model_frame(fit.formula, fit.data), fit.data), fit.user_priors)
+
+
+def marginal_prior_model(model) -> PriorModel:
+    """``model`` as a prior model (it may be a Bambi model a caller built)."""
+    from bayeslmm.engines.marginal import prior_model
+
+    return prior_model(model)
+
+
+def log_prior(fit: BayesFit) -> xr.DataArray:
+    """Each draw's log prior density (chain, draw): :func:`bayeslmm.engines.prior_density.log_prior`."""
+    from bayeslmm.engines import prior_density
+
+    return prior_density.log_prior(fit)
 
 
 def _contiguous(tree: xr.DataTree) -> xr.DataTree:
@@ -585,7 +618,7 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
-    if formula.is_glmm:  # binomial and Poisson: the GLMM engine (NUTS on the joint, cached numba kernels)
+    if formula.is_glmm:  # binomial, Poisson, negative binomial: the GLMM engine (NUTS on the joint, numba kernels)
         from bayeslmm.engines import glmm
 
         reason = glmm.supports(formula, frame, model)
@@ -599,7 +632,8 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
 
     reason = marginal.supports(formula, frame, model)
     if requested == "glmm":
-        raise OptionsError(f"--engine glmm fits binomial and Poisson models; {formula.text!r} is Gaussian: use "
+        raise OptionsError(f"--engine glmm fits binomial, Poisson and negative binomial models; {formula.text!r} is "
+                           "Gaussian: use "
                            "--engine auto")
     if requested == "pymc":
         if reason is not None:

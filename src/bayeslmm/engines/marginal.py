@@ -38,15 +38,13 @@ import xarray as xr
 from bayeslmm.engines import marginal_lik as ml
 from bayeslmm.labels import (
     RESIDUAL_VARIABLE,
-    bambi_variable,
     cor_pairs,
     cor_variable,
     factor_column,
-    factor_dim,
     hyper_variable,
-    level_dim,
 )
 from bayeslmm.model.formula import Formula, ModelFrame
+from bayeslmm.model.prior_model import PriorModel, from_bambi
 from bayeslmm.model.priors import Priors
 
 _STAT_NAMES = {
@@ -243,14 +241,14 @@ def _scale_prior(prior, what: str, column: int | None = None) -> tuple[int, np.n
     return code, par
 
 
-def _bambi_levels(term) -> tuple[str | None, list[str]]:
-    """The level dimension and column labels of a Bambi group-specific term (``None, [""]`` if numeric)."""
-    if not term.categorical:
-        return None, [""]
-    dims = [d for d in term.coords if not d.endswith(factor_dim(""))]
-    if len(dims) != 1:
-        raise Unsupported(f"random term {bambi_variable(term)} has dims {', '.join(term.coords)}, not a factor's")
-    return dims[0], [str(v) for v in term.coords[dims[0]]]
+def prior_model(model) -> PriorModel:
+    """The prior model the engines read: ``model`` itself, or read from a built ``bambi.Model``."""
+    if isinstance(model, PriorModel):
+        return model
+    try:
+        return from_bambi(model)
+    except ValueError as exc:  # a custom distribution
+        raise Unsupported(str(exc)) from None
 
 
 def coding_mismatch(frame: ModelFrame, model) -> str | None:
@@ -262,9 +260,7 @@ def coding_mismatch(frame: ModelFrame, model) -> str | None:
     reference level may not be R's (``factor(k)`` of 2, 3, 10): the two would fit different models.
     The same columns in another order are fine.
     """
-    bambi: dict[str, list[str]] = {}
-    for term in model.conditional_parameters[model.family.likelihood.parent].group_specific_terms.values():
-        bambi[bambi_variable(term)] = _bambi_levels(term)[1]
+    bambi = {term.name: list(term.levels) for term in prior_model(model).group}
     for block in frame.blocks:
         term = block.term
         for expr in dict.fromkeys(c.expr for c in term.columns if c.level):
@@ -302,29 +298,23 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     Unsupported
         With a one-line reason when the marginal engine does not apply.
     """
-    family = model.family
-    if family.name != "gaussian":
-        raise Unsupported(f"non-Gaussian family ({family.name})")
-    if family.link["mu"].name != "identity":
-        raise Unsupported(f"non-identity link ({family.link['mu'].name})")
-    cond = model.conditional_parameters
-    if set(cond) != {"mu"}:
-        raise Unsupported("distributional sub-models (a formula for sigma)")
-    marg = model.marginal_parameters
-    if set(marg) != {"sigma"}:
-        raise Unsupported(f"auxiliary parameters {sorted(marg)} besides sigma")
-    d = design(frame, model, priors, "mu")
+    pm = prior_model(model)
+    if pm.family != "gaussian":
+        raise Unsupported(f"non-Gaussian family ({pm.family})")
+    if set(pm.aux) != {"sigma"}:
+        raise Unsupported(f"auxiliary parameters {sorted(pm.aux)} besides sigma")
+    d = design(frame, pm, priors, "mu")
     y = np.asarray(frame.y, dtype=float) + d.offset  # the observed response (the frame holds y - offset)
-    response = np.asarray(model.response_term.data, dtype=float).reshape(-1)
+    response = np.asarray(pm.y, dtype=float).reshape(-1)
     if response.size != y.size or not np.allclose(response, y, rtol=1e-12, atol=0.0):
-        raise Unsupported("the Bambi model and the model frame have different rows")
+        raise Unsupported("the prior model and the model frame have different rows")
     y = response
     shift = 0.0
     bpar = d.bpar.copy()
     if d.intercept is not None:
         shift = float((y - d.offset).mean())
         bpar[0, 0] -= shift  # the prior is on the (centred) intercept; y is shifted internally
-    sigma_prior = marg["sigma"].prior
+    sigma_prior = pm.aux["sigma"]
     if isinstance(sigma_prior, int | float):
         raise Unsupported("residual sigma fixed to a constant")
     code, par = _scale_prior(sigma_prior, RESIDUAL_VARIABLE)
@@ -382,28 +372,23 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
         With a one-line reason when a term or prior is outside what the engines handle.
     """
     priors = priors or Priors()
-    mu = model.conditional_parameters[parameter]
-    if getattr(mu, "hsgp_terms", None):
-        raise Unsupported("HSGP terms")
+    pm = prior_model(model)
+    if pm.parameter != parameter:
+        raise Unsupported(f"the model's linear predictor is for {pm.parameter}, not {parameter}")
     n = frame.y.size
     offset = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=float)
-    bambi_offset = sum((np.asarray(t.data, dtype=float).reshape(-1) for t in mu.offset_terms.values()),
-                       np.zeros(n))
-    if not np.allclose(bambi_offset, offset):
-        raise Unsupported("the offsets of the Bambi model and of the model frame differ")
+    if not np.allclose(pm.offset, offset):
+        raise Unsupported("the offsets of the prior model and of the model frame differ")
 
     # fixed effects, as Bambi builds them (centred when there is an intercept)
     columns, fixed, codes, pars = [], [], [], []
-    start = 1 if mu.intercept_term is not None else 0
+    start = 1 if pm.intercept is not None else 0
     at = start
-    for term in mu.common_terms.values():
+    for term in pm.common:
         data = np.asarray(term.data, dtype=float).reshape(n, -1)
         k = data.shape[1]
-        coords = {d: np.asarray(v) for d, v in term.coords.items()}
-        if term.alias and coords:
-            coords = {level_dim(term.alias): v for v in coords.values()}
-        fixed.append(_Fixed(bambi_variable(term), slice(at, at + k), tuple(coords), coords))
-        c, p_ = _location_prior(term.prior, k, bambi_variable(term))
+        fixed.append(_Fixed(term.name, slice(at, at + k), tuple(term.coords), dict(term.coords)))
+        c, p_ = _location_prior(term.prior, k, term.name)
         codes.append(c)
         pars.append(p_)
         columns.append(data)
@@ -411,12 +396,12 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
     Xc = np.column_stack(columns) if columns else np.zeros((n, 0))
     x_mean = np.zeros(Xc.shape[1])
     intercept = None
-    if mu.intercept_term is not None:
-        intercept = bambi_variable(mu.intercept_term)
-        if model.center_predictors and columns:
+    if pm.intercept is not None:
+        intercept = pm.intercept.name
+        if pm.center and columns:
             x_mean = Xc.mean(0)
             Xc = Xc - x_mean
-        c, p_ = _location_prior(mu.intercept_term.prior, 1, intercept)
+        c, p_ = _location_prior(pm.intercept.prior, 1, intercept)
         codes.insert(0, c)
         pars.insert(0, p_)
         Xc = np.column_stack([np.ones(n), Xc])
@@ -424,7 +409,7 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
     bpar = np.concatenate(pars) if pars else np.zeros((0, 3))
 
     # random effects: the frame's blocks (lme4's layout), matched to Bambi's terms
-    mismatch = coding_mismatch(frame, model)
+    mismatch = coding_mismatch(frame, pm)
     if mismatch:
         raise Unsupported(mismatch)
     blocks = {}  # (Bambi's variable, level along its expr dim) of each frame column
@@ -434,19 +419,19 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
     group_names: list[str] = []
     factor_cols: dict[str, list] = {}
     random, scodes, spars = [], [], []
-    for term in mu.group_specific_terms.values():
-        name = bambi_variable(term)
+    for term in pm.group:
+        name = term.name
         predictor = np.asarray(term.predictor, dtype=float).reshape(n, -1)
-        level_dim, levels = _bambi_levels(term)
+        levels_dim, levels = term.level_dim, list(term.levels)
         if predictor.shape[1] != len(levels):
             raise Unsupported(f"random term {name} has {predictor.shape[1]} columns, not one per level")
         missing = [lv for lv in levels if (name, lv) not in blocks]
         if missing:
-            what = f"columns {', '.join(missing)} of " if level_dim else ""
+            what = f"columns {', '.join(missing)} of " if levels_dim else ""
             raise Unsupported(f"random term {what}{name} not found in the model frame (lme4's coding)")
         for i, lv in enumerate(levels):
             block, j = blocks[(name, lv)]
-            if level_dim and not np.array_equal(predictor[:, i], block.values[:, j]):
+            if levels_dim and not np.array_equal(predictor[:, i], block.values[:, j]):
                 raise Unsupported(f"Bambi codes level {lv} of {name} differently from lme4")
         prior = term.prior
         if prior.name != "Normal" or not hasattr(prior.args.get("sigma"), "args"):
@@ -466,19 +451,16 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
             raise Unsupported(f"levels of {name} differ between Bambi ({len(groups)} groups) and the model frame "
                               f"({len(block.levels)} groups in the data)")
         order = np.array([level_pos[str(g)] for g in groups], dtype=np.int64)
-        dim = next(d for d in term.coords if d.endswith(factor_dim("")))
-        if term.alias:
-            dim = factor_dim(term.alias)
-        hyper = term.hyperprior_alias.get("sigma", "sigma")
+        dim, hyper = term.dim, "sigma"
         for i in sorted(range(len(levels)), key=lambda i: blocks[(name, levels[i])][1]):  # lme4's order
             lv = levels[i]
-            code, par = _scale_prior(prior.args["sigma"], hyper_variable(name), i if level_dim else None)
+            code, par = _scale_prior(prior.args["sigma"], hyper_variable(name), i if levels_dim else None)
             block, j = blocks[(name, lv)]
             comp = len(random)
             slot = len(factor_cols[group])
             factor_cols[group].append((block, j, comp))
             random.append(_Random(name, hyper_variable(name, hyper), group_names.index(group), slot, order, dim,
-                                  groups, level_dim, lv, i))
+                                  groups, levels_dim, lv, i))
             scodes.append(code)
             spars.append(par)
     keys = [(r.name, r.level) for r in random]
@@ -510,7 +492,7 @@ def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> D
         raise Unsupported("random terms of the formula and of the Bambi model differ")
 
     return Design(
-        response=bambi_variable(model.response_term),
+        response=pm.response,
         offset=offset,
         X=np.ascontiguousarray(Xc),
         x_mean=x_mean,

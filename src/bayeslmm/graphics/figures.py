@@ -19,14 +19,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bayeslmm.engines.marginal import Unsupported
+from bayeslmm.engines.prior_density import sd_priors
 from bayeslmm.errors import DataError
-from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
+from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
 from bayeslmm.summary import pooling, predict, residuals
+from bayeslmm.summary.prior_predictive import prior_predictive
+from bayeslmm.summary.sidebyside import with_lme4_intervals
 from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
@@ -209,12 +214,17 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              + (f", on the response scale ({predict.response_scale(main_fit.formula, df)[1]}); the mixed model's "
                 "line is a typical group's (every group effect 0), which on this scale is not the average over "
                 "groups." if main_fit.formula.is_glmm else "."))
+    # lme4's interval of each number is the side-by-side table's (profile where it exists), as in the tables
+    shown = with_lme4_intervals(tidy, side) if side is not None else tidy
+    lme4_ci = (" (lme4's: the profile interval where one exists, as in the tables; a model's REML and ML "
+               "estimates share it, as R's confint profiles the ML deviance)") if side is not None else ""
     if x is not None and (tidy["term"] == x).any():
-        save(lambda: plots.forest(tidy, x, models=order, ci=ci), f"forest_{x}",
-             f"The estimate of {x} in every model, with its {mass} interval: the answer to the study's question.")
+        save(lambda: plots.forest(shown, x, models=order, ci=ci), f"forest_{x}",
+             f"The estimate of {x} in every model, with its {mass} interval{lme4_ci}: the answer to the study's "
+             "question.")
     if (tidy["effect"] == "ran_pars").any():
         scales = {predict.scale_label(m.formula) for m in result.study.models}
-        save(lambda: plots.forest_sd(tidy, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
+        save(lambda: plots.forest_sd(shown, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
              "forest_sd",
              f"Standard deviations of the group effects and of the residual in every model ({mass} intervals).")
 
@@ -285,21 +295,39 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                                   save, skip)
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
-        latent = ("; for binomial and Poisson models the residual is the latent-scale variance, pi^2/3 for the "
-                  "logit link and ln(1 + 1/mean count) for the log link (Nakagawa et al. 2017)"
+        latent = ("; for binomial and count models the residual is the latent-scale variance, pi^2/3 for the "
+                  "logit link and ln(1 + 1/mean count) for the log link (+ 1/theta for the negative binomial; "
+                  "Nakagawa et al. 2017)"
                   if any(f.formula.is_glmm for f in mixed) else "")
         save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
              f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
     if main_fit is not None:
         try:
-            prior = plots_pooling.prior_sd_draws(main_fit)
-        except ValueError:
+            prior = sd_priors(main_fit)
+        except Unsupported as exc:
             prior = None
+            skip(f"No prior-against-posterior figure of the sds of {main}: {exc}.")
         if prior is not None:
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
-                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
-                 f"{mass} intervals: few levels leave a wide posterior.")
+                 f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
+                 f"deviation in {main}, with both {mass} intervals: few levels leave a wide posterior.")
+    replicated = {}
+    for fit in fits:
+        try:
+            replicated[fit.name] = prior_predictive(fit)
+        except Unsupported as exc:
+            skip(f"No prior predictive check of {fit.name}: {exc}.")
+    if replicated:
+        bars = ", ".join(percent(m) for m in plots_priors.masses(ci))
+        save(lambda: plots_priors.prior_predictive_check([f for f in fits if f.name in replicated], ci,
+                                                         draws=replicated),
+             "prior_predictive",
+             "Prior predictive check of every model: data sets replicated from the priors alone (parameters from "
+             "the priors as fitted, group effects from their normal given those sds, the response from the family) "
+             f"against the observed response; bars: the replicates' {bars} intervals over the observed range. A "
+             "prior predictive much wider than the data is what weakly informative priors give; one that misses the "
+             "data is a prior in conflict with it.")
     correlated = [f for f in fits if plots_pooling.correlations(f)]
     if correlated:
         save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",
@@ -361,7 +389,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
         return
     if len(glmm) == len(fits):
         skip("No residuals against fitted values, normal QQ plot or density check (Gaussian checks): for binomial "
-             "and Poisson models the simulated-quantile residuals and the discrete predictive checks take their "
+             "and count models the simulated-quantile residuals and the discrete predictive checks take their "
              "place.")
     first = {}
     for spec in result.study.models:
@@ -370,7 +398,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
             first.setdefault(fit.key, fit)
     res = [dataclasses.replace(residuals.simulate_residuals(first[f.key]), name=f.name) for f in glmm]
     save(lambda: plots_glmm.qq_uniform(res, ci=ci), "qq_uniform",
-         f"Simulated-quantile residuals (DHARMa) of every binomial and Poisson model: where each observation falls "
+         f"Simulated-quantile residuals (DHARMa) of every binomial and count model: where each observation falls "
          f"among {residuals.N_SIM} replicates from the posterior (group effects drawn anew), against the uniform "
          "they follow if the model is right, with the dispersion, zero-inflation and uniformity tests (red: p < "
          f"0.05; the band holds {percent(ci)} of the replicates' own residuals point by point: the spread of a right "
@@ -378,7 +406,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
     save(lambda: plots_glmm.residuals_predicted(res), "residuals_predicted",
          "Simulated-quantile residuals against the rank of each row's prediction for a typical group: the binned "
          "25%, 50% and 75% quantiles of the residuals should lie flat on the dashed lines (red: not flat, p < 0.05).")
-    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family == "poisson" or f.formula.cbind]
+    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family in COUNT_FAMILIES or f.formula.cbind]
     if counts:
         save(lambda: plots_glmm.ppc_counts(counts, ci), "ppc_counts",
              "Posterior predictive check of the counts: how many rows have each value (bars) against "

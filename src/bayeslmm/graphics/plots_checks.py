@@ -297,7 +297,8 @@ def population_lines(fits, data: pd.DataFrame, x: str, ci: float = 0.95, max_dra
         col = colour(i)
         ax.fill_between(grid[x], lo, hi, color=col, alpha=0.22, lw=0)
         kind = "population line" if fit.formula.is_mixed else "pooled line"
-        what = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(fit.formula.family, "slope")
+        what = {"binomial": "log-odds slope", "poisson": "log-rate slope",
+                "negbinomial": "log-rate slope"}.get(fit.formula.family, "slope")
         ax.plot(grid[x], eta.mean(axis=0), color=col, lw=2.5,
                 label=f"{fit.name} ({kind}): {what} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
     ax.set(title=f"{response} against {x}: pooled regression and mixed models' population lines",

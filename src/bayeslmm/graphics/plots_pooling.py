@@ -8,9 +8,6 @@ the rest move most. The tables behind the shrinkage figures are public
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
@@ -28,12 +25,10 @@ from bayeslmm.labels import (
     COR_PREFIX,
     INTERCEPT,
     RESIDUAL,
-    RESIDUAL_TERM,
     SD_PREFIX,
     cor_pairs,
     cor_term,
     sd_term,
-    sd_variable,
 )
 from bayeslmm.model.formula import fixed_design, model_frame
 from bayeslmm.model.priors import lkj_marginal, parse_prior
@@ -670,67 +665,38 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
     return fig
 
 
-def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
-    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.summary.tables.sd_draws`.
-
-    The priors are Bambi's, read from the model rebuilt from the fit's formula and data
-    (``prior_predictive`` of that model); if they differ from the priors recorded in the fit,
-    a ValueError says so.
-    """
-    from bayeslmm.engines.bayes import build_model, prior_table
-
-    model = build_model(fit.formula, fit.data)
-    bambi = prior_table(model)  # Bambi's priors; a correlated term's LKJ prior is bayeslmm's (see cor_prior_eta)
-    if {k: fit.priors.get(k) for k in bambi} != bambi:
-        raise ValueError(f"the priors of {fit.name!r} are not Bambi's defaults for its formula and data")
-    # each sd's variable and, for a factor's columns (fA, fB), its level along the variable's columns
-    where = {(t.group, sd_term(c.name)): (c.sd_variable(t.group), c.dim, c.level)
-             for t in predict.random_terms(fit) for c in t.columns}
-    if not fit.formula.is_glmm:  # a binomial or Poisson model has no residual sd
-        where[(RESIDUAL, RESIDUAL_TERM)] = (sd_variable(RESIDUAL, RESIDUAL_TERM), None, "")
-    keys = {k: v for k, (v, _, _) in where.items()}
-    log = logging.getLogger("pymc")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = model.prior_predictive(draws=n, var_names=list(dict.fromkeys(keys.values())), random_seed=seed)
-    finally:
-        log.setLevel(level)
-    prior = idata["prior"]
-    return {k: np.asarray((prior[v] if dim is None else prior[v].sel({dim: level})).values, dtype=float).reshape(-1)
-            for k, (v, dim, level) in where.items()}
-
-
-def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | None = None, ci: float = 0.95,
-                       seed: int = 0) -> Figure:
+def prior_posterior_sd(fit, priors: dict | None = None, ci: float = 0.95) -> Figure:
     """Prior against posterior of every standard deviation of a fit, one panel each (correlations:
     :func:`prior_posterior_cor`).
 
     Shows what the data said: a factor with few levels (8 mountain ranges) leaves a wide
-    posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The panel
-    notes the number of levels and both ``ci`` intervals.
+    posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The prior is
+    drawn exactly: its density and ``ci`` interval from the scipy distribution of the prior the
+    engines read (``priors``, keyed like :func:`~bayeslmm.summary.tables.sd_draws`; by default
+    :func:`bayeslmm.engines.prior_density.sd_priors`), so the same prior gives the same curve and
+    numbers in every panel. The panel notes the number of levels and both intervals.
     """
+    from bayeslmm.engines.prior_density import sd_priors
+
     post = {k: v for k, v in sd_draws(fit).items() if not k[1].startswith(COR_PREFIX)}  # correlations: their own figure
-    prior = prior_draws if prior_draws is not None else prior_sd_draws(fit, seed=seed)
+    prior = priors if priors is not None else sd_priors(fit)
     keys = list(post)
     fig, axes = panel_grid(len(keys), 3, (4.3, 3.7), extra_height=1.5)
     nlev = {t.group: len(predict.group_effect_draws(fit, t.group, t.coefs[0], max_draws=1)[0])
             for t in fit.formula.random}
     for ax, key in zip(axes, keys, strict=True):
         group, term = key
-        pq, qq = eti(post[key], ci), eti(prior[key], ci)
-        xmax = max(np.quantile(post[key], 0.999) * 1.15, np.quantile(prior[key], 0.9))
+        pq, qq = eti(post[key], ci), prior[key].ppf([(1 - ci) / 2, (1 + ci) / 2])
+        xmax = max(np.quantile(post[key], 0.999) * 1.15, float(prior[key].ppf(0.9)))
         grid = np.linspace(0, xmax, 400)
-        dp = kde(prior[key][prior[key] < 3 * xmax], grid, 0.0)
+        dp = prior[key].pdf(grid)
         dq = kde(post[key], grid, 0.0)
         ax.fill_between(grid, dp, color=NEUTRAL, alpha=0.35, lw=0)
         ax.plot(grid, dp, color=NEUTRAL, lw=1.5)
         ax.fill_between(grid, dq, color=BAYES, alpha=0.3, lw=0)
         ax.plot(grid, dq, color=BAYES, lw=2)
         ax.set_xlim(0, xmax)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.05 * max(dq.max(), min(dp.max(), 3 * dq.max())))  # a prior's spike at 0 may leave the frame
         ax.set_yticks([])
         name = "residual sd" if group == RESIDUAL else f"sd of {group} {term.removeprefix(SD_PREFIX)}"
         info = f"{len(fit.data)} rows" if group == RESIDUAL else f"{nlev[group]} levels"
@@ -742,7 +708,7 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
     for ax in axes[::3]:
         ax.set_ylabel("density")
     fig.legend([Line2D([], [], color=NEUTRAL, lw=6, alpha=0.5), Line2D([], [], color=BAYES, lw=6, alpha=0.5)],
-               ["prior (Bambi's default)", "posterior"], loc="outside lower center", ncols=2, fontsize=10)
+               ["prior (exact density)", "posterior"], loc="outside lower center", ncols=2, fontsize=10)
     fig.suptitle(f"Standard deviations of {fit.name}: prior against posterior")
     return fig
 

@@ -19,8 +19,13 @@ Sampler = Literal["pymc", "nutpie"]
 Engine = Literal["auto", "bambi", "marginal", "pymc", "glmm"]
 NaAction = Literal["drop", "fail"]
 #: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
-#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
-Family = Literal["gaussian", "binomial", "poisson"]
+#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link),
+#: negbinomial (the negative binomial, log link: lme4's glmer.nb, Bambi's "negativebinomial", brms's name).
+Family = Literal["gaussian", "binomial", "poisson", "negbinomial"]
+#: The families of counts: non-negative whole numbers, log link, offsets as log exposures.
+COUNT_FAMILIES = ("poisson", "negbinomial")
+#: Other names of the negative binomial, refused with the one bayeslmm uses.
+_NEGBINOMIAL_ALIASES = ("negativebinomial", "negative_binomial", "negative.binomial", "nb", "nbinom", "nbinom2")
 
 
 #: Most Gauss-Hermite nodes of glmer's adaptive quadrature (lme4's ``nAGQ <= 100``); 1 is the Laplace approximation.
@@ -59,6 +64,9 @@ def check_nagq(nagq, formula) -> int:
 
 def check_family(family) -> str:
     """``family`` if it is one bayeslmm fits, else a one-line OptionsError naming those it does."""
+    if isinstance(family, str) and family.lower() in _NEGBINOMIAL_ALIASES:
+        raise OptionsError(f"--family {family!r}: the negative binomial is called 'negbinomial' here (lme4's "
+                           "glmer.nb, Bambi's negativebinomial); use --family negbinomial")
     _check_choice("--family", family, Family)
     return family
 
@@ -110,12 +118,16 @@ class RunOptions:
         Rows with missing values in a model's columns: drop them with a warning, or refuse (``--na``).
     progress : bool
         Show the sampler's progress bar (on stderr, when it is a terminal).
+    pb : int
+        Simulations of a parametric-bootstrap LRT beside each comparison's chi-square one (``--pb``;
+        0: none). Linear mixed models only.
     """
 
     ci: float = 0.95
     refit: bool = False
     na: NaAction = "drop"
     progress: bool = True
+    pb: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.ci, bool) or not isinstance(self.ci, int | float | np.floating) or not 0 < self.ci < 1:
@@ -124,6 +136,9 @@ class RunOptions:
         for name in ("refit", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if isinstance(self.pb, bool) or not isinstance(self.pb, int) or self.pb < 0:
+            raise OptionsError(f"--pb must be a whole number of simulations (0 for none; 1000 as pbkrtest), "
+                               f"not {self.pb!r}")
 
 
 def _check_choice(flag: str, value, kind) -> None:

@@ -14,16 +14,38 @@ from bayeslmm.graphics.figures import focus_term, make_figures
 from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
+from bayeslmm.reporting.conclusions import conclusions_section
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, render
 from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
 from bayeslmm.summary.predict import scale_label
-from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes
+from bayeslmm.summary.r2 import r2_table
+from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes, with_lme4_intervals
 from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
     from bayeslmm.runner import Fitted
+
+
+#: What the report says of the built-in data.
+BUILTIN_NOTE = ("**Simulated data.** These dragons come from bayeslmm's seeded simulator (`builtin:dragons`), "
+                "not from the tutorial: ranges differ in both body length and test score, and within a range body "
+                "length has no effect at all. Because the truth is known, the tables show it in a *truth* column "
+                "beside each estimate it applies to. The numbers differ from the tutorial's (its pooled slope of "
+                "body length is 9.0 on the real data); the story is the same. Run with "
+                "`--data ../shared/data/dragons.RData` for the tutorial's own data.")
+
+
+def with_truth(side: pd.DataFrame, study) -> pd.DataFrame:
+    """The side-by-side table with the simulator's truth (:func:`bayeslmm.model.simulate.truth_of`) where known."""
+    from bayeslmm.model.simulate import truth_of
+
+    truth = {(spec.name, *k): v for spec in study.models for k, v in truth_of(spec.formula).items()}
+    group = side["group"].fillna("").astype(str)
+    values = [truth.get((m, e, g, t), np.nan) for m, e, g, t in zip(side["model"], side["effect"], group,
+                                                                     side["term"], strict=True)]
+    return side.assign(truth=values)
 
 
 def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float], ci: float = 0.95) -> list[Block]:
@@ -52,7 +74,7 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
 
 
 def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq,
-                  ci: float = 0.95, ratios: pd.DataFrame | None = None) -> list[Block]:
+                  ci: float = 0.95, ratios: pd.DataFrame | None = None, r2: pd.DataFrame | None = None) -> list[Block]:
     """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model; for a
     binomial or Poisson model also its odds or rate ratios (``ratios``) and the tests of its residuals."""
     method = analysis.lme4_method(spec)
@@ -89,14 +111,15 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
             f"{format_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 3)}%"
             for _, r in mine.iterrows() if r["group"] != "Residual")
         blocks.append(Para(f"**Share of variance** (intercept variances over their sum with the residual's): {share}."))
+    if r2 is not None and not r2.empty and spec.name in set(r2["model"]):
+        blocks.append(Para(r2_text(r2[r2["model"] == spec.name], spec.formula.is_glmm, ci)))
     how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
     blocks.append(Para(
         f"Sampler ({fit.engine}): {diag['chains']} chains x {diag['draws']} draws ({how}); divergences "
         f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
         f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
         f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
-    priors = fit.priors  # Bambi's engine drops the correlations of (x|g): its fits have no LKJ prior
-    blocks.append(Para("Priors: " + "; ".join(f"`{k}` ~ {v}{_prior_gloss(v)}" for k, v in priors.items()) + "."))
+    blocks.append(Para(priors_text(fit)))  # Bambi's engine drops (x|g)'s correlations: no LKJ prior there
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
@@ -110,6 +133,15 @@ def agq_text(spec) -> str:
             "Its logLik, AIC and BIC here are on the Laplace fit's scale (comparable with the study's other fits); "
             "R's logLik() of an nAGQ > 1 fit leaves out the saturated model's log-likelihood, so R's number differs "
             "by that constant and R's anova() of it against a Laplace fit compares numbers on different scales.")
+
+
+def r2_text(rows: pd.DataFrame, latent: bool, ci: float) -> str:
+    """One model's marginal and conditional R², lme4 beside the posterior (:mod:`bayeslmm.summary.r2`)."""
+    parts = [f"{r['r2']} lme4 {format_number(r['lme4_estimate'], 3)}, posterior {format_number(r['post_mean'], 3)} "
+             f"{format_interval(r['post_conf_low'], r['post_conf_high'], 3)}" for _, r in rows.iterrows()]
+    scale = " on the latent (link) scale" if latent else ""
+    return (f"**R²** (Nakagawa & Schielzeth{scale}; marginal: fixed effects, conditional: fixed and random; "
+            f"{ci:.0%} interval): " + "; ".join(parts) + ".")
 
 
 def residual_tests_text(fit) -> str:
@@ -128,6 +160,15 @@ def residual_tests_text(fit) -> str:
             "DHARMa's tests; figures below): " + "; ".join(parts) + ".")
 
 
+def priors_text(fit) -> str:
+    """One paragraph: every prior as the engine used it, those the user set marked as such."""
+    user = set(getattr(fit.model, "user_set", ()))
+    items = [f"`{k}` ~ {v}{_prior_gloss(v)}{' (**set**)' if k in user else ''}" for k, v in fit.priors.items()]
+    how = "set in the study where marked, Bambi's defaults scaled to the data otherwise" if user else \
+        "Bambi's defaults, scaled to the data"
+    return f"Priors ({how}): " + "; ".join(items) + "."
+
+
 def _prior_gloss(prior: str) -> str:
     """What an LKJ prior on a correlation matrix means, in a phrase (nothing for other priors)."""
     if not prior.startswith("LKJ("):
@@ -141,6 +182,43 @@ def _prior_gloss(prior: str) -> str:
     return " (favours correlations near 0)" if eta > 1 else " (favours correlations near -1 and 1)"
 
 
+def sensitivity_section(study, fits: dict, freq: dict) -> list[Block]:
+    """Which numbers are the prior speaking, in one place: each distinct posterior's prior-sensitive
+    parameters and why (power-scaling, :mod:`bayeslmm.summary.sensitivity`)."""
+    from bayeslmm.summary import sensitivity
+
+    names: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for spec in study.models:
+        names.setdefault(fits[spec.name].key, []).append(spec.name)
+        first.setdefault(fits[spec.name].key, spec)
+    lines, missing = [], []
+    for key, models in names.items():
+        spec, label = first[key], " = ".join(models)
+        fit = fits[spec.name]
+        why = sensitivity.unavailable(fit)
+        if why:
+            missing.append(f"{label}: {why}")
+            continue
+        f = freq.get((spec.name, analysis.lme4_method(spec)))
+        lines += [f"{label}: {line}" for line in sensitivity.findings(sensitivity.power_scaling(fit),
+                                                                     f.ngroups if f is not None else None)]
+    blocks: list[Block] = [
+        Heading("Prior sensitivity", 2),
+        Para("Which numbers are the data speaking and which the prior? Power-scaling (Kallioinen et al. 2024, "
+             "priorsense; arviz-stats `psense`) raises each model's prior, then its likelihood, to a power near 1 "
+             "and measures how far each parameter's posterior moves; "
+             f"{format_number(sensitivity.THRESHOLD)} or more counts as sensitive. Each model's table gives both "
+             "numbers in its last column (prior / likelihood)."
+             + (" Prior-sensitive:" if lines else " No fixed effect, sd or correlation of any model is "
+                "prior-sensitive: every posterior is the data speaking."))]
+    if lines:
+        blocks.append(Bullets(tuple(lines)))
+    if missing:
+        blocks.append(Para("Not computed: " + "; ".join(missing) + "."))
+    return blocks
+
+
 def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     """Each comparison: LOO beside the LRT and AIC/BIC, and a plain-language reading."""
     from bayeslmm.summary.compare import reading
@@ -150,11 +228,12 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = [Heading("Model comparisons", 2),
                            Para("PSIS-LOO (expected log predictive density; higher is better) of the Bayesian fits "
                                 "beside the likelihood-ratio test and AIC/BIC of the ML fits, as lme4's "
-                                "`anova()` reports them.")]
+                                "`anova()` reports them, and AICc (AIC corrected for small samples, the "
+                                "tutorial's NOTE 2).")]
     for comp in study.comparisons:
         t = table[table["comparison"] == comp.name]
         show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
-                  "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
+                  "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p", *(["pb_p"] if "pb_p" in t else [])]]
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
@@ -188,7 +267,8 @@ class Written:
     report_notes: tuple[str, ...]
 
 
-def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> Written:
+def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None,
+          pb: int = 0, echo=None) -> Written:
     """Write the report files into ``root``.
 
     Parameters
@@ -203,6 +283,10 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Where the data came from.
     profiles : dict, optional
         lme4-style profile intervals per model; computed here when ``None``.
+    pb : int
+        Simulations of the parametric-bootstrap LRT of each comparison (0: none).
+    echo : callable, optional
+        Where progress lines go.
     """
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
@@ -215,10 +299,16 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         report_notes += caught
     profiles = computed if profiles is None else profiles
     with collected() as caught:
-        tidy = analysis.tidy_all(fits, freq, ci)
         side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+        # one lme4 interval per number: the side-by-side table's (profile where it exists), named
+        tidy = with_lme4_intervals(analysis.tidy_all(fits, freq, ci), side)
+        builtin = str(source).startswith("builtin:")
+        if builtin:
+            side = with_truth(side, study)
         parts = analysis.variance_partitions(study, fits, freq, ci)
-        comparison = analysis.comparisons(study, fits, freq)
+        r2 = r2_table(study, fits, freq, ci)
+        r2.to_csv(root / "r2.csv", index=False)
+        comparison = analysis.comparisons(study, fits, freq, pb=pb, echo=echo)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
         if not parts.empty:
@@ -241,9 +331,13 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     blocks: list[Block] = [Heading(study.title, 1)]
     if study.description:
         blocks.append(Para(study.description))
+    if builtin:
+        blocks.append(Para(BUILTIN_NOTE))
     term = focus_term(result)
+    p_pos = analysis.probability_positive(fits, term) if term is not None else {}
+    blocks += conclusions_section(study, fits, side, comparison, term, p_pos, ci)
     if term is not None:
-        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
+        blocks += summary_section(study, side, term, p_pos, ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
     report_notes = [*analysis.singular_notes(study, freq), *report_notes]
@@ -253,14 +347,15 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
                         "what to do."),
                    Bullets(tuple(dict.fromkeys(problems + advice)))]
+    blocks += sensitivity_section(study, fits, freq)
     prep = [f"`{k}` = `{v}` standardised (mean 0, sd 1 with n - 1, as R's `scale()`)" for k, v in study.scale.items()]
     prep += [f"`{k}` = `{':'.join(v)}` (explicit nesting, as R's `factor(a:b)`)" for k, v in study.nest.items()]
     blocks += [
         Heading("Data and settings", 2),
         Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
                  f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
-                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults, and LKJ on the correlations of "
-                 "correlated terms (listed per model)",
+                 f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults scaled to the data unless the "
+                 "study sets them, and LKJ on the correlations of correlated terms (listed per model, set ones marked)",
                  "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
                  "(nutpie) on the fixed effects, standard deviations and correlations only, and draws the random "
                  "effects from their exact conditional normal: the same posterior as Bambi's model, without its "
@@ -274,17 +369,18 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for linear mixed "
                  "models, Wald intervals for lm; binomial and Poisson models get glmer's Laplace fit (glm without "
-                 "random terms) with Wald intervals (R's confint(method = 'Wald'): none for an sd)"
+                 "random terms), negative binomial ones glmer.nb's (glm.nb), with Wald intervals (R's "
+                 "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)"
                  + "".join(f"; {spec.name}: glmer's adaptive Gauss-Hermite fit, nAGQ = {spec.nagq}"
                            for spec in study.models if analysis.lme4_method(spec) == "agq"),
-                 *(["binomial and Poisson models: every estimate, sd and interval in the tables and tidy.csv is on "
+                 *(["binomial and count models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
                     "predictions on the response scale"] if any(m.formula.is_glmm for m in study.models) else []))),
         Heading("Models", 2),
     ]
     for spec in study.models:
-        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios)
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios, r2)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
     if skipped:

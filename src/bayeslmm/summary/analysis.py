@@ -9,7 +9,9 @@ import pandas as pd
 
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.summary.compare import compare_models
+from bayeslmm.summary.sensitivity import power_scaling
 from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
@@ -68,7 +70,7 @@ def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
 
 
 def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: dict | None = None) -> pd.DataFrame:
-    """The side-by-side table of every model of the study.
+    """The side-by-side table of every model of the study, with each posterior's power-scaling sensitivity.
 
     ``profiles`` maps a model name to lme4-style profile intervals (``effect, group, term,
     conf_low, conf_high``) that replace the Wald intervals (and fill the standard deviations').
@@ -87,7 +89,8 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
+        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms(),
+                                   power_scaling(fit)))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -124,20 +127,42 @@ def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.D
         if not spec.formula.is_mixed:
             continue
         fit = fits[spec.name]
-        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family == "poisson" else None
+        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family in COUNT_FAMILIES else None
         method = lme4_method(spec) if spec.formula.is_glmm else "reml"
         point = frequentist.variance_partition(freq[(spec.name, method)], mean)
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
-    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
+def comparisons(study, fits: dict, freq: dict, pb: int = 0, echo=None) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models), and with
+    ``pb`` simulations a parametric-bootstrap LRT (columns ``pb_p``, ``pb_nsim``) for linear models."""
     tables = []
     for comp in study.comparisons:
         ml = {m: ml_fit(freq, m) for m in comp.models}
-        tables.append(compare_models(comp.name, comp.models, fits, ml))
+        table = compare_models(comp.name, comp.models, fits, ml)
+        if pb:
+            table = _with_pb(table, fits, ml, pb, echo)
+        tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _with_pb(table: pd.DataFrame, fits: dict, ml: dict, nsim: int, echo=None) -> pd.DataFrame:
+    """The comparison table with the parametric-bootstrap p of each LRT (NaN where none applies)."""
+    from bayeslmm.lme4.pbtest import pb_lrt
+    from bayeslmm.model.formula import model_frame
+
+    p = np.full(len(table), np.nan)
+    for i, r in enumerate(table.itertuples()):
+        if not np.isfinite(r.lrt_p) or fits[r.model].formula.is_glmm:
+            continue
+        small, large = sorted((r.model, r.lrt_against), key=lambda m: ml[m].npar)
+        frames = {m: model_frame(fits[m].formula, fits[m].data) for m in (small, large)}
+        if echo is not None:
+            echo(f"parametric bootstrap: {small} against {large}, {nsim} simulations ...")
+        seed = fits[small].options.seed
+        p[i] = pb_lrt(frames[small], frames[large], ml[small], nsim=nsim, seed=seed).p_value
+    return table.assign(pb_p=p, pb_nsim=np.where(np.isfinite(p), nsim, np.nan))
 
 
 def probability_positive(fits: dict, term: str) -> dict[str, float]:

@@ -11,9 +11,16 @@ from bayeslmm.errors import BayeslmmError
 from bayeslmm.lme4.frequentist import FreqFit, lrt
 
 PARETO_K_BAD = 0.7
+
+
+def aicc(fit: FreqFit) -> float:
+    """AIC with the small-sample correction (Hurvich & Tsai; the tutorial's NOTE 2, MuMIn's ``AICc``):
+    ``AIC + 2k(k + 1) / (n - k - 1)`` for ``k`` parameters (logLik's df) and ``n`` rows; NaN when n <= k + 1."""
+    k, n = fit.npar, fit.nobs
+    return float(fit.aic + 2 * k * (k + 1) / (n - k - 1)) if n > k + 1 else float("nan")
 COMPARISON_COLUMNS = [
     "comparison", "model", "rank", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo",
-    "pareto_k_bad", "stacking_weight", "n_par", "ml_loglik", "aic", "bic",
+    "pareto_k_bad", "stacking_weight", "n_par", "ml_loglik", "aic", "aicc", "bic",
     "lrt_against", "lrt_chisq", "lrt_df", "lrt_p", "pair_elpd_diff", "pair_elpd_diff_se",
 ]
 
@@ -111,7 +118,7 @@ def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits
         f = ml_fits.get(m)
         row = {"comparison": name, "model": m, **table.loc[m].to_dict(),
                "n_par": f.npar if f else np.nan, "ml_loglik": f.loglik if f else np.nan,
-               "aic": f.aic if f else np.nan, "bic": f.bic if f else np.nan,
+               "aic": f.aic if f else np.nan, "aicc": aicc(f) if f else np.nan, "bic": f.bic if f else np.nan,
                "lrt_against": "", "lrt_chisq": np.nan, "lrt_df": np.nan, "lrt_p": np.nan,
                "pair_elpd_diff": np.nan, "pair_elpd_diff_se": np.nan}
         if m != models[0] and f is not None and base is not None:
@@ -168,6 +175,11 @@ def reading(table: pd.DataFrame) -> str:
         parts.append(f"The likelihood-ratio test of {m} against {base} gives chisq = {r['lrt_chisq']:.3f} on "
                      f"{int(r['lrt_df'])} df, p = {r['lrt_p']:.3g}: "
                      f"{'the larger model fits significantly better' if sig else 'no significant improvement'}.")
+        if "pb_p" in r and np.isfinite(r["pb_p"]):
+            parts.append(f"A parametric bootstrap of the same test ({int(r['pb_nsim'])} simulations from the smaller "
+                         f"model's ML fit, as pbkrtest's PBmodcomp) gives p = {r['pb_p']:.3g}; where the models differ "
+                         "by a variance component the chi-square p is conservative (its null value is on the "
+                         "boundary, sd = 0).")
         d = float(r["pair_elpd_diff"]) * (1 if larger == m else -1)  # larger minus smaller
         loo_larger = _loo_verdict(d, float(r["pair_elpd_diff_se"])) == "clear" and d > 0
         parts.append(f"LOO: {larger} minus the other = {d:.1f} elpd (SE {float(r['pair_elpd_diff_se']):.1f}); "
