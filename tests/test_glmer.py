@@ -484,7 +484,7 @@ def test_analysis_takes_glmer_fits_with_wald_intervals():
     assert analysis.frequentist_methods(mixed) == ("laplace",)
     assert analysis.frequentist_methods(parse("birds ~ temp", "poisson")) == ("glm",)
     assert analysis.frequentist_methods(parse("y ~ x + (1|g)")) == ("reml", "ml")
-    spec = type("Spec", (), {"formula": mixed, "lme4_method": "reml", "name": "m"})
+    spec = type("Spec", (), {"formula": mixed, "lme4_method": "reml", "name": "m", "nagq": 1})
     assert analysis.lme4_method(spec) == "laplace"
     study = type("Study", (), {"models": (spec,)})
     assert analysis.profile_intervals(study, {}, {}) == {}  # Wald: no profile, no fit needed

@@ -48,6 +48,12 @@ def _family(text: str) -> str:
         raise argparse.ArgumentTypeError(msg) from exc
 
 
+def _nagq(text: str) -> int:
+    from bayeslmm.model.options import NAGQ_MAX
+
+    return _checked(int, lambda v: 1 <= v <= NAGQ_MAX, f"a whole number from 1 (Laplace) to {NAGQ_MAX}")(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise OptionsError(f"{message} (see 'bayeslmm {self.prog.split()[-1]} --help')")
@@ -115,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--re-form", choices=("existing", "new", "population"), default="existing",
                      help="group effects of the predictions: the fitted groups' (default, lme4's predict), new "
                           "groups drawn from the population (brms's allow_new_levels), or none (re.form = NA)")
+    fit.add_argument("--nagq", type=_nagq, default=None, metavar="N",
+                     help="lme4's side of a binomial or Poisson mixed model: glmer's nAGQ, 1 = Laplace (default), "
+                          "up to 100 adaptive Gauss-Hermite nodes for a single scalar random term, as lme4")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
                      help="a prior in brms's classes, e.g. 'sd(site) ~ HalfNormal(10)', 'b ~ Normal(0, 5)', "
                           "'sigma ~ Exponential(0.1)', 'cor ~ LKJ(2)' (repeatable; Bambi's defaults otherwise)")
@@ -195,7 +204,8 @@ def _cmd_fit(args) -> int:
 
         newdata = check_newdata(parse(args.formula, args.family), load(args.newdata), args.re_form)
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
-                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family)
+                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family,
+                         nagq=args.nagq)
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from bayeslmm.engines.marginal import Unsupported
 from bayeslmm.engines.prior_density import sd_priors
+from bayeslmm.errors import DataError
 from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
@@ -28,7 +29,7 @@ from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
 from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
-from bayeslmm.summary import predict, residuals
+from bayeslmm.summary import pooling, predict, residuals
 from bayeslmm.summary.prior_predictive import prior_predictive
 from bayeslmm.summary.sidebyside import with_lme4_intervals
 from bayeslmm.summary.tables import fixed_draws
@@ -256,16 +257,19 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                 save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by, ci), f"fitted_lines_{main}",
                      f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
                      f"mean, {mass} band) over the observations: the tutorial's last figure.")
-        if main_fit.formula.is_glmm:
-            skip(f"No shrinkage plot of {main}: its no-pooling estimates are least-squares ones, not on the model's "
-                 f"scale ({predict.scale_label(main_fit.formula)}); the caterpillar plot shows the group effects.")
-        for term in main_fit.formula.random if not main_fit.formula.is_glmm else ():
-            if term.intercept and main_fit.formula.intercept:
-                save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci), f"shrinkage_{term.group}",
-                     f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
-                     "the model expects of it (the population, or for a nested level its parent) in the mixed "
-                     f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
-                     "rest move most.")
+        glm = main_fit.formula.is_glmm
+        lme4 = _glmer_rows(tidy, main) if glm else None
+        for term in main_fit.formula.random:
+            if not (term.intercept and main_fit.formula.intercept) or (glm and not _glm_pooling(main_fit, term, skip)):
+                continue
+            _save_pooling(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci, lme4=lme4),
+                          f"shrinkage_{term.group}",
+                          f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
+                          "the model expects of it (the population, or for a nested level its parent) in the mixed "
+                          f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
+                          "rest move most." + (_GLM_POOLING.format(scale=predict.scale_label(main_fit.formula),
+                                                                  what="intercept") if glm else ""),
+                          save, skip)
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
              f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
     for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per numeric slope
@@ -273,17 +277,22 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
             slopes = [s for s in term.slopes
                       if term.columns is None or any(c.expr == s and not c.level for c in term.columns)]
-            if term.correlated and term.intercept and slopes and fit.formula.intercept and fit.formula.is_glmm:
-                skip(f"No 2-D shrinkage plot of {fit.name}: its no-pooling lines are least-squares ones.")
-            elif term.correlated and term.intercept and slopes and fit.formula.intercept:
+            glm = fit.formula.is_glmm
+            if (term.correlated and term.intercept and slopes and fit.formula.intercept
+                    and (not glm or _glm_pooling(fit, term, skip))):
+                lme4 = _glmer_rows(tidy, fit.name.split(" = ")[0]) if glm else None
                 for slope in slopes:
                     name = f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}"
-                    save(lambda f=fit, t=term, s=slope: plots_pooling.shrinkage_2d(f, t.group, s, ci),
-                         name + (f"_{slope}" if len(slopes) > 1 else ""),
-                         f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions (no "
-                         "pooling, open circles) pulled towards the population (partial pooling, filled). The "
-                         f"ellipses hold 50% and {mass} of the population of {term.group}s, a normal with the "
-                         "posterior mean of the covariance matrix of the two effects, tilted by their correlation.")
+                    _save_pooling(lambda f=fit, t=term, s=slope, r=lme4: plots_pooling.shrinkage_2d(
+                                      f, t.group, s, ci, r),
+                                  name + (f"_{slope}" if len(slopes) > 1 else ""),
+                                  f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions "
+                                  "(no pooling, open circles) pulled towards the population (partial pooling, filled). "
+                                  f"The ellipses hold 50% and {mass} of the population of {term.group}s, a normal with "
+                                  "the posterior mean of the covariance matrix of the two effects, tilted by their "
+                                  "correlation." + (_GLM_POOLING.format(scale=predict.scale_label(fit.formula),
+                                                                        what="line") if glm else ""),
+                                  save, skip)
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
         latent = ("; for binomial and count models the residual is the latent-scale variance, pi^2/3 for the "
@@ -326,6 +335,44 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              f"correlation), with the posterior mean and {mass} interval, and lme4's estimate with its {mass} "
              "profile-likelihood interval where lme4 has one.")
     return figures
+
+
+#: What a binomial or Poisson model's shrinkage figure adds to its caption.
+_GLM_POOLING = (" On the link scale ({scale}): no pooling is each level's own maximum-likelihood {what} (a GLM, the "
+                "other fixed effects shared), complete pooling the GLM without groups; a level whose own estimate is "
+                "infinite (all successes, all failures, all zero counts, or separation: open triangle) or finite but "
+                "far out (near separation: filled triangle) is drawn at the axis edge, and x marks lme4's partial "
+                "pooling (glmer's fixed effects plus conditional modes).")
+
+
+def _glmer_rows(tidy: pd.DataFrame, model: str) -> pd.DataFrame | None:
+    """The tidy rows of glmer's fit (Laplace or AGQ) of ``model``, or None without any."""
+    rows = tidy[(tidy["model"] == model) & tidy["method"].isin(["laplace", "agq"])]
+    return rows if len(rows) else None
+
+
+def _glm_pooling(fit, term, skip: Callable[[str], None]) -> bool:
+    """Whether a binomial or Poisson model's shrinkage figures can be drawn for ``term``'s group; if not, say why."""
+    if fit.formula.family not in pooling.FAMILIES:
+        skip(f"No shrinkage plot of {fit.name}: no pooling by maximum likelihood is fitted here for the "
+             f"{fit.formula.family} family.")
+        return False
+    levels = fit.data.groupby(list(term.group_columns), observed=True).ngroups
+    if levels >= len(fit.data):
+        skip(f"No shrinkage plot of {term.group} in {fit.name}: a level per row (an observation-level effect) has "
+             "no estimate of its own to shrink.")
+        return False
+    return True
+
+
+def _save_pooling(make: Callable[[], Figure], name: str, caption: str,
+                  save: Callable[[Callable[[], Figure], str, str], None], skip: Callable[[str], None]) -> None:
+    """``save`` a shrinkage figure; if its no-pooling fit has no finite answer (a shared covariate separates a
+    binomial or Poisson response), ``skip`` it and say so."""
+    try:
+        save(make, name, caption)
+    except DataError as exc:
+        skip(f"No {name.replace('_', ' ')} figure: {exc}.")
 
 
 def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: float,

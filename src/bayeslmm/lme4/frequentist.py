@@ -38,6 +38,12 @@ GLMM_METHODS = ("laplace", "agq")
 METHOD_LABELS = {"reml": "REML", "ml": "ML", "ols": "OLS", "laplace": "Laplace", "agq": "AGQ", "glm": "GLM"}
 
 
+def method_label(method: str, nagq: int | None = None) -> str:
+    """A fit's method as tables and notes name it: ``REML``, ``Laplace``, ``AGQ, nAGQ = 25`` (:data:`METHOD_LABELS`)."""
+    label = METHOD_LABELS.get(method, method)
+    return f"{label}, nAGQ = {nagq}" if method == "agq" and nagq is not None else label
+
+
 @dataclass(frozen=True, eq=False)
 class FreqFit:
     """A frequentist fit, with R's names and conventions.

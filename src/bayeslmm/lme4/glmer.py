@@ -61,6 +61,7 @@ from scipy import linalg, optimize, sparse, special, stats
 from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.lme4.lmer import DENSE_MAX_Q, LmerProblem, _BlockDiag, _DenseFactor, _Schur, blas_threads
 from bayeslmm.model.formula import ModelFrame
+from bayeslmm.model.options import NAGQ_MAX
 
 #: Families of :class:`GlmerProblem` (links: logit, log, log). The negative binomial's is
 #: :class:`NegBinomial` at a given theta (:mod:`bayeslmm.lme4.glmer_nb` estimates theta, as ``glmer.nb``).
@@ -87,8 +88,6 @@ SINGULAR_TOL = 1e-4
 #: lme4 computes the Hessian (``calc.derivs``) below these numbers of rows and parameters
 #: (``glmerControl``: ``check.conv.nobsmax = 1e4``, ``check.conv.nparmax = 20``).
 DERIVS_NOBS_MAX, DERIVS_NPAR_MAX = 10_000, 20
-#: Largest number of Gauss-Hermite nodes (lme4's ``nAGQ <= 100``).
-NAGQ_MAX = 100
 #: A fitted probability this close to 0 or 1 (or a Poisson mean below it) is "numerically 0 or 1".
 #: R's ``glm.fit`` warns below ``10 * .Machine$double.eps``, but its IRLS stops (relative change
 #: 1e-8) while a separated coefficient is near -20 to -35; PIRLS here goes on to rounding error, where
@@ -205,6 +204,22 @@ def gh_rule(n: int) -> np.ndarray:
     return np.column_stack([z, w, stats.norm.logpdf(z)])
 
 
+def check_nagq(frame: ModelFrame, nagq: int) -> int:
+    """``nagq`` as an int if glmer may integrate ``frame``'s random effects with it, else a one-line OptionsError.
+
+    lme4's rules on the data: 1 to :data:`NAGQ_MAX` nodes; more than 1 only for a single random term
+    with one column (``(1|g)``, ``(0 + x|g)`` with ``x`` numeric; a factor slope is a column per level).
+    :func:`bayeslmm.model.options.check_nagq` checks what a formula shows before the data is read.
+    """
+    nagq = int(nagq)
+    if not 1 <= nagq <= NAGQ_MAX:
+        raise OptionsError(f"nAGQ must be between 1 and {NAGQ_MAX} (1 = Laplace), not {nagq}")
+    if nagq > 1 and (len(frame.blocks) != 1 or frame.blocks[0].values.shape[1] != 1):
+        raise OptionsError("nAGQ > 1 is only available for models with a single, scalar random-effects term "
+                           f"(as in lme4); {frame.formula.text!r} has others: use nAGQ = 1 (Laplace)")
+    return nagq
+
+
 # ---------------------------------------------------------------------------------------
 # lme4's deriv12
 # ---------------------------------------------------------------------------------------
@@ -309,13 +324,8 @@ class GlmerProblem:
                                "(nAGQ = 1); adaptive quadrature is for binomial and Poisson models")
         if not frame.blocks:
             raise OptionsError(f"{frame.formula.text!r} has no random terms; glmer needs one (use a glm)")
-        nagq = int(nagq)
-        if not 1 <= nagq <= NAGQ_MAX:
-            raise OptionsError(f"nAGQ must be between 1 and {NAGQ_MAX} (1 = Laplace), not {nagq}")
+        nagq = check_nagq(frame, nagq)
         self.structure = s = LmerProblem(frame, reml=False, dense=False)  # Z, Lambda's pattern, theta's names
-        if nagq > 1 and (len(s.blocks) != 1 or s.blocks[0].values.shape[1] != 1):
-            raise OptionsError("nAGQ > 1 is only available for models with a single, scalar random-effects term "
-                               f"(as in lme4); {frame.formula.text!r} has others: use nAGQ = 1 (Laplace)")
         self.family, self.nagq = family, nagq
         self.X, self.y = frame.X, frame.y
         self.m = frame.trials if frame.trials is not None else np.ones_like(frame.y)

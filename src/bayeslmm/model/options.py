@@ -28,6 +28,40 @@ COUNT_FAMILIES = ("poisson", "negbinomial")
 _NEGBINOMIAL_ALIASES = ("negativebinomial", "negative_binomial", "negative.binomial", "nb", "nbinom", "nbinom2")
 
 
+#: Most Gauss-Hermite nodes of glmer's adaptive quadrature (lme4's ``nAGQ <= 100``); 1 is the Laplace approximation.
+NAGQ_MAX = 100
+#: The families whose glmer fits here take more than one node (checked against lme4: tests/test_glmer.py).
+NAGQ_FAMILIES = ("binomial", "poisson")
+
+
+def check_nagq(nagq, formula) -> int:
+    """``nagq`` (glmer's ``nAGQ``) as an int if ``formula`` may be fitted with it, else a one-line OptionsError.
+
+    lme4's rules, as far as the formula shows them: a whole number from 1 (the Laplace
+    approximation, glmer's default) to :data:`NAGQ_MAX`; only for mixed models of a family other than
+    the Gaussian (lmer integrates the random effects exactly, a glm has none); more than 1 only for
+    :data:`NAGQ_FAMILIES` and a single random term of one coefficient, ``(1|g)`` or ``(0 + x|g)``. A
+    factor slope, which is a column per level, is known only from the data:
+    :func:`bayeslmm.lme4.glmer.check_nagq` checks the frame.
+    """
+    if isinstance(nagq, bool) or not isinstance(nagq, int | np.integer) or not 1 <= nagq <= NAGQ_MAX:
+        raise OptionsError(f"nAGQ must be a whole number from 1 (Laplace) to {NAGQ_MAX}, not {nagq!r}")
+    if not formula.is_glmm:
+        raise OptionsError(f"nAGQ is for binomial and Poisson mixed models (glmer); {formula.text!r} is Gaussian "
+                           "(lmer integrates its random effects exactly): drop nAGQ or choose the family")
+    if not formula.is_mixed:
+        raise OptionsError(f"nAGQ is for mixed models (glmer); {formula.text!r} has no random terms (a glm "
+                           "integrates nothing): drop nAGQ")
+    if nagq > 1 and formula.family not in NAGQ_FAMILIES:
+        raise OptionsError(f"nAGQ > 1 is fitted here for {' and '.join(NAGQ_FAMILIES)} mixed models, not "
+                           f"{formula.family}: use nAGQ = 1 (Laplace)")
+    if nagq > 1 and (len(formula.random) != 1 or len(formula.random[0].coefs) != 1):
+        terms = " + ".join(t.lme4 for t in formula.random)
+        raise OptionsError(f"nAGQ > 1 needs a single random term with one coefficient, such as (1|g), as in lme4; "
+                           f"{formula.text!r} has {terms}: use nAGQ = 1 (Laplace)")
+    return int(nagq)
+
+
 def check_family(family) -> str:
     """``family`` if it is one bayeslmm fits, else a one-line OptionsError naming those it does."""
     if isinstance(family, str) and family.lower() in _NEGBINOMIAL_ALIASES:

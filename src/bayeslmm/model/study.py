@@ -10,24 +10,30 @@ from typing import Literal, get_args
 
 from bayeslmm.errors import BayeslmmError, StudyError
 from bayeslmm.model.formula import Formula, parse
-from bayeslmm.model.options import Family
+from bayeslmm.model.options import Family, check_nagq
 from bayeslmm.model.priors import Priors
 
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}
-_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family"}
+_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family", "nagq"}
 _COMPARISON_KEYS = {"name", "models", "question"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named model of a study."""
+    """A named model of a study.
+
+    ``nagq`` is glmer's ``nAGQ`` for lme4's side of a binomial or Poisson mixed model: 1, the
+    Laplace approximation (the default), or the nodes of adaptive Gauss-Hermite quadrature
+    (:func:`~bayeslmm.model.options.check_nagq`). The posterior does not depend on it.
+    """
 
     name: str
     formula: Formula
     question: str = ""
     lme4_method: Lme4Method = "reml"
     priors: Priors = field(default_factory=Priors)
+    nagq: int = 1
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,13 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.may_correlate))
         except BayeslmmError as exc:
             raise StudyError(f"{where}{_line_of(text, 'prior')}: model {mname!r}: {exc}") from exc
-        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors))
+        nagq = 1
+        if "nagq" in m:
+            try:
+                nagq = check_nagq(m["nagq"], formula)
+            except BayeslmmError as exc:
+                raise StudyError(f"{where}{_line_of(text, 'nagq')}: model {mname!r}: {exc}") from exc
+        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors, nagq))
     if not models:
         raise StudyError(f"{where}: no [[model]] entries; add at least one with name and formula")
     names = [m.name for m in models]

@@ -81,7 +81,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     blocks: list[Block] = [Heading(spec.name, 3)]
     if spec.question:
         blocks.append(Para(f"**Question.** {spec.question}"))
-    caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed interval)"
+    caption = (f"lme4 ({analysis.lme4_label(spec)}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed "
+               "interval)")
     if spec.formula.is_glmm:
         caption += f", on the link scale ({scale_label(spec.formula)})"
     blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
@@ -94,6 +95,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
                             "for a typical group (every group effect 0)."))
     if spec.formula.is_glmm:
         blocks.append(Para(residual_tests_text(fit)))
+    if method == "agq":
+        blocks.append(Para(agq_text(spec)))
     if method in ("reml", "ml"):
         f = freq[(spec.name, method)]
         dfs = ", ".join(f"{t}: df {format_number(f.df[t])}, p {format_number(f.p[t], 3)}"
@@ -121,6 +124,15 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def agq_text(spec) -> str:
+    """What lme4's side of a model fitted with ``nAGQ > 1`` is, and the scale of its log-likelihood."""
+    return (f"lme4's side is glmer with nAGQ = {spec.nagq}: adaptive Gauss-Hermite quadrature with {spec.nagq} nodes "
+            "per level integrates the random effect, where the default (nAGQ = 1) is the Laplace approximation. "
+            "Its logLik, AIC and BIC here are on the Laplace fit's scale (comparable with the study's other fits); "
+            "R's logLik() of an nAGQ > 1 fit leaves out the saturated model's log-likelihood, so R's number differs "
+            "by that constant and R's anova() of it against a Laplace fit compares numbers on different scales.")
 
 
 def r2_text(rows: pd.DataFrame, latent: bool, ci: float) -> str:
@@ -237,7 +249,8 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
         compact = compact_side(side[side["model"] == spec.name])
         for fmt, suffix in SUFFIX.items():
             (folder / f"{spec.name}.{suffix}").write_text(
-                render(compact, fmt, caption=f"{spec.name}: {spec.formula.text}"), encoding="utf-8")
+                render(compact, fmt, caption=f"{spec.name}: {spec.formula.text} (lme4: {analysis.lme4_label(spec)})"),
+                encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -280,7 +293,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     freq, computed, report_notes = {}, {}, []
     for spec in study.models:  # model by model, so that each warning names its model
         with collected(f"{spec.name} (lme4 side): ") as caught:
-            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}))
+            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}, {spec.name: spec.nagq}))
             if profiles is None:
                 computed.update(analysis.profile_intervals(dataclasses.replace(study, models=(spec,)), fits, freq, ci))
         report_notes += caught
@@ -357,7 +370,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for linear mixed "
                  "models, Wald intervals for lm; binomial and Poisson models get glmer's Laplace fit (glm without "
                  "random terms), negative binomial ones glmer.nb's (glm.nb), with Wald intervals (R's "
-                 "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)",
+                 "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)"
+                 + "".join(f"; {spec.name}: glmer's adaptive Gauss-Hermite fit, nAGQ = {spec.nagq}"
+                           for spec in study.models if analysis.lme4_method(spec) == "agq"),
                  *(["binomial and count models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "

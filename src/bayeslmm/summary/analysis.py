@@ -16,33 +16,43 @@ from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_part
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
 
-def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
+def frequentist_fits(fits: dict, nagq: dict[str, int] | None = None) -> dict[tuple[str, str], frequentist.FreqFit]:
     """lme4's fits of every model, on the same rows as its Bayesian fit.
 
-    OLS (``ols``) for models without random terms; REML (``reml``) and ML (``ml``) otherwise.
-    Keyed ``(model name, method)``.
+    OLS (``ols``) for models without random terms; REML (``reml``) and ML (``ml``) otherwise;
+    glmer's Laplace (``laplace``) or, where ``nagq`` (model name to glmer's ``nAGQ``, the study's
+    ``nagq`` key) says more than 1, adaptive Gauss-Hermite (``agq``) fit of a binomial or Poisson
+    mixed model. Keyed ``(model name, method)``.
     """
     out = {}
     for name, fit in fits.items():
         frame = model_frame(fit.formula, fit.data)
-        for method in frequentist_methods(fit.formula):
-            out[(name, method)] = replace(frequentist.fit(frame, method), name=name)
+        n = (nagq or {}).get(name, 1)
+        for method in frequentist_methods(fit.formula, n):
+            out[(name, method)] = replace(frequentist.fit(frame, method, n if method == "agq" else None), name=name)
     return out
 
 
-def frequentist_methods(formula) -> tuple[str, ...]:
-    """R's fits of a formula: REML and ML (``lmer``), Laplace (``glmer``, binomial and Poisson), or
-    OLS / GLM without random terms."""
+def frequentist_methods(formula, nagq: int = 1) -> tuple[str, ...]:
+    """R's fits of a formula: REML and ML (``lmer``), Laplace (``glmer``, binomial and Poisson; AGQ with
+    ``nagq`` > 1), or OLS / GLM without random terms."""
     if formula.is_glmm:
-        return ("laplace",) if formula.is_mixed else ("glm",)
+        return ("glm",) if not formula.is_mixed else ("agq",) if nagq > 1 else ("laplace",)
     return ("reml", "ml") if formula.is_mixed else ("ols",)
 
 
 def lme4_method(spec) -> str:
-    """Which frequentist fit stands beside a model: OLS or GLM, glmer's Laplace fit, or the study's REML/ML choice."""
+    """Which frequentist fit stands beside a model: OLS or GLM, glmer's Laplace or AGQ fit (the model's
+    ``nagq``), or the study's REML/ML choice."""
     if spec.formula.is_glmm:
-        return frequentist_methods(spec.formula)[0]
+        return frequentist_methods(spec.formula, spec.nagq)[0]
     return spec.lme4_method if spec.formula.is_mixed else "ols"
+
+
+def lme4_label(spec) -> str:
+    """The lme4 fit beside a model as tables and notes name it: ``REML``, ``Laplace``, ``AGQ, nAGQ = 25``."""
+    method = lme4_method(spec)
+    return frequentist.method_label(method, spec.nagq if method == "agq" else None)
 
 
 def ml_fit(freq: dict, name: str):
@@ -110,15 +120,15 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
 
 
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
-    """Variance partition of every mixed model: lme4's point values (REML; Laplace for a GLMM, on the latent
-    scale as the posterior's) beside the posterior."""
+    """Variance partition of every mixed model: lme4's point values (REML; glmer's Laplace or AGQ fit for a
+    GLMM, on the latent scale as the posterior's) beside the posterior."""
     tables = []
     for spec in study.models:
         if not spec.formula.is_mixed:
             continue
         fit = fits[spec.name]
         mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family in COUNT_FAMILIES else None
-        method = "laplace" if spec.formula.is_glmm else "reml"
+        method = lme4_method(spec) if spec.formula.is_glmm else "reml"
         point = frequentist.variance_partition(freq[(spec.name, method)], mean)
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
