@@ -38,7 +38,7 @@ from bayeslmm.model.options import SamplerOptions
 from bayeslmm.summary import residuals
 from bayeslmm.summary.sidebyside import ratio_table
 from bayeslmm.summary.tables import tidy_posterior, variance_partition_draws
-from conftest import ROOT, beyond
+from conftest import BEYOND, ROOT, beyond
 from test_glmm_checks import TRUTH, _side, counts_data, point_fit
 
 FORMULA = "birds ~ temp + offset(log(hours)) + (1|site)"
@@ -371,3 +371,18 @@ def test_glmm_fit_is_clean_and_holds_lme4_and_the_truths(engine_fits):
         for var, value in values.items():
             lo, hi = np.quantile(post[var].values.ravel(), [0.025, 0.975])
             assert lo < value < hi, f"{what} {var} = {value} outside ({lo}, {hi})"
+
+
+def test_a_negative_binomial_report_has_every_section(tmp_path):
+    """The report of a negative binomial fit: theta's row, its R² on the latent scale (with theta), the
+    prior sensitivity of theta, and a prior predictive check (they crashed on its alpha before)."""
+    from bayeslmm.cli import main
+
+    out = tmp_path / "nb"
+    code = main(["fit", str(BEYOND / "counts.csv"), FORMULA, "--family", "negbinomial", "--out", str(out),
+                 "--draws", "200", "--tune", "300", "--chains", "2", "--no-progress"])
+    md = (out / "report.md").read_text()
+    assert code == 0 and "theta (Residual)" in md and "**R²**" in md and "prior_predictive" in md
+    side = pd.read_csv(out / "sidebyside.csv")
+    theta = side[side["term"] == "theta"].iloc[0]
+    assert np.isfinite(theta["prior_sensitivity"])

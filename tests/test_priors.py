@@ -31,7 +31,8 @@ def test_statements_are_read(text, group, eta):
 
 @pytest.mark.parametrize(("text", "says"), [
     ("cor = LKJ(2)", "write it as"),
-    ("tau ~ HalfNormal(10)", "class 'tau' is not one bayeslmm knows; the classes are b, Intercept, sd, sigma, cor"),
+    ("tau ~ HalfNormal(10)", "class 'tau' is not one bayeslmm knows; the classes are b, Intercept, sd, sigma, "
+                             "cor, shape"),
     ("cor ~ Normal(0, 1)", "cor takes LKJ, not Normal"),
     ("sd ~ Normal(0, 1)", "sd takes HalfNormal, HalfStudentT, HalfCauchy, Exponential, Gamma, InverseGamma"),
     ("b ~ Laplace(0, 1)", "b takes Normal, StudentT, Cauchy, not Laplace"),
@@ -218,3 +219,16 @@ def test_the_report_marks_the_priors_a_user_set():
     default = _prepared([])
     assert priors_text(SimpleNamespace(model=default.model, priors=default.priors)).startswith(
         "Priors (Bambi's defaults, scaled to the data): ")
+
+
+def test_shape_sets_the_negative_binomials_theta():
+    df = beyond("poisson_offset")[1]
+    f = parse("birds ~ temp + offset(log(hours)) + (1|site)", "negbinomial")
+    prep = bayes.prepare(f, df, priors=Priors.from_texts("shape ~ Exponential(0.1)"))
+    assert prep.priors["alpha"] == "Exponential(lam=0.1)" and prep.model.user_set == ("alpha",)
+    from bayeslmm.engines import glmm
+
+    _, par = glmm.nb_alpha_prior(prep.model)
+    assert par[0] == 0.1
+    with pytest.raises(OptionsError, match="only a negative binomial model has a shape"):
+        _prepared(["shape ~ Exponential(0.1)"])

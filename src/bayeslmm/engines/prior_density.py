@@ -219,5 +219,10 @@ def log_prior(fit) -> xr.DataArray:
         total += _scale_priors(np.log(np.column_stack(sds).astype(float)), sp.scode, np.ascontiguousarray(sp.spar))
     for block, R in zip(sp.blocks, correlation_matrices(sp, post, S), strict=True):
         total += lkj_logpdf(R, block.eta)
+    if getattr(sp, "acode", -1) >= 0:  # the negative binomial's alpha (lme4's theta)
+        from bayeslmm.labels import NB_SIZE_VARIABLE
+
+        alpha = post[NB_SIZE_VARIABLE].transpose(*SAMPLE_DIMS).values.reshape(S, 1).astype(float)
+        total += _scale_priors(np.log(alpha), np.array([sp.acode]), np.ascontiguousarray(sp.apar.reshape(1, 3)))
     return xr.DataArray(total.reshape(chains, draws), dims=SAMPLE_DIMS, name="log_prior",
                         coords={d: post[d].values for d in SAMPLE_DIMS})

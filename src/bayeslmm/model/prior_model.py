@@ -326,6 +326,8 @@ def apply_priors(pm: PriorModel, priors: Priors) -> PriorModel:
     aux = dict(pm.aux)
     if priors.chosen("sigma") is not None:
         aux["sigma"] = _user(priors.chosen("sigma"))
+    if priors.chosen("shape") is not None:  # brms's shape: the negative binomial's alpha (lme4's theta)
+        aux["alpha"] = _user(priors.chosen("shape"))
     new = replace(pm, common=tuple(common), intercept=intercept, group=tuple(group), aux=aux)
     before, after = pm.texts(), new.texts()
     cors = [f"cor({g})" for g in dict.fromkeys(t.group for t in pm.group) if priors.chosen("cor", g)]
@@ -386,6 +388,8 @@ def _check_reach(pm: PriorModel, priors: Priors) -> None:
                                    f"coefficients are {', '.join(coefs[s.group])}")
         elif s.cls == "sigma" and "sigma" not in pm.aux:
             raise OptionsError(f"prior {s.text!r}: a {pm.family} model has no residual sd")
+        elif s.cls == "shape" and "alpha" not in pm.aux:
+            raise OptionsError(f"prior {s.text!r}: only a negative binomial model has a shape (theta)")
 
 
 # ---------------------------------------------------------------------------------------

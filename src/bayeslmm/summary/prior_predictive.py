@@ -121,7 +121,11 @@ def prior_predictive(fit, replicates: int | None = None, seed: int = 0) -> Prior
         successes = rng.binomial(trials, 1.0 / (1.0 + np.exp(-eta)))
         scale = f"proportion {fit.formula.cbind[0]}" if fit.formula.cbind else f"{fit.formula.response} (1 = success)"
         return PriorPredictive(fit.name, successes / sp.trials, sp.y / sp.trials, scale, family)
-    if family == "poisson":
-        counts = rng.poisson(np.minimum(np.exp(np.minimum(eta, np.log(MAX_RATE))), MAX_RATE))
+    if family in ("poisson", "negbinomial"):
+        mean = np.minimum(np.exp(np.minimum(eta, np.log(MAX_RATE))), MAX_RATE)
+        if family == "negbinomial":  # a gamma-Poisson mixture with alpha (lme4's theta) from its prior
+            alpha = distribution(sp.acode, sp.apar).rvs(size=n, random_state=rng)[:, None]
+            mean = rng.gamma(alpha, mean / alpha)
+        counts = rng.poisson(np.minimum(mean, MAX_RATE))
         return PriorPredictive(fit.name, counts.astype(float), sp.y, f"{fit.formula.response} (count)", family)
     raise ValueError(f"no prior predictive for the {family} family")

@@ -56,11 +56,13 @@ def _covariance(sd: dict, cor: dict, group: str, coefs: tuple[str, ...]) -> np.n
     return out
 
 
-def _residual_variance(formula, data: pd.DataFrame, sd: dict):
+def _residual_variance(formula, data: pd.DataFrame, sd: dict, theta=None):
+    """sigma² of a Gaussian model; a GLMM's latent variance (the negative binomial's at its ``theta``)."""
     if not formula.is_glmm:
         return np.asarray(sd[(RESIDUAL, RESIDUAL_TERM)], dtype=float) ** 2
-    mean = float(np.mean(data[formula.response])) if formula.family == "poisson" else None
-    return latent_residual_variance(formula.family, mean)
+    counts = formula.family in ("poisson", "negbinomial")
+    mean = float(np.mean(data[formula.response])) if counts else None
+    return latent_residual_variance(formula.family, mean, theta)
 
 
 def lme4_r2(fit, frame) -> tuple[float, float]:
@@ -72,8 +74,9 @@ def lme4_r2(fit, frame) -> tuple[float, float]:
     cor = {(r.group, r.term): r.sd for r in vc.itertuples() if r.term.startswith("cor__")}
     beta = np.array([fit.fixef[n] for n in frame.x_names])
     blocks = [(b.values, _covariance(sd, cor, b.term.group, b.term.coefs)) for b in frame.blocks]
-    counts = pd.DataFrame({frame.formula.response: frame.y})  # a Poisson model's mean count
-    m, c = r_squared(frame.X, beta, blocks, _residual_variance(frame.formula, counts, sd))
+    counts = pd.DataFrame({frame.formula.response: frame.y})  # a count model's mean count
+    m, c = r_squared(frame.X, beta, blocks, _residual_variance(frame.formula, counts, sd,
+                                                               getattr(fit, "nb_theta", None)))
     return float(m[0]), float(c[0])
 
 
@@ -86,7 +89,12 @@ def posterior_r2(fit) -> tuple[np.ndarray, np.ndarray]:
     beta = np.column_stack([fixed_draws(fit, n) for n in frame.x_names]) if frame.x_names else \
         np.zeros((next(iter(sd.values())).size, 0))
     blocks = [(b.values, _covariance(sd, cor, b.term.group, b.term.coefs)) for b in frame.blocks]
-    return r_squared(frame.X, beta, blocks, _residual_variance(fit.formula, fit.data, sd))
+    theta = None
+    if fit.formula.family == "negbinomial":
+        from bayeslmm.labels import NB_SIZE_VARIABLE
+
+        theta = np.asarray(fit.idata["posterior"][NB_SIZE_VARIABLE].values, dtype=float).reshape(-1)
+    return r_squared(frame.X, beta, blocks, _residual_variance(fit.formula, fit.data, sd, theta))
 
 
 def r2_table(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm.labels import RESIDUAL, SAMPLE_DIMS
+from bayeslmm.labels import RESIDUAL, SAMPLE_DIMS, auxiliary_variables
 from bayeslmm.results import memo
 
 #: Sensitivity at or above this counts (priorsense's and arviz-stats' default).
@@ -45,6 +45,9 @@ def draws_by_row(fit) -> dict[tuple[str, str, str], np.ndarray]:
     shape = (post.sizes["chain"], post.sizes["draw"])
     rows = fit.tidy(effects=("fixed", "ran_pars"))
     sds = {**sd_draws(fit), **cor_draws(fit)}
+    # a family's own parameters (the negative binomial's theta, Bambi's alpha)
+    sds.update({(g, t): post[v].transpose(*SAMPLE_DIMS).values.reshape(-1)
+                for v, (_, g, t) in auxiliary_variables(fit.formula.family).items() if v in post})
     out = {}
     for _, r in rows.iterrows():
         key = (r["effect"], r["group"], r["term"])
