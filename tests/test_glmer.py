@@ -511,3 +511,14 @@ def test_observation_level_effects_are_allowed_but_not_more_effects_than_rows():
     with pytest.raises(DataError, match="600 random effects of"):
         frequentist.fit(frame)
     assert _fitted("poisson_offset_olre")[1].ngroups["obs"] == entry["nobs"]
+
+
+def test_pirls_overflow_is_a_one_line_error_naming_the_fix():
+    """A random slope of an unscaled covariate (temp, 5 to 25) makes PIRLS overflow at the trial values
+    L-BFGS-B takes (R's bobyqa fits it: logLik -689.3679); the error says to scale it, and scale(temp) fits."""
+    df = pd.read_csv(BEYOND / "counts.csv")
+    frame = model_frame(parse("birds ~ temp + offset(log(hours)) + (1 + temp|site)", "poisson"), df)
+    with pytest.raises(DataError, match=r"PIRLS overflows .* scale the covariate of the random slope \(temp\)"):
+        frequentist.fit(frame)
+    scaled = model_frame(parse("birds ~ scale(temp) + offset(log(hours)) + (1 + scale(temp)|site)", "poisson"), df)
+    assert np.isfinite(frequentist.fit(scaled).loglik)

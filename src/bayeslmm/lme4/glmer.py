@@ -327,7 +327,7 @@ class GlmerProblem:
         nagq = check_nagq(frame, nagq)
         self.structure = s = LmerProblem(frame, reml=False, dense=False)  # Z, Lambda's pattern, theta's names
         self.family, self.nagq = family, nagq
-        self.X, self.y = frame.X, frame.y
+        self.frame, self.X, self.y = frame, frame.X, frame.y
         self.m = frame.trials if frame.trials is not None else np.ones_like(frame.y)
         self.offset = frame.offset if frame.offset is not None else np.zeros_like(frame.y)
         self.n, self.p = self.X.shape
@@ -440,10 +440,26 @@ class GlmerProblem:
 
         eta = eta_of(u, beta)
         pdev = neg2loglik(fam, eta, y, m) + u @ u
-        last = False
+        if not np.isfinite(pdev):  # the last theta's modes overflow at this one (exp(eta)): start from u = 0
+            u = np.zeros_like(u)
+            eta = eta_of(u, beta)
+            pdev = neg2loglik(fam, eta, y, m) + u @ u
+        last, restarted = False, not np.any(u)
         for _ in range(PIRLS_MAXIT):
             r, w = working(fam, eta, y, m)
-            fac = self.factor(theta, zl, w)
+            try:
+                fac = self.factor(theta, zl, w)
+            except np.linalg.LinAlgError:
+                # weights so large (exp(eta) at the last theta's modes) that the factor loses positive
+                # definiteness in rounding: restart from u = 0 once, as from a fresh start
+                if restarted:
+                    raise DataError(f"PIRLS cannot factor the model at theta = {theta}: the linear predictor "
+                                    "overflows; centre or scale the covariates of random slopes (e.g. "
+                                    "scale(x))") from None
+                restarted, u = True, np.zeros_like(u)
+                eta = eta_of(u, beta)
+                pdev = neg2loglik(fam, eta, y, m) + u @ u
+                continue
             if last:
                 break
             gu = zl.T @ r - u
@@ -581,7 +597,16 @@ class GlmerProblem:
         s = self.structure
         stage1 = {"method": "L-BFGS-B", "jac": "3-point", "options": {"ftol": 1e-12, "gtol": 1e-7, "maxiter": 1000},
                   "bounds": optimize.Bounds(s.lower, np.full(self.ntheta, np.inf))}
-        res = optimize.minimize(self.stage1, s.theta0, **stage1)
+        try:
+            res = optimize.minimize(self.stage1, s.theta0, **stage1)
+        except (DataError, np.linalg.LinAlgError, ValueError):
+            # PIRLS overflows (exp(eta)) at thetas L-BFGS-B tries: seen with random slopes of covariates far
+            # from 0, where lme4's derivative-free stage 1 (bobyqa) still finds the optimum; say what to do
+            slopes = [c for b in self.frame.blocks for c in b.term.coefs if c != "(Intercept)"]
+            raise DataError(f"lme4's side cannot fit {self.frame.formula.text!r}: PIRLS overflows at the "
+                            "optimizer's trial values" + (f"; centre or scale the covariate of the random slope "
+                                                          f"({', '.join(slopes)}), e.g. scale({slopes[0]})"
+                                                          if slopes else "")) from None
         x = self.off_bound(self.stage1, np.maximum(res.x, s.lower), s.theta0)
         if x is not None:
             res = optimize.minimize(self.stage1, x, **stage1)
