@@ -21,6 +21,8 @@ NaAction = Literal["drop", "fail"]
 #: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
 #: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
 Family = Literal["gaussian", "binomial", "poisson"]
+#: Default cap on the observations refitted per model where PSIS-LOO fails (each refit of the dragons takes ~0.3 s).
+MAX_REFITS = 20
 
 
 def check_family(family) -> str:
@@ -76,12 +78,19 @@ class RunOptions:
         Rows with missing values in a model's columns: drop them with a warning, or refuse (``--na``).
     progress : bool
         Show the sampler's progress bar (on stderr, when it is a terminal).
+    max_refits : int
+        Observations refitted per model where PSIS-LOO's Pareto k > 0.7, the worst first (``--max-refits``;
+        0: PSIS alone).
+    logo : str, optional
+        Grouping factor for leave-one-group-out cross-validation in every comparison (``--logo``).
     """
 
     ci: float = 0.95
     refit: bool = False
     na: NaAction = "drop"
     progress: bool = True
+    max_refits: int = MAX_REFITS
+    logo: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ci, bool) or not isinstance(self.ci, int | float | np.floating) or not 0 < self.ci < 1:
@@ -90,6 +99,11 @@ class RunOptions:
         for name in ("refit", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        refits = self.max_refits
+        if isinstance(refits, bool) or not isinstance(refits, int | np.integer) or refits < 0:
+            raise OptionsError(f"--max-refits must be a whole number >= 0, not {refits!r}")
+        if self.logo is not None and (not isinstance(self.logo, str) or not self.logo.strip()):
+            raise OptionsError(f"--logo must name a grouping factor, not {self.logo!r}")
 
 
 def _check_choice(flag: str, value, kind) -> None:

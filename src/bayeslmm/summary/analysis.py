@@ -121,12 +121,19 @@ def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.D
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
-    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
+def comparisons(study, fits: dict, freq: dict, crossval=None) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models).
+
+    ``crossval`` (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, without a cache, when
+    ``None``) refits where PSIS fails and runs each comparison's leave-one-group-out.
+    """
+    from bayeslmm.summary.crossval import CrossValidation
+
+    crossval = crossval if crossval is not None else CrossValidation()
     tables = []
     for comp in study.comparisons:
         ml = {m: ml_fit(freq, m) for m in comp.models}
-        tables.append(compare_models(comp.name, comp.models, fits, ml))
+        tables.append(compare_models(comp.name, comp.models, fits, ml, crossval, crossval.group_of(comp)))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
