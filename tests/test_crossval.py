@@ -127,7 +127,7 @@ def test_high_k_points_are_refitted_and_counted_up_to_the_cap(singleton_fit, tmp
         assert len(summary) == 1 and f"each of {expected} observation(s)" in summary[0]
         warnings = pareto_warnings(table)
         if expected == bad:
-            assert warnings == [] and f"(a: {bad}, b: {bad})" in reading(table)
+            assert warnings == [] and f"(a: {bad} of {bad}, b: {bad} of {bad})" in reading(table)
         else:
             assert len(warnings) == 2 and warnings[0].startswith(f"a: {bad} observation(s) with Pareto k > 0.7: 1 "
                                                                  "refitted without them (exact elpd), ")

@@ -227,12 +227,12 @@ def reading(table: pd.DataFrame) -> str:
         parts.append(f"LOO: {larger} minus the other = {d:.1f} elpd (SE {float(r['pair_elpd_diff_se']):.1f}); "
                      + ("LOO and the LRT agree." if loo_larger == sig else
                         "LOO and the LRT disagree: read both with their uncertainty."))
-    refits = {r["model"]: _refits(r) for _, r in table.iterrows() if _refits(r)}
-    left = int(table["pareto_k_bad"].sum()) - sum(refits.values())
+    refits = {r["model"]: (_refits(r), int(r["pareto_k_bad"])) for _, r in table.iterrows() if _refits(r)}
+    left = int(table["pareto_k_bad"].sum()) - sum(n for n, _ in refits.values())
     if refits:
-        counts = ", ".join(f"{m}: {n}" for m, n in refits.items())
-        parts.append(f"LOO refitted each model without each of its observations whose Pareto k was above "
-                     f"{PARETO_K_BAD} ({counts}): their elpd is exact, not PSIS's estimate.")
+        counts = ", ".join(f"{m}: {n} of {bad}" for m, (n, bad) in refits.items())
+        parts.append(f"The models were refitted without each observation whose Pareto k was above {PARETO_K_BAD}, "
+                     f"the worst first ({counts}): those observations' elpd is exact, not PSIS's estimate.")
     if left:
         parts.append(f"{left} observation(s) have Pareto k > {PARETO_K_BAD} and were not refitted: the LOO estimate "
                      "is unreliable there; raise --max-refits or consider K-fold cross-validation.")
