@@ -8,6 +8,8 @@ outcome is deterministic).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,6 +112,50 @@ def test_reloo_matches_a_brute_force_refit(singleton_fit, singletons, tmp_path):
     np.testing.assert_array_equal(elpd_i[others], np.asarray(psis.elpd_i)[others])
     assert out.elpd == pytest.approx(elpd_i.sum(), rel=1e-12)
     assert exact != pytest.approx(float(np.asarray(psis.elpd_i)[worst]), abs=1e-3)  # the refit changed something
+
+
+def test_reloo_bookkeeping_is_arviz_stats_reloo(singleton_fit, tmp_path):
+    """The same refits through arviz-stats' own reloo (a SamplingWrapper around them): the same elpd_i, p_loo_i,
+    Pareto k and totals as ours, which keeps no whole log-likelihood in memory."""
+    import xarray as xr
+    from arviz_stats.loo import SamplingWrapper
+    from arviz_stats.loo import reloo as az_reloo
+
+    fit, refitter = singleton_fit, crossval.Refitter(cache_dir=tmp_path)
+    y, _ = observed(fit)
+
+    class Wrapper(SamplingWrapper):
+        def sel_observations(self, idx):
+            keep = np.ones(len(fit.data), dtype=bool)
+            keep[idx] = False
+            return keep, int(idx)
+
+        def sample(self, keep):
+            return refitter(fit, keep, "refit")
+
+        def get_inference_data(self, refit):
+            return refit
+
+        def log_likelihood__i(self, i, refit):
+            ll = crossval.heldout_log_density(refit, fit.data.iloc[[i]], y[[i]])
+            post = refit.idata["posterior"]
+            return xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], 1), dims=("chain", "draw", "obs"))
+
+    # arviz-stats stacks the observation dims into "__obs__", so its copy of them is called "obs"
+    ll = bayes.log_likelihood(fit).rename(__obs__="obs")
+    tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset(),
+                                  "log_likelihood": xr.Dataset({"y": ll})})
+    psis = loo(fit)
+    renamed = copy.deepcopy(psis)
+    for attr in ("elpd_i", "p_loo_i", "pareto_k"):
+        setattr(renamed, attr, getattr(psis, attr).rename(__obs__="obs"))
+    theirs = az_reloo(Wrapper(None, idata_orig=tree), loo_orig=renamed, k_threshold=0.7)
+    ours, info = crossval.reloo(fit, psis, refitter, max_refits=len(psis.elpd_i))
+    assert len(info.refitted) == int(np.sum(np.asarray(psis.pareto_k) > 0.7)) >= 2
+    for attr in ("elpd_i", "p_loo_i", "pareto_k"):
+        np.testing.assert_allclose(np.asarray(getattr(ours, attr)), np.asarray(getattr(theirs, attr)), rtol=1e-12)
+    for attr in ("elpd", "se", "p"):
+        assert getattr(ours, attr) == pytest.approx(getattr(theirs, attr), rel=1e-12)
 
 
 def test_high_k_points_are_refitted_and_counted_up_to_the_cap(singleton_fit, tmp_path):
