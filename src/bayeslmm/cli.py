@@ -34,6 +34,7 @@ def _checked(convert, ok, wanted: str):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive whole number")
 _seed = _checked(int, lambda v: v >= 0, "a non-negative whole number")
 _nonnegative_int = _seed
+_count = _checked(int, lambda v: v >= 0, "a whole number >= 0")
 _prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
 
 
@@ -90,7 +91,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayeslmm`` command."""
-    from bayeslmm.model.options import Family
+    from bayeslmm.model.options import MAX_REFITS, Family
 
     p = _Parser(prog="bayeslmm", description="Bayesian linear mixed models with lme4's formulas.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pb", type=_nonnegative_int, default=0, metavar="N",
                      help="parametric-bootstrap LRT with N simulations beside each comparison's chi-square test "
                           "(linear mixed models; pbkrtest uses 1000)")
+    run.add_argument("--logo", metavar="GROUP",
+                     help="leave-one-group-out cross-validation by this grouping factor beside LOO in every "
+                          "comparison (one refit per level): predicting a new GROUP")
+    run.add_argument("--max-refits", type=_count, default=MAX_REFITS, metavar="N",
+                     help=f"refit without each observation whose PSIS-LOO Pareto k > 0.7, at most N per model, "
+                          f"worst first ({MAX_REFITS}; 0: PSIS alone)")
     _sampler_args(run)
 
     fit = sub.add_parser("fit", help="fit one lmer formula to a data file and print a summary")
@@ -153,8 +160,8 @@ def _options(args):
 def _run_options(args):
     from bayeslmm.model.options import RunOptions
 
-    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress,
-                      pb=getattr(args, "pb", 0))
+    extra = {k: getattr(args, k) for k in ("max_refits", "logo", "pb") if getattr(args, k, None) is not None}
+    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress, **extra)
 
 
 def _cmd_run(args) -> int:

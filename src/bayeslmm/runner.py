@@ -137,8 +137,11 @@ def run_study(
     """
     from bayeslmm.reporting import report
     from bayeslmm.reporting.output import staged_folder
+    from bayeslmm.summary.crossval import CrossValidation
 
     options, run = options or SamplerOptions(), run or RunOptions()
+    if run.logo is not None:
+        check_logo_option(study, run.logo)
     start = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("out") / study.name
     with collected() as stray:  # what no inner stage turned into a note (loading the data, ...)
@@ -147,14 +150,30 @@ def run_study(
             fits = fit_models(study.models, df, options, run, cache_dir=out_dir / "fits", save_dir=stage / "fits",
                               echo=echo)
             echo("writing report ...")
+            crossval = CrossValidation(run.max_refits, run.logo, {m.name: m.formula for m in study.models},
+                                       {m.name: m.priors for m in study.models}, out_dir / "fits", stage / "fits",
+                                       run.refit, echo)
             written = report.write(Fitted(study, df, fits), stage, ci=run.ci,
-                                   source=str(data) if data else study.source, pb=run.pb, echo=echo)
+                                   source=str(data) if data else study.source, pb=run.pb, echo=echo,
+                                   crossval=crossval)
     seconds = time.perf_counter() - start
     report_notes = (*written.report_notes, *stray)
     for note in (*written.notes, *report_notes):
         echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
     return RunResult(study, df, fits, written.tidy, out_dir, seconds, written.notes, report_notes)
+
+
+def check_logo_option(study: Study, group: str) -> None:
+    """Refuse ``--logo`` for a study without comparisons or a group none of its compared models has."""
+    from bayeslmm.errors import OptionsError
+    from bayeslmm.model.study import check_logo
+
+    if not study.comparisons:
+        raise OptionsError(f"--logo {group!r}: study {study.name!r} has no [[comparison]]; leave-one-group-out is "
+                           "shown beside each comparison's LOO")
+    compared = {m for c in study.comparisons for m in c.models}
+    check_logo(group, [m for m in study.models if m.name in compared], "--logo")
 
 
 def fit_formula(

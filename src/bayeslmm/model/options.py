@@ -60,6 +60,8 @@ def check_nagq(nagq, formula) -> int:
         raise OptionsError(f"nAGQ > 1 needs a single random term with one coefficient, such as (1|g), as in lme4; "
                            f"{formula.text!r} has {terms}: use nAGQ = 1 (Laplace)")
     return int(nagq)
+#: Default cap on the observations refitted per model where PSIS-LOO fails (each refit of the dragons takes ~0.3 s).
+MAX_REFITS = 20
 
 
 def check_family(family) -> str:
@@ -121,6 +123,11 @@ class RunOptions:
     pb : int
         Simulations of a parametric-bootstrap LRT beside each comparison's chi-square one (``--pb``;
         0: none). Linear mixed models only.
+    max_refits : int
+        Observations refitted per model where PSIS-LOO's Pareto k > 0.7, the worst first (``--max-refits``;
+        0: PSIS alone).
+    logo : str, optional
+        Grouping factor for leave-one-group-out cross-validation in every comparison (``--logo``).
     """
 
     ci: float = 0.95
@@ -128,6 +135,8 @@ class RunOptions:
     na: NaAction = "drop"
     progress: bool = True
     pb: int = 0
+    max_refits: int = MAX_REFITS
+    logo: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ci, bool) or not isinstance(self.ci, int | float | np.floating) or not 0 < self.ci < 1:
@@ -139,6 +148,11 @@ class RunOptions:
         if isinstance(self.pb, bool) or not isinstance(self.pb, int) or self.pb < 0:
             raise OptionsError(f"--pb must be a whole number of simulations (0 for none; 1000 as pbkrtest), "
                                f"not {self.pb!r}")
+        refits = self.max_refits
+        if isinstance(refits, bool) or not isinstance(refits, int | np.integer) or refits < 0:
+            raise OptionsError(f"--max-refits must be a whole number >= 0, not {refits!r}")
+        if self.logo is not None and (not isinstance(self.logo, str) or not self.logo.strip()):
+            raise OptionsError(f"--logo must name a grouping factor, not {self.logo!r}")
 
 
 def _check_choice(flag: str, value, kind) -> None:

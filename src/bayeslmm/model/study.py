@@ -16,7 +16,7 @@ from bayeslmm.model.priors import Priors
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}
 _MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family", "nagq"}
-_COMPARISON_KEYS = {"name", "models", "question"}
+_COMPARISON_KEYS = {"name", "models", "question", "logo"}
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A comparison between two or more models of the study."""
+    """A comparison between two or more models of the study.
+
+    ``logo`` names a grouping factor for leave-one-group-out cross-validation beside LOO (``""``: none).
+    """
 
     name: str
     models: tuple[str, ...]
     question: str = ""
+    logo: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,16 @@ class Study:
             if m.name == name:
                 return m
         raise StudyError(f"study {self.name!r} has no model {name!r}")
+
+
+def check_logo(group: str, models, flag: str = "logo") -> None:
+    """Refuse a leave-one-group-out factor that none of ``models`` (ModelSpecs) has as a grouping factor."""
+    from bayeslmm.errors import OptionsError
+
+    have = list(dict.fromkeys(g for m in models for g in m.formula.grouping_factors))
+    if group not in have:
+        raise OptionsError(f"{flag} {group!r} is not a grouping factor of the compared models; theirs: "
+                           f"{', '.join(have) or 'none (no random terms)'}")
 
 
 def _line_of(text: str, needle: str) -> str:
@@ -196,7 +210,14 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             if mn not in names:
                 raise StudyError(f"{where}{_line_of(text, mn)}: comparison #{i + 1} names unknown model {mn!r}; "
                                  f"models are: {', '.join(names)}")
-        comparisons.append(Comparison(str(c.get("name", f"comparison {i + 1}")), tuple(ms), str(c.get("question", ""))))
+        logo = _expect(c.get("logo", ""), str, where, f"comparison #{i + 1} logo")
+        if logo:
+            try:
+                check_logo(logo, [m for m in models if m.name in ms])
+            except BayeslmmError as exc:
+                raise StudyError(f"{where}{_line_of(text, 'logo')}: comparison #{i + 1}: {exc}") from exc
+        comparisons.append(Comparison(str(c.get("name", f"comparison {i + 1}")), tuple(ms), str(c.get("question", "")),
+                                      logo))
     return Study(
         name=name,
         title=str(raw.get("title", name)),

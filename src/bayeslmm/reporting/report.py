@@ -228,12 +228,22 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = [Heading("Model comparisons", 2),
                            Para("PSIS-LOO (expected log predictive density; higher is better) of the Bayesian fits "
                                 "beside the likelihood-ratio test and AIC/BIC of the ML fits, as lme4's "
-                                "`anova()` reports them, and AICc (AIC corrected for small samples, the "
-                                "tutorial's NOTE 2).")]
+                                "`anova()` reports them, and AICc (AIC corrected for small samples, the tutorial's "
+                                "NOTE 2). Where PSIS's Pareto k exceeds 0.7 for an observation, the "
+                                "model is refitted without it and its exact elpd used (`loo_refits` says how many; "
+                                "at most `--max-refits` per model). Leave-one-group-out (`elpd_logo`, when asked "
+                                "for with `--logo` or a comparison's `logo`) refits the model once per level of a "
+                                "grouping factor: LOO scores predicting a new observation in a group the model has "
+                                "seen, leave-one-group-out predicting a new group.")]
     for comp in study.comparisons:
         t = table[table["comparison"] == comp.name]
-        show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
-                  "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p", *(["pb_p"] if "pb_p" in t else [])]]
+        cols = ["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo"]
+        cols += ["pareto_k_bad", "loo_refits"] if t["pareto_k_bad"].sum() > 0 else []
+        cols += ["stacking_weight", "aic", "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p"]
+        cols += ["pb_p"] if "pb_p" in t else []
+        if t["logo_group"].fillna("").astype(bool).any():
+            cols += ["elpd_logo", "elpd_logo_se", "elpd_logo_diff", "elpd_logo_diff_se"]
+        show = t[cols]
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
@@ -268,7 +278,7 @@ class Written:
 
 
 def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None,
-          pb: int = 0, echo=None) -> Written:
+          pb: int = 0, echo=None, crossval=None) -> Written:
     """Write the report files into ``root``.
 
     Parameters
@@ -287,7 +297,13 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Simulations of the parametric-bootstrap LRT of each comparison (0: none).
     echo : callable, optional
         Where progress lines go.
+    crossval : CrossValidation, optional
+        Exact refits where PSIS-LOO fails and leave-one-group-out for the comparisons
+        (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, refits uncached, when ``None``).
     """
+    from bayeslmm.summary.crossval import CrossValidation
+
+    crossval = crossval if crossval is not None else CrossValidation()
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
     freq, computed, report_notes = {}, {}, []
@@ -308,7 +324,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         parts = analysis.variance_partitions(study, fits, freq, ci)
         r2 = r2_table(study, fits, freq, ci)
         r2.to_csv(root / "r2.csv", index=False)
-        comparison = analysis.comparisons(study, fits, freq, pb=pb, echo=echo)
+        comparison = analysis.comparisons(study, fits, freq, crossval, pb=pb, echo=echo)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
         if not parts.empty:
@@ -325,7 +341,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
                   for note in (*residuals.check_notes(fits[spec.name]),
                                *runaway_notes(side[side["model"] == spec.name], spec.formula))]
-    report_notes += caught + checks
+    report_notes += caught + checks + crossval.notes
     opts = next(iter(fits.values())).options
 
     blocks: list[Block] = [Heading(study.title, 1)]

@@ -134,13 +134,20 @@ def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.D
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def comparisons(study, fits: dict, freq: dict, pb: int = 0, echo=None) -> pd.DataFrame:
-    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models), and with
-    ``pb`` simulations a parametric-bootstrap LRT (columns ``pb_p``, ``pb_nsim``) for linear models."""
+def comparisons(study, fits: dict, freq: dict, crossval=None, pb: int = 0, echo=None) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models).
+
+    ``crossval`` (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, without a cache, when
+    ``None``) refits where PSIS fails and runs each comparison's leave-one-group-out; with ``pb``
+    simulations a parametric-bootstrap LRT (columns ``pb_p``, ``pb_nsim``) for linear models.
+    """
+    from bayeslmm.summary.crossval import CrossValidation
+
+    crossval = crossval if crossval is not None else CrossValidation()
     tables = []
     for comp in study.comparisons:
         ml = {m: ml_fit(freq, m) for m in comp.models}
-        table = compare_models(comp.name, comp.models, fits, ml)
+        table = compare_models(comp.name, comp.models, fits, ml, crossval, crossval.group_of(comp))
         if pb:
             table = _with_pb(table, fits, ml, pb, echo)
         tables.append(table)

@@ -310,14 +310,15 @@ def posterior_predictive(fit, n: int = 50, *, seed: int = 0, fresh: Iterable[str
     return mu + sigma[:, None] * rng.standard_normal(mu.shape)
 
 
-def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each row's part of the linear predictor from ``term`` with its levels' effects drawn anew.
+def population_cholesky(fit, term: RandomTerm, pick: np.ndarray | None = None) -> np.ndarray:
+    """Cholesky factor of the covariance of a new level's effects on ``term``'s coefficients, per draw.
 
-    For each posterior draw in ``pick``, every level of the term's grouping factor gets a new effect
-    from the population the draw describes: a normal with the draw's sds and (for a correlated
-    term) correlations. Shape ``(draws, rows)``.
+    Each posterior draw in ``pick`` (all by default) gives the population the term's levels come
+    from: a normal with that draw's sds and (for a correlated term) correlations. Shape
+    ``(draws, k, k)``, lower triangular, for the ``k`` coefficients of the term in its order.
     """
     sds, cors = sd_draws(fit), cor_draws(fit)
+    pick = np.arange(n_draws(fit)) if pick is None else pick
     coefs = term.coefs
     k = len(coefs)
     cov = np.zeros((pick.size, k, k))
@@ -328,7 +329,18 @@ def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Ge
             r = cors.get((term.group, cor_term(coefs[i], coefs[j])))
             if r is not None:
                 cov[:, i, j] = cov[:, j, i] = r[pick] * sd[:, i] * sd[:, j]
-    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(k))
+    return np.linalg.cholesky(cov + 1e-12 * np.eye(k))
+
+
+def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's part of the linear predictor from ``term`` with its levels' effects drawn anew.
+
+    For each posterior draw in ``pick``, every level of the term's grouping factor gets a new effect
+    from the population the draw describes: a normal with the draw's sds and (for a correlated
+    term) correlations. Shape ``(draws, rows)``.
+    """
+    k = len(term.coefs)
+    chol = population_cholesky(fit, term, pick)
     _, codes = group_codes(fit.data, term.group)
     z = rng.standard_normal((pick.size, int(codes.max()) + 1, k))
     u = np.einsum("dij,dlj->dli", chol, z)  # (draws, levels, coefficients)
