@@ -100,7 +100,9 @@ def test_reloo_matches_a_brute_force_refit(singleton_fit, singletons, tmp_path):
     assert info.refitted == (worst,) and info.bad[0] == worst
     assert messages[0].startswith(f"fit: refitting 1/1 without row {worst + 1} (Pareto k ")
 
-    brute = bayes.fit(parse("y ~ x + (1|g)"), singletons.drop(index=worst), OPTIONS, run=QUIET)
+    # the refit keeps the full fit's priors (pin), as the refitter does
+    brute = bayes.fit(parse("y ~ x + (1|g)"), singletons.drop(index=worst), OPTIONS, run=QUIET,
+                      pin=singleton_fit.model)
     assert f"g{worst}" not in brute.data["g"].cat.categories
     mu = _draws(brute, "Intercept") + _draws(brute, "x") * singletons["x"].iloc[worst]
     sd = np.sqrt(_draws(brute, "sigma") ** 2 + _draws(brute, "1|g_sigma") ** 2)
@@ -196,7 +198,7 @@ def test_logo_of_a_gaussian_model_is_the_multivariate_normal_density(crossed, tm
     for level, elpd in zip(result.levels, result.elpd_i, strict=True):
         rows = crossed[crossed["g"] == level]
         refit = bayes.fit(parse("y ~ x + (1|g) + (1|h)"), crossed[crossed["g"] != level], OPTIONS, run=QUIET,
-                          cache_dir=tmp_path)
+                          cache_dir=tmp_path, pin=full.model)  # with the full fit's priors, as LOGO refits
         assert refit.cached  # the refit LOGO made, found by its content
         assert level not in set(refit.data["g"].cat.categories)
         v = np.column_stack([_level(refit, "1|h", h) for h in rows["h"].astype(str)])

@@ -385,7 +385,7 @@ class Prepared:
 
 
 def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
-            na: NaAction = "drop", priors: Priors | None = None) -> Prepared:
+            na: NaAction = "drop", priors: Priors | None = None, pin: PriorModel | None = None) -> Prepared:
     """Check a formula against the data, build its model, choose the engine and key the cache.
 
     Every check runs here, once (:func:`bayeslmm.model.checks.validate`, then lme4's dropping of
@@ -397,7 +397,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
-    from bayeslmm.model.prior_model import apply_priors, default_model
+    from bayeslmm.model.prior_model import apply_priors, default_model, pin_priors
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
@@ -408,6 +408,8 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     frame = model_frame(formula, data)
     # Bambi's default priors (without building Bambi's model), then the user's in their place
     model = apply_priors(default_model(frame, data), user_priors)
+    if pin is not None:  # a refit for cross-validation keeps the full fit's priors
+        model = pin_priors(model, pin)
     formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
     from bayeslmm.engines.marginal import coding_mismatch
 
@@ -493,7 +495,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
 def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
         run: RunOptions | None = None, cache_dir: str | Path | None = None,
-        save_dir: str | Path | None = None, priors: Priors | None = None) -> BayesFit:
+        save_dir: str | Path | None = None, priors: Priors | None = None,
+        pin: PriorModel | None = None) -> BayesFit:
     """Fit the Bayesian mixed model of an lmer formula: :func:`prepare`, then :func:`sample_prepared`.
 
     Parameters
@@ -512,6 +515,9 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         See :func:`sample_prepared`.
     priors : Priors, optional
         Priors set by the user (``Priors.from_texts(["cor ~ LKJ(2)"])``); Bambi's defaults otherwise.
+    pin : PriorModel, optional
+        Another fit's prior model whose priors to keep (a cross-validation refit on some of the rows:
+        :func:`~bayeslmm.model.prior_model.pin_priors`).
 
     Returns
     -------
@@ -519,7 +525,7 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         ``notes`` holds the data and design warnings, ``sampler_notes`` the sampler's.
     """
     run = run or RunOptions()
-    prep = prepare(formula, df, options, name=name, na=run.na, priors=priors)
+    prep = prepare(formula, df, options, name=name, na=run.na, priors=priors, pin=pin)
     return sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit, progress=run.progress)
 
 

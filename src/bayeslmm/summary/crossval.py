@@ -15,8 +15,9 @@ group it has seen?"; LOGO "how well does it predict a new group?".
 
 Each refit goes through the public :func:`bayeslmm.engines.bayes.fit` with the fit's sampler
 settings and seed and the user's priors, and is cached like any fit (the cache key holds the
-data). Bambi's default priors, whose scales come from the data, are recomputed from the rows each
-refit keeps, as brms's ``kfold`` and ``reloo`` recompute theirs. Formulas that compute a column from
+data). Each refit keeps the full fit's priors, Bambi's data-scaled defaults included
+(:func:`bayeslmm.model.prior_model.pin_priors`; brms's ``kfold`` keeps a fit's priors too), so the
+model validated is the model fitted. Formulas that compute a column from
 the whole data (``scale()``, ``poly()``) are not refitted (:func:`refit_obstacle` says why).
 
 The held-out rows' log density per posterior draw of a refit (:func:`heldout_log_density`) takes
@@ -322,7 +323,7 @@ class Refitter:
         with collected():  # the data's warnings are the full fit's, already shown
             return bayes.fit(self.formula or fit.formula, data, fit.options, name=name,
                              run=RunOptions(refit=self.refit, progress=False), cache_dir=self.cache_dir,
-                             save_dir=self.save_dir, priors=self.priors)
+                             save_dir=self.save_dir, priors=self.priors, pin=bayes.prior_model_of(fit))
 
 
 @dataclass(frozen=True)
