@@ -135,7 +135,8 @@ def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
-                 side: pd.DataFrame | None = None, skipped: list[str] | None = None) -> list[Image]:
+                 side: pd.DataFrame | None = None, skipped: list[str] | None = None,
+                 echo: Callable[[str], None] | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
@@ -143,7 +144,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     correlations; without it their lme4 estimates come from ``tidy``. Binomial and Poisson models
     get their own checks (:mod:`bayeslmm.graphics.plots_glmm`) and the data, lines and bands on
     the response scale; a figure that does not apply to them is left out, and ``skipped`` (a list,
-    when given) receives one line per figure left out saying why.
+    when given) receives one line per figure left out saying why. ``echo`` (optional) is told
+    each figure's name as it is drawn (the progress of a long report).
     """
     df, figures = result.data, []
     mass = percent(ci)
@@ -152,6 +154,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     (root / "figures").mkdir(parents=True, exist_ok=True)
 
     def save(make: Callable[[], Figure], name: str, caption: str) -> None:
+        if echo is not None:
+            echo(f"  figure {len(figures) + 1}: {_safe(name)}")
         fig = make()
         fig.savefig(root / "figures" / f"{_safe(name)}.png")
         figures.append(Image(f"figures/{_safe(name)}.png", caption))
@@ -170,6 +174,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     fits = distinct_fits(result)
     main = main_model(result, x)
     main_fit = result.fits[main] if main else None
+    # how captions name it: a one-model report ('bayeslmm fit') has no model names to tell apart
+    called = "the model" if len(result.study.models) == 1 else main
 
     # The data (a binomial or Poisson response on its response scale: proportions, 0/1, rates).
     shown = response
@@ -209,7 +215,7 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     if x is not None and main_fit is not None and tuple(main_fit.formula.fixed) == (x,):
         lines = [f for f in (pooled, main_fit) if f is not None]
         save(lambda: plots_checks.population_lines(lines, df, x, ci), f"population_lines_{x}",
-             f"The slope of {x} without groups and in {main}'s population line (fixed effects only, for an "
+             f"The slope of {x} without groups and in the population line of {called} (fixed effects only, for an "
              f"average group): posterior means and {mass} credible bands"
              + (f", on the response scale ({predict.response_scale(main_fit.formula, df)[1]}); the mixed model's "
                 "line is a typical group's (every group effect 0), which on this scale is not the average over "
@@ -255,8 +261,9 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             if facet in df.columns and len(levels_of(df, facet)) <= MAX_FACETS and (
                     colour_by is None or len(levels_of(df, colour_by)) <= MAX_COLOURS):
                 save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by, ci), f"fitted_lines_{main}",
-                     f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
-                     f"mean, {mass} band) over the observations: the tutorial's last figure.")
+                     f"The fitted line of {called} for each {colour_by or facet} (posterior mean of the conditional "
+                     f"mean, {mass} band) over the observations"
+                     + (": the tutorial's last figure." if result.study.name == "dragons" else "."))
         glm = main_fit.formula.is_glmm
         lme4 = _glmer_rows(tidy, main) if glm else None
         for term in main_fit.formula.random:
@@ -264,14 +271,14 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                 continue
             _save_pooling(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci, lme4=lme4),
                           f"shrinkage_{term.group}",
-                          f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
+                          f"Shrinkage in {called}: each {term.group}'s own intercept (no pooling) moves towards what "
                           "the model expects of it (the population, or for a nested level its parent) in the mixed "
                           f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
                           "rest move most." + (_GLM_POOLING.format(scale=predict.scale_label(main_fit.formula),
                                                                   what="intercept") if glm else ""),
                           save, skip)
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
-             f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
+             f"Every group effect of {called}, sorted, with 50% and {mass} intervals.")
     for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per numeric slope
         for term in fit.formula.random:
             # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
@@ -307,11 +314,11 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             prior = sd_priors(main_fit)
         except Unsupported as exc:
             prior = None
-            skip(f"No prior-against-posterior figure of the sds of {main}: {exc}.")
+            skip(f"No prior-against-posterior figure of the sds of {called}: {exc}.")
         if prior is not None:
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
                  f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
-                 f"deviation in {main}, with both {mass} intervals: few levels leave a wide posterior.")
+                 f"deviation in {called}, with both {mass} intervals: few levels leave a wide posterior.")
     replicated = {}
     for fit in fits:
         try:

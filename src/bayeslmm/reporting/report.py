@@ -65,7 +65,8 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
         return []
     kinds = ("profile likelihood for linear mixed models, Wald for lm, glm and glmer"
              if any(s.formula.is_glmm for s in study.models) else "profile likelihood for mixed models, Wald for lm")
-    return [Heading(f"Summary: {term} across the models", 2),
+    where = "across the models" if len(rows) > 1 else f"in {rows[0]['model']}"
+    return [Heading(f"Summary: {term} {where}", 2),
             Para(f"lme4's estimate with its {ci:.0%} CI ({kinds}) beside "
                  f"the posterior mean with its {ci:.0%} equal-tailed interval, and the "
                  f"posterior probability that the effect of `{term}` is positive: the Bayesian answer to the "
@@ -307,6 +308,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
     freq, computed, report_notes = {}, {}, []
+    say = echo if echo is not None else (lambda _: None)
+    say("  lme4's fits and profile intervals ...")
     for spec in study.models:  # model by model, so that each warning names its model
         with collected(f"{spec.name} (lme4 side): ") as caught:
             freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}, {spec.name: spec.nagq}))
@@ -324,6 +327,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         parts = analysis.variance_partitions(study, fits, freq, ci)
         r2 = r2_table(study, fits, freq, ci)
         r2.to_csv(root / "r2.csv", index=False)
+        say("  LOO and the comparisons ...")
         comparison = analysis.comparisons(study, fits, freq, crossval, pb=pb, echo=echo)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
@@ -337,7 +341,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
             ratios.to_csv(root / "ratios.csv", index=False)
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
         skipped: list[str] = []
-        figures = make_figures(result, root, tidy, ci, side, skipped=skipped)
+        say("  figures ...")
+        figures = make_figures(result, root, tidy, ci, side, skipped=skipped, echo=echo)
         checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
                   for note in (*residuals.check_notes(fits[spec.name]),
                                *runaway_notes(side[side["model"] == spec.name], spec.formula))]
