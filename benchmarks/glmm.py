@@ -21,6 +21,9 @@ All fits use the default sampler settings (4 chains x 1000 draws after 1000 tuni
    process, and the whole process -- ``bayeslmm fit DATA FORMULA --family binomial`` when the CLI
    has the flag and the GLMM engine, else a ``python -c`` script doing what the CLI's Bayesian side
    does (load, Bambi model, GLMM engine, tidy table; no lme4 fit) -- with numba's cache warm and cold.
+3. (``--process``) Whole ``bayeslmm fit`` processes, the GLMM engine against ``--engine bambi`` on the
+   three data sets of part 1, side by side in one run: each command run twice, the second timed (a
+   warm numba cache and warm file cache), ``--refit`` so that both sample; the target is a ratio >= 3.
 """
 
 from __future__ import annotations
@@ -153,10 +156,42 @@ def time_process(path: Path, use_cli: bool, env=None) -> tuple[float, str]:
     return seconds, ""
 
 
+#: Part 3: data set, formula and family of each whole-process comparison.
+PROCESS_CASES = (("binomial.csv", "cbind(sick, size - sick) ~ season + (1|farm)", "binomial"),
+                 ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)", "poisson"),
+                 ("bernoulli.csv", "passed ~ hours + urban + (1|school)", "binomial"))
+
+
+def whole_processes() -> int:
+    """Part 3: ``bayeslmm fit`` with the GLMM engine and with Bambi's, each timed on its second run."""
+    data = Path(__file__).resolve().parents[1] / "tests" / "data" / "beyond"
+    print("3. whole processes: bayeslmm fit DATA FORMULA --family F --refit [--engine bambi] (second of two runs)")
+    print(f"{'data':<16}{'glmm engine':>14}{'bambi engine':>14}{'ratio':>8}")
+    for name, formula, family in PROCESS_CASES:
+        times = {}
+        for engine in ("auto", "bambi"):
+            cmd = [sys.executable, "-m", "bayeslmm.cli", "fit", str(data / name), formula, "--family", family,
+                   "--engine", engine, "--no-progress", "--refit"]
+            for _ in range(2):
+                t0 = time.perf_counter()
+                res = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+                times[engine] = time.perf_counter() - t0
+            if res.returncode != 0:
+                print(f"{name}: {engine} FAILED: {(res.stderr.strip().splitlines() or ['?'])[-1][:100]}")
+                return 1
+        print(f"{name:<16}{times['auto']:>12.2f} s{times['bambi']:>12.2f} s{times['bambi'] / times['auto']:>7.1f}x",
+              flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="part 1 only")
+    ap.add_argument("--process", action="store_true", help="part 3 only: whole processes, both engines")
     args = ap.parse_args(argv)
+    if args.process:
+        return whole_processes()
 
     import logging
 

@@ -279,6 +279,12 @@ def test_variance_partition(fits):
     counts = [len(ax.lines) for ax in _visible(fig)]
     assert counts == [3 * 3 + 1, 3 + 1, 3 + 1, 3 * 3 + 1]  # curve, interval, mean per model; baseline
     assert _legend_texts(fig) == ["mixed.lmer", "mixed.WRONG", "mixed.lmer2"]  # basic.lm has no groups
+    # lme4's shares as crosses on each model's row (variance_partition.csv's lme4_share)
+    fig = plots_pooling.variance_partition(chosen, lme4={("mixed.lmer", "mountainRange"): 0.54,
+                                                         ("mixed.lmer", "Residual"): 0.46})
+    crosses = [ln for ax in _visible(fig) for ln in ax.lines if ln.get_marker() == "x"]
+    assert sorted(float(ln.get_xdata()[0]) for ln in crosses) == [0.46, 0.54]
+    assert _legend_texts(fig)[-1] == "lme4's share"
 
 
 def test_prior_against_posterior(fits):

@@ -136,7 +136,7 @@ def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
 
 def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                  side: pd.DataFrame | None = None, skipped: list[str] | None = None,
-                 echo: Callable[[str], None] | None = None) -> list[Image]:
+                 echo: Callable[[str], None] | None = None, parts: pd.DataFrame | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
@@ -145,7 +145,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     get their own checks (:mod:`bayeslmm.graphics.plots_glmm`) and the data, lines and bands on
     the response scale; a figure that does not apply to them is left out, and ``skipped`` (a list,
     when given) receives one line per figure left out saying why. ``echo`` (optional) is told
-    each figure's name as it is drawn (the progress of a long report).
+    each figure's name as it is drawn (the progress of a long report); ``parts``, the variance
+    partition table, adds lme4's shares to the variance-partition figure.
     """
     df, figures = result.data, []
     mass = percent(ci)
@@ -306,9 +307,12 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                   "logit link and ln(1 + 1/mean count) for the log link (+ 1/theta for the negative binomial; "
                   "Nakagawa et al. 2017)"
                   if any(f.formula.is_glmm for f in mixed) else "")
-        save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
+        shares = (dict(zip(zip(parts["model"], parts["group"], strict=True), parts["lme4_share"], strict=True))
+                  if parts is not None and not parts.empty else None)
+        save(lambda: plots_pooling.variance_partition(mixed, ci, lme4=shares), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
-             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
+             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval"
+             + ("; crosses: lme4's share" if shares else "") + f"){latent}.")
     if main_fit is not None:
         try:
             prior = sd_priors(main_fit)

@@ -623,12 +623,13 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
     return fig
 
 
-def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
+def variance_partition(fits, ci: float = 0.95, ncol: int = 3, lme4: dict | None = None) -> Figure:
     """Posterior of each variance's share of the total, one panel per component, one curve per fit.
 
     The share of a grouping factor is var_g / (sum of the random-intercept variances + the
     residual variance), computed draw by draw from the posterior sds (the intraclass
-    correlation when there is one factor). Below each curve: posterior mean and ``ci`` interval.
+    correlation when there is one factor). Below each curve: posterior mean and ``ci`` interval,
+    and lme4's share (``lme4``: ``{(model, component): share}``) as a cross on the same row.
     """
     fits = [f for f in as_fits(fits) if f.formula.is_mixed]
     if not fits:
@@ -649,6 +650,8 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
             yk = -top * 0.07 * (k + 1)
             ax.plot([lo, hi], [yk, yk], color=col, lw=2.2)
             ax.plot([shares[name][comp].mean()], [yk], "o", color=col, ms=5)
+            if lme4 and np.isfinite(lme4.get((name, comp), np.nan)):
+                ax.plot([lme4[(name, comp)]], [yk], "x", color=FREQ, ms=7, mew=2, zorder=4)
         ax.set_ylim(-top * 0.07 * (len(present) + 1), top * 1.05)
         ax.set_xlim(0, 1)
         ax.set_yticks([])
@@ -659,7 +662,11 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
     for ax in axes[:: min(ncol, len(comps))]:
         ax.set_ylabel("posterior density")
     handles = [Line2D([], [], color=colour(i), lw=2, marker="o", ms=5) for i in range(len(shares))]
-    fig.legend(handles, list(shares), loc="outside lower center", ncols=min(4, len(shares)), fontsize=10,
+    labels = list(shares)
+    if lme4:
+        handles.append(Line2D([], [], color=FREQ, ls="", marker="x", ms=7, mew=2))
+        labels.append("lme4's share")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=10,
                title=f"model (bars: posterior mean and {percent(ci)} interval)")
     fig.suptitle("How the variance of the response splits between grouping factors and residual")
     return fig

@@ -342,7 +342,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
         skipped: list[str] = []
         say("  figures ...")
-        figures = make_figures(result, root, tidy, ci, side, skipped=skipped, echo=echo)
+        figures = make_figures(result, root, tidy, ci, side, skipped=skipped, echo=echo, parts=parts)
         checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
                   for note in (*residuals.check_notes(fits[spec.name]),
                                *runaway_notes(side[side["model"] == spec.name], spec.formula))]
