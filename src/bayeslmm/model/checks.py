@@ -14,7 +14,7 @@ from typing import NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse, special
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
 from bayeslmm.model import rterms
@@ -496,10 +496,10 @@ def cell_tests(y: np.ndarray, X: np.ndarray, a: np.ndarray, b: np.ndarray) -> Ce
         df_main = r_add - r_without
         if df_main <= 0 or ms_int <= 0:
             return 1.0
-        return float(stats.f.sf((rss_without - rss_add) / df_main / ms_int, df_main, df_num))
+        return float(special.fdtrc(df_main, df_num, (rss_without - rss_add) / df_main / ms_int))  # F's sf
 
     f = ms_int / ms_err
-    return CellTest(f=float(f), df_num=int(df_num), df_den=int(df_den), p=float(stats.f.sf(f, df_num, df_den)),
+    return CellTest(f=float(f), df_num=int(df_num), df_den=int(df_den), p=float(special.fdtrc(df_num, df_den, f)),
                     p_a=main_p(*_absorbed(yx, b, nb)), p_b=main_p(*_absorbed(yx, a, na)))
 
 

@@ -29,7 +29,7 @@ from bayeslmm.results import conform, latent_residual_variance
 
 def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
     """Mean, sd, equal-tailed interval, r_hat and ESS over (chain, draw) of ``draws``."""
-    import arviz as az
+    from bayeslmm import convergence
 
     flat = draws.reshape(-1, *draws.shape[2:])
     lo, hi = eti(flat, ci)
@@ -41,9 +41,9 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
         "std_error": flat.std(axis=0, ddof=1),
         "conf_low": lo,
         "conf_high": hi,
-        "r_hat": nan if single_chain else np.asarray(az.rhat(draws)),
-        "ess_bulk": nan if single_chain else np.asarray(az.ess(draws, method="bulk")),
-        "ess_tail": nan if single_chain else np.asarray(az.ess(draws, method="tail", prob=0.9)),
+        "r_hat": nan if single_chain else convergence.rhat(draws),
+        "ess_bulk": nan if single_chain else convergence.ess_bulk(draws),
+        "ess_tail": nan if single_chain else convergence.ess_tail(draws, 0.9),
     }
 
 
