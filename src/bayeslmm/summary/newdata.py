@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import OptionsError
-from bayeslmm.labels import RESIDUAL_VARIABLE, cor_term, sd_term
+from bayeslmm.labels import RESIDUAL_VARIABLE
 from bayeslmm.model.formula import materialize, random_values
 
 ReForm = Literal["existing", "new", "population"]
@@ -45,8 +45,7 @@ def _effects(fit, term, newdata: pd.DataFrame, idx: np.ndarray, allow_new: bool,
              rng: np.random.Generator) -> np.ndarray:
     """Each new row's part of the linear predictor from ``term``: fitted effects of seen levels, and
     (``allow_new``) effects drawn from the population for unseen ones. Shape ``(draws, rows)``."""
-    from bayeslmm.summary.predict import group_effect_draws, row_labels
-    from bayeslmm.summary.tables import cor_draws, sd_draws
+    from bayeslmm.summary.predict import group_effect_draws, population_cholesky, row_labels
 
     labels = row_labels(newdata, term.group)
     values = random_values(term, materialize(fit.formula, newdata))
@@ -64,19 +63,9 @@ def _effects(fit, term, newdata: pd.DataFrame, idx: np.ndarray, allow_new: bool,
     for j, coef in enumerate(coefs):
         _, draws = group_effect_draws(fit, term.group, coef)
         u[:, seen, j] = draws[idx][:, pos[seen]]
-    if unseen:
-        sds, cors = sd_draws(fit), cor_draws(fit)
-        sd = np.column_stack([sds[(term.group, sd_term(c))][idx] for c in coefs])
-        k = len(coefs)
-        cov = np.zeros((idx.size, k, k))
-        for a in range(k):
-            cov[:, a, a] = sd[:, a] ** 2
-            for b in range(a + 1, k):
-                r = cors.get((term.group, cor_term(coefs[a], coefs[b])))
-                if r is not None:
-                    cov[:, a, b] = cov[:, b, a] = r[idx] * sd[:, a] * sd[:, b]
-        chol = np.linalg.cholesky(cov + 1e-12 * np.eye(k))
-        fresh = np.einsum("dij,dlj->dli", chol, rng.standard_normal((idx.size, len(unseen), k)))
+    if unseen:  # each draw's population of the term's levels
+        chol = population_cholesky(fit, term, idx)
+        fresh = np.einsum("dij,dlj->dli", chol, rng.standard_normal((idx.size, len(unseen), len(coefs))))
         rows = np.flatnonzero(~seen)
         u[:, rows, :] = fresh[:, [new_pos[str(labels[r])] for r in rows], :]
     return np.einsum("drj,rj->dr", u, values)
