@@ -179,7 +179,10 @@ def test_both_engines_compile_the_same_log_prior():
 
     texts = ["b ~ StudentT(5, 1, 4)", "sd(subject) ~ Gamma(2, 0.1)", "sd(subject, day) ~ HalfCauchy(3)",
              "sigma ~ InverseGamma(3, 40)"]
-    prep = _prepared(texts, "reaction ~ day + (1|subject) + (0 + day|subject)")
+    formula = "reaction ~ day + (1|subject) + (0 + day|subject)"
+    spec = from_dict({"model": [{"name": "m", "formula": formula, "prior": texts}]}).model("m")  # a study file's
+    _, df = beyond("slopes_correlated")
+    prep = bayes.prepare(spec.formula, df, SamplerOptions(), priors=spec.priors)
     sp = marginal.spec(prep.formula, prep.frame, prep.model, prep.user_priors)
     pm_model = bayes.build_model(prep.formula, prep.data, prep.model).backend.model
     point = {"day": 3.3, "1|subject_sigma": 21.0, "day|subject_sigma": 4.2, "sigma": 27.0}
