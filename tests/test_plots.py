@@ -239,6 +239,10 @@ def test_shrinkage_table_pulls_levels_towards_their_target(fits):
     assert closer.mean() >= 0.8
     # A site is pulled towards its own range, not towards the grand mean: 8 distinct targets.
     assert t["target"].round(6).nunique() == RANGES
+    # A range, the top level, is pulled towards the one population intercept, not plus its own sites' effects
+    top = plots_pooling.shrinkage_table(fits["mixed.lmer2"], "mountainRange")
+    assert top["target"].round(9).nunique() == 1
+    assert top["target"].iloc[0] == pytest.approx(top["population"].iloc[0], rel=1e-12)
 
 
 def test_shrinkage_figure(fits):

@@ -73,8 +73,10 @@ def _level_intercepts(fit, group: str,
     A level's intercept is the model's mean response of its rows with every non-intercept
     fixed covariate at 0 and slopes left out: Intercept + the level's effect + the average,
     over the level's rows, of the other grouping factors' intercept effects (for a site nested
-    in a range, its range's effect); on the link scale for a binomial or Poisson model. The target
-    is the same without the level's own effect: what the model shrinks the level towards. The
+    in a range, its range's effect; crossed factors' too), but not of factors nested in it (a
+    range's sites: the range itself shrinks towards the one population intercept); on the link
+    scale for a binomial or Poisson model. The target is the same without the level's own effect:
+    what the model shrinks the level towards. The
     averages go through a sparse levels x other-levels matrix, never a draws x rows one (800 levels
     x 20 rows x 4000 draws stays small). With ``lme4`` (tidy rows of one lme4 fit of the same model)
     the same from lme4's fixed intercept and conditional modes: one "draw".
@@ -87,9 +89,17 @@ def _level_intercepts(fit, group: str,
         if term.group != group and term.intercept:
             lv, uh = _effects(fit, term.group, lme4=lme4)
             other = predict.level_positions(lv, predict.row_labels(fit.data, term.group), term.group)
+            if _nested_in(other, pos):  # a child (sites of a range): its effects are not what the range shrinks to
+                continue
             share = sparse.csr_matrix((1.0 / n[pos], (pos, other)), shape=(len(levels), len(lv)))  # rows sum to 1
             target += np.asarray(share @ uh.T).T
     return levels, n, target + u, target
+
+
+def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether the factor coded ``inner`` (per row) is nested in ``outer``: more levels, each within one."""
+    pairs = np.unique(np.column_stack([inner, outer]), axis=0)
+    return len(np.unique(inner)) > len(np.unique(outer)) and len(pairs) == len(np.unique(inner))
 
 
 def no_pooling(y: np.ndarray, common: np.ndarray, own: np.ndarray, pos: np.ndarray, n_levels: int) -> np.ndarray:
