@@ -88,3 +88,15 @@ def test_one_model_gets_one_model_wording():
                                          {"fit": 0.6}, 0.9))
     assert "No clear effect: `x` = 0.4 (90% interval" in md
     assert "**fit**" not in md and "Across the models" not in md and "agree on the one parameter's estimates" in md
+
+
+def test_each_response_gets_its_own_story():
+    models = [("a.lm", "y ~ x"), ("a.mixed", "y ~ x + (1|g)"), ("b.lm", "z ~ x"), ("b.mixed", "z ~ x + (1|g)")]
+    study = from_dict({"model": [{"name": n, "formula": f} for n, f in models]})
+    side = pd.DataFrame([_row("a.lm", "x", 8.0, 6.0, 10.0, method="ols"), _row("a.mixed", "x", 0.4, -1.5, 2.3),
+                         _row("b.lm", "x", 3.0, 2.0, 4.0, method="ols"), _row("b.mixed", "x", 2.8, 1.5, 4.1)])
+    fits = {s.name: SimpleNamespace(notes=()) for s in study.models}
+    md = to_markdown(conclusions_section(study, fits, side, pd.DataFrame(), "x", {}, 0.95))
+    assert "For `y`: across the models" in md and "For `z`: across the models" in md
+    assert "The pooled association does not survive" in md  # y's story
+    assert "Modelling the groups does not change the answer" in md  # z's

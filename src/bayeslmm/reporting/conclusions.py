@@ -76,17 +76,18 @@ def _fixed_row(side: pd.DataFrame, model: str, term: str) -> pd.Series | None:
     return None if r.empty else r.iloc[0]
 
 
-def story(study, side: pd.DataFrame, term: str, ci: float) -> list[str]:
-    """The study's story across pooling: complete pooling vs groups as fixed effects vs partial pooling."""
+def story(study, side: pd.DataFrame, term: str, ci: float, models=None) -> list[str]:
+    """The study's story across pooling: complete pooling vs groups as fixed effects vs partial pooling
+    (of ``models``, all by default: one response's)."""
     kinds: dict[str, list[tuple[str, str]]] = {"complete": [], "none": [], "partial": []}
-    for spec in study.models:
+    for spec in models if models is not None else study.models:
         row = _fixed_row(side, spec.name, term)
         if row is not None:
             kinds[pooling(spec, study)].append((spec.name, verdict(row["post_conf_low"], row["post_conf_high"])))
     present = {k: v for k, v in kinds.items() if v}
     if len(present) < 2:
         return []
-    groups = sorted({g for m in study.models for g in m.formula.grouping_factors})
+    groups = sorted({g for m in (models if models is not None else study.models) for g in m.formula.grouping_factors})
     shown = _join([f"`{g}`" for g in groups]) or "the groups"
 
     def said(items):
@@ -207,8 +208,14 @@ def conclusions_section(study, fits: dict, side: pd.DataFrame, comparison: pd.Da
         blocks.append(Para(answers[0]))
     elif answers:
         blocks.append(Bullets(tuple(answers)))
-    if term and not one:
-        blocks += [Para(s) for s in story(study, side, term, ci)]
+    if term and not one:  # the story of each response (a study may ask about several)
+        responses = list(dict.fromkeys(m.formula.response for m in study.models))
+        for response in responses:
+            models = [m for m in study.models if m.formula.response == response]
+            lines = story(study, side, term, ci, models)
+            if lines and len(responses) > 1:
+                lines[0] = f"For `{response}`: {lines[0][0].lower()}{lines[0][1:]}"
+            blocks += [Para(line) for line in lines]
     design = design_notes(study, fits, side, term, ci)
     if design:
         blocks += [Para("**Grouping structure.**"), Bullets(tuple(design))]

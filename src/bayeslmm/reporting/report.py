@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
 #: What the report says of the built-in data.
 BUILTIN_NOTE = ("**Simulated data.** These dragons come from bayeslmm's seeded simulator (`builtin:dragons`), "
-                "not from the tutorial: ranges differ in both body length and test score, and within a range body "
-                "length has no effect at all. Because the truth is known, the tables show it in a *truth* column "
-                "beside each estimate it applies to. The numbers differ from the tutorial's (its pooled slope of "
-                "body length is 9.0 on the real data); the story is the same. Run with "
-                "`--data ../shared/data/dragons.RData` for the tutorial's own data.")
+                "not from the tutorial. Because the truth is known, the tables show it in a *truth* column beside "
+                "each estimate it applies to.")
+#: What it adds for the tutorial's own response.
+BUILTIN_SCORE_NOTE = (" Ranges differ in both body length and test score, and within a range body length has no "
+                      "effect on the score at all. The numbers differ from the tutorial's (its pooled slope of body "
+                      "length is 9.0 on the real data); the story is the same. Run with "
+                      "`--data ../shared/data/dragons.RData` for the tutorial's own data.")
 
 
 def with_truth(side: pd.DataFrame, study) -> pd.DataFrame:
@@ -353,7 +355,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     if study.description:
         blocks.append(Para(study.description))
     if builtin:
-        blocks.append(Para(BUILTIN_NOTE))
+        score = any(m.formula.response == "testScore" for m in study.models)
+        blocks.append(Para(BUILTIN_NOTE + (BUILTIN_SCORE_NOTE if score else "")))
     term = focus_term(result)
     p_pos = analysis.probability_positive(fits, term) if term is not None else {}
     blocks += conclusions_section(study, fits, side, comparison, term, p_pos, ci)
