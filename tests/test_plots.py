@@ -210,6 +210,17 @@ def test_residuals_qq_and_ppc_grids(fits, builtin):
         assert len(ax.lines) == 21  # 20 replicates and the observed density
     assert _legend_texts(fig) == ["observed data", "20 data sets replicated from the posterior"]
 
+    # a score piled up at its bounds (the real data's 0s and 100s): histograms, the range marked, the share outside
+    import dataclasses
+
+    fit = fits["mixed.lmer2"]
+    clipped = dataclasses.replace(fit, data=fit.data.assign(testScore=fit.data["testScore"].clip(30, 60)))
+    assert plots_checks.piled_up(clipped.data["testScore"]) and not plots_checks.piled_up(fit.data["testScore"])
+    (ax,) = _visible(plots_checks.ppc([clipped], n=20))
+    assert len(ax.patches) == 21 and len(ax.lines) == 2  # 21 histograms; the two bounds
+    assert [ln.get_xdata()[0] for ln in ax.lines] == [30, 60]
+    assert "% of replicated values outside the observed [30, 60]" in ax.texts[0].get_text()
+
 
 def test_fitted_lines_per_site_and_population_lines(fits, builtin):
     fig = plots_checks.group_lines(fits["mixed.lmer2"], builtin, "bodyLength2", "mountainRange", "site")
