@@ -153,15 +153,22 @@ def qq_residuals(fits, ncol: int = 3) -> Figure:
     return fig
 
 
-#: Share of the observations at the smallest or the largest value that makes a response "piled up" at a
-#: bound (a 0-100 score with its zeros and hundreds), which a smoothed density would hide.
-PILE_UP = 0.02
+#: Observations sharing the smallest or the largest value that make a response "piled up" at a bound
+#: (the tutorial's scores: 4 zeros and 8 hundreds among 480 otherwise distinct values), which a smoothed
+#: density would hide; at least this many times as many as share a typical value inside.
+PILE_UP = 3
 
 
 def piled_up(y: np.ndarray) -> bool:
-    """Whether the observations pile up at their smallest or largest value (a bounded scale)."""
+    """Whether the observations pile up at their smallest or largest value (a bounded scale): at least
+    :data:`PILE_UP` of them there, and :data:`PILE_UP` times as many as share a typical inner value."""
     y = np.asarray(y, dtype=float)
-    return bool(y.size) and max(np.mean(y == y.min()), np.mean(y == y.max())) >= PILE_UP
+    if y.size < 2:
+        return False
+    _, counts = np.unique(y, return_counts=True)
+    inner = counts[1:-1]
+    typical = float(np.median(inner)) if inner.size else 1.0
+    return max(counts[0], counts[-1]) >= max(PILE_UP, PILE_UP * typical)
 
 
 def ppc(fits, n: int = 50, seed: int = 0, ncol: int = 3) -> Figure:
