@@ -1,4 +1,4 @@
-"""Bambi engine vs the GLMM engine on binomial and Poisson mixed models: speed, effective samples, agreement.
+"""Bambi engine vs the GLMM engine on binomial, Poisson and negative binomial mixed models: speed, ESS, agreement.
 
 Run from the repository root::
 
@@ -10,8 +10,10 @@ All fits use the default sampler settings (4 chains x 1000 draws after 1000 tuni
 
 1. In one process, both engines on tests/data/beyond/binomial.csv (``cbind(sick, size - sick) ~ season +
    (1|farm)``), counts.csv with an observation-level effect (``birds ~ temp + offset(log(hours)) +
-   (1|site) + (1|obs)``) and bernoulli.csv: fit seconds (Bambi: ``bayes.sample``, PyMC compilation
-   included; GLMM engine: ``glmm.sample``, its rough fit, NUTS and the output included), minimum bulk
+   (1|site) + (1|obs)``), bernoulli.csv, and counts.csv as a negative binomial (``birds ~ temp +
+   offset(log(hours)) + (1|site)``, alpha among the sds), with lme4's glmer.nb time: fit seconds
+   (Bambi: ``bayes.sample``, PyMC compilation included; GLMM engine: ``glmm.sample``, its rough fit,
+   NUTS and the output included), minimum bulk
    and tail ESS over the fixed effects and sds, bulk ESS per second, the ratio to Bambi's,
    divergences, the largest r_hat, and the largest difference of the engines' posterior means in
    posterior sds (fixed effects and sds; every level of every random effect).
@@ -19,6 +21,10 @@ All fits use the default sampler settings (4 chains x 1000 draws after 1000 tuni
    process, and the whole process -- ``bayeslmm fit DATA FORMULA --family binomial`` when the CLI
    has the flag and the GLMM engine, else a ``python -c`` script doing what the CLI's Bayesian side
    does (load, Bambi model, GLMM engine, tidy table; no lme4 fit) -- with numba's cache warm and cold.
+3. (``--process``) Whole ``bayeslmm fit`` processes, the GLMM engine against ``--engine bambi`` on the
+   three data sets of part 1, side by side in one run: after a warm-up run of each (numba's and the
+   file cache warm), the two commands alternate three times and each keeps its fastest time (the
+   machine's other load only adds); ``--refit`` so that both sample. The target is a ratio >= 3.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ MODELS = {
     "binomial.csv": ("binomial", "cbind(sick, size - sick) ~ season + (1|farm)"),
     "counts.csv (1|obs)": ("poisson", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)"),
     "bernoulli.csv": ("binomial", "passed ~ hours + urban + (1|school)"),
+    "counts.csv negbin": ("negbinomial", "birds ~ temp + offset(log(hours)) + (1|site)"),
 }
 BIG_FORMULA = "y ~ x + w + (1|g)"
 
@@ -65,7 +72,7 @@ def bambi_model(formula, df):
     from bayeslmm.model.formula import binary_response, model_frame, to_bambi
 
     data = model_data(formula, df)
-    family = formula.family
+    family = {"negbinomial": "negativebinomial"}.get(formula.family, formula.family)
     if family == "binomial" and not formula.cbind:
         data[formula.response] = binary_response(data[formula.response], formula.response)[0]
         family = "bernoulli"
@@ -143,17 +150,51 @@ def time_process(path: Path, use_cli: bool, env=None) -> tuple[float, str]:
     else:
         cmd = [sys.executable, "-c", _SCRIPT, str(path), BIG_FORMULA, str(Path(__file__).resolve().parent)]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.mkdtemp())
     seconds = time.perf_counter() - t0
     if res.returncode != 0:
         return seconds, "FAILED: " + (res.stderr.strip().splitlines() or ["?"])[-1][:100]
     return seconds, ""
 
 
+#: Part 3: data set, formula and family of each whole-process comparison.
+PROCESS_CASES = (("binomial.csv", "cbind(sick, size - sick) ~ season + (1|farm)", "binomial"),
+                 ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)", "poisson"),
+                 ("bernoulli.csv", "passed ~ hours + urban + (1|school)", "binomial"))
+
+
+def whole_processes() -> int:
+    """Part 3: ``bayeslmm fit`` with the GLMM engine and with Bambi's, each timed on its second run."""
+    data = Path(__file__).resolve().parents[1] / "tests" / "data" / "beyond"
+    workdir = tempfile.mkdtemp()  # an empty folder: nothing there shadows a module (python -m puts cwd first)
+    print("3. whole processes: bayeslmm fit DATA FORMULA --family F --refit [--engine bambi] (fastest of 3, warm)")
+    print(f"{'data':<16}{'glmm engine':>14}{'bambi engine':>14}{'ratio':>8}")
+    for name, formula, family in PROCESS_CASES:
+        cmds = {engine: [sys.executable, "-m", "bayeslmm.cli", "fit", str(data / name), formula, "--family", family,
+                         "--engine", engine, "--no-progress", "--refit"] for engine in ("auto", "bambi")}
+        times = {engine: np.inf for engine in cmds}
+        for repeat in range(4):  # the first of each is a warm-up
+            for engine, cmd in cmds.items():
+                t0 = time.perf_counter()
+                res = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+                if res.returncode != 0:
+                    print(f"{name}: {engine} FAILED: {(res.stderr.strip().splitlines() or ['?'])[-1][:100]}")
+                    return 1
+                if repeat:
+                    times[engine] = min(times[engine], time.perf_counter() - t0)
+        print(f"{name:<16}{times['auto']:>12.2f} s{times['bambi']:>12.2f} s{times['bambi'] / times['auto']:>7.1f}x",
+              flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="part 1 only")
+    ap.add_argument("--process", action="store_true", help="part 3 only: whole processes, both engines")
     args = ap.parse_args(argv)
+    if args.process:
+        return whole_processes()
 
     import logging
 
@@ -187,6 +228,13 @@ def main(argv=None) -> int:
         gap = float(((mb["summary"]["mean"] - mg["summary"]["mean"]).abs() / mg["summary"]["sd"]).max())
         print(row(label, "bambi", mb), flush=True)
         print(row(label, "glmm", mg, mg["ess_s"] / mb["ess_s"], gap, effects_gap(ref, tree)), flush=True)
+        if family == "negbinomial":
+            from bayeslmm.lme4 import frequentist
+
+            t0 = time.perf_counter()
+            nb = frequentist.fit(frame)
+            print(f"{'':<20}glmer.nb (lme4's side, in process): {time.perf_counter() - t0:.2f} s, theta "
+                  f"{nb.nb_theta:.4g}", flush=True)
 
     if not args.quick:
         print(f"\n2. 20,000 rows, 500 groups: {BIG_FORMULA} (binomial)")

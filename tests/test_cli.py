@@ -35,6 +35,20 @@ def test_run_writes_the_report(report_dir, study):
     assert not list(report_dir.parent.glob(".dragons.partial-*"))
 
 
+def test_builtin_report_says_it_is_simulated_and_shows_the_truth(report_dir):
+    from bayeslmm.model.simulate import TRUTH
+
+    md = (report_dir / "report.md").read_text()
+    assert "**Simulated data.**" in md and md.index("**Simulated data.**") < md.index("## Conclusions")
+    side = pd.read_csv(report_dir / "sidebyside.csv", keep_default_na=False, na_values=[""])
+    truth = side.set_index(["model", "term"])["truth"]
+    assert truth[("basic.lm", "bodyLength2")] == TRUTH["bodyLength2"]  # the within-range effect every model asks
+    assert truth[("mixed.lmer2", "sd__Observation")] == TRUTH["sigma"]  # the simulator's own structure
+    assert pd.isna(truth[("basic.lm", "sd__Observation")])  # pooled: its residual sd is not the simulator's
+    assert pd.isna(truth[("mixed.WRONG", "(Intercept)")])
+    assert "| agreement | truth |" in md
+
+
 def test_tidy_schema(report_dir):
     tidy = pd.read_csv(report_dir / "tidy.csv", keep_default_na=False, na_values=[""])
     assert list(tidy.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS

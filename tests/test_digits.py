@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMULA = "y ~ bodyLength + (1|mountainRange)"
 SMALL_RUN = ["--draws", "200", "--tune", "200", "--chains", "2"]
 #: Every line bayeslmm itself writes to stderr while fitting starts like one of these.
-OURS = re.compile(r"^(\[\d+/\d+\] |      \S|warning: |writing report \.\.\.$|report written to )")
+OURS = re.compile(r"^(\[\d+/\d+\] |      \S|warning: |writing report \.\.\.$|report written to "
+                  r"|  (figure \d+: |lme4's fits and profile intervals \.\.\.$|LOO and the comparisons \.\.\.$"
+                  r"|figures \.\.\.$))")  # the report's progress lines
 #: Characters of PyMC's (rich) and nutpie's (indicatif) progress bars, and terminal control.
 BAR = re.compile("[\u2500-\u259f\r\x1b]")
 

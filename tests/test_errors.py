@@ -261,8 +261,10 @@ def test_pareto_k_warning_text():
 
     table = pd.DataFrame({"model": ["a", "b", "b"], "pareto_k_bad": [0, 3, 3]})
     notes = pareto_warnings(table)
-    assert notes == ["b: 3 observation(s) with Pareto k > 0.7: PSIS-LOO is unreliable for them; use K-fold "
-                     "cross-validation or moment matching"]
+    assert notes == ["b: 3 observation(s) with Pareto k > 0.7: PSIS-LOO is unreliable for them; refit without them "
+                     "(--max-refits) or use K-fold cross-validation"]
+    refitted = table.assign(loo_refits=[0, 3, 3])  # all refitted: exact, nothing to warn about
+    assert pareto_warnings(refitted) == []
 
 
 def test_dropped_correlation_is_announced_only_where_it_is_dropped(builtin):

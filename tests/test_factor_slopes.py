@@ -401,10 +401,16 @@ def test_short_fit_tables_name_each_column_as_lme4(short_fit):
     assert len(cor_draws(fit)) == 3
 
 
-def test_prior_draws_of_a_factors_sds_are_per_column(short_fit):
-    """The prior-vs-posterior figure's prior draws: one per column of the factor (it crashed the report)."""
-    from bayeslmm.graphics.plots_pooling import prior_sd_draws
+def test_priors_of_a_factors_sds_are_per_column(short_fit):
+    """The prior-vs-posterior figure's priors: one per column of the factor (it crashed the report), each
+    column's own scale from Bambi's vector argument (``HalfNormal(sigma=[...])``, in Bambi's order of levels)."""
+    from bayeslmm.engines.prior_density import sd_priors
 
-    prior = prior_sd_draws(short_fit, n=200)
+    prior = sd_priors(short_fit)
     assert list(prior) == [("g", "sd__(Intercept)"), ("g", "sd__fB"), ("g", "sd__fC"), ("Residual", "sd__Observation")]
-    assert all(v.shape == (200,) and (v > 0).all() for v in prior.values())
+    bambi = build_model(short_fit.formula, short_fit.data, short_fit.model)  # Bambi's model, as its engine gets it
+    term = bambi.conditional_parameters["mu"].group_specific_terms["f|g"]
+    scales = dict(zip(term.coords["f__expr_dim"], np.asarray(term.prior.args["sigma"].args["sigma"]), strict=True))
+    for level in ("B", "C"):  # a half-normal's sd is its scale times sqrt(1 - 2/pi)
+        assert prior[("g", f"sd__f{level}")].std() == pytest.approx(scales[level] * math.sqrt(1 - 2 / math.pi),
+                                                                    rel=1e-12)

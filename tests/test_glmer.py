@@ -389,12 +389,19 @@ def test_a_group_without_counts_is_fitted():
     assert np.isfinite(fit.se).all() and fit.varcorr["sd"].iloc[0] > 0.5
 
 
-def test_singular_fit_uses_rx_and_says_so():
-    """No farm-to-farm variation: lme4 puts the sd at 0, computes no Hessian, and takes RX's covariance."""
-    rng = np.random.default_rng(3)
+def _no_group_variation(seed: int) -> pd.DataFrame:
+    """Poisson counts of 12 groups x 10 rows without group-to-group variation."""
+    rng = np.random.default_rng(seed)
     df = pd.DataFrame({"g": pd.Categorical(np.repeat([f"g{i:02d}" for i in range(12)], 10)),
                        "x": rng.normal(size=120)})
     df["y"] = rng.poisson(np.exp(0.5 + 0.3 * df["x"]))
+    return df
+
+
+def test_singular_fit_uses_rx_and_says_so():
+    """No farm-to-farm variation: lme4 puts the sd at 0, computes no Hessian, and takes RX's covariance.
+    (R 4.2.2 / lme4 1.1-31 on these data, written to CSV: theta 0, isSingular TRUE, logLik -184.9875.)"""
+    df = _no_group_variation(1)
     frame = model_frame(parse("y ~ x + (1|g)", "poisson"), df)
     g = glmer.fit_glmer(frame)
     assert g.singular and g.modes.theta[0] == 0 and g.hessian is None and g.vcov_source == "RX"
@@ -404,6 +411,18 @@ def test_singular_fit_uses_rx_and_says_so():
     assert fit.fixef.to_numpy() == pytest.approx(glm.fixef.to_numpy(), abs=1e-7)
     assert fit.se.to_numpy() == pytest.approx(glm.se.to_numpy(), rel=1e-6)
     assert fit.loglik == pytest.approx(glm.loglik, rel=1e-10)
+
+
+def test_a_first_step_onto_the_bound_is_not_the_optimum():
+    """The same design where the groups do vary a little: lme4 (R 4.2.2 / lme4 1.1-31 on these data, written
+    to CSV) gives theta 0.09905334, fixed effects 0.4274936 and 0.3134289, logLik -180.402033423. L-BFGS-B's
+    first step from theta = 1 lands on the bound 0, where the deviance (even in theta) has a zero derivative;
+    without :meth:`GlmerProblem.off_bound` the fit stopped there, singular, with the glm's logLik -180.47."""
+    frame = model_frame(parse("y ~ x + (1|g)", "poisson"), _no_group_variation(3))
+    g = glmer.fit_glmer(frame)
+    assert not g.singular and g.modes.theta[0] == pytest.approx(0.09905334, rel=1e-4)
+    assert g.modes.beta == pytest.approx([0.4274936, 0.3134289], rel=1e-5)
+    assert g.loglik == pytest.approx(-180.402033423, rel=1e-10)
 
 
 def test_glm_without_random_terms_is_statsmodels():
@@ -465,7 +484,7 @@ def test_analysis_takes_glmer_fits_with_wald_intervals():
     assert analysis.frequentist_methods(mixed) == ("laplace",)
     assert analysis.frequentist_methods(parse("birds ~ temp", "poisson")) == ("glm",)
     assert analysis.frequentist_methods(parse("y ~ x + (1|g)")) == ("reml", "ml")
-    spec = type("Spec", (), {"formula": mixed, "lme4_method": "reml", "name": "m"})
+    spec = type("Spec", (), {"formula": mixed, "lme4_method": "reml", "name": "m", "nagq": 1})
     assert analysis.lme4_method(spec) == "laplace"
     study = type("Study", (), {"models": (spec,)})
     assert analysis.profile_intervals(study, {}, {}) == {}  # Wald: no profile, no fit needed
@@ -492,3 +511,14 @@ def test_observation_level_effects_are_allowed_but_not_more_effects_than_rows():
     with pytest.raises(DataError, match="600 random effects of"):
         frequentist.fit(frame)
     assert _fitted("poisson_offset_olre")[1].ngroups["obs"] == entry["nobs"]
+
+
+def test_pirls_overflow_is_a_one_line_error_naming_the_fix():
+    """A random slope of an unscaled covariate (temp, 5 to 25) makes PIRLS overflow at the trial values
+    L-BFGS-B takes (R's bobyqa fits it: logLik -689.3679); the error says to scale it, and scale(temp) fits."""
+    df = pd.read_csv(BEYOND / "counts.csv")
+    frame = model_frame(parse("birds ~ temp + offset(log(hours)) + (1 + temp|site)", "poisson"), df)
+    with pytest.raises(DataError, match=r"PIRLS overflows .* scale the covariate of the random slope \(temp\)"):
+        frequentist.fit(frame)
+    scaled = model_frame(parse("birds ~ scale(temp) + offset(log(hours)) + (1 + scale(temp)|site)", "poisson"), df)
+    assert np.isfinite(frequentist.fit(scaled).loglik)

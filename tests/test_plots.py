@@ -210,6 +210,17 @@ def test_residuals_qq_and_ppc_grids(fits, builtin):
         assert len(ax.lines) == 21  # 20 replicates and the observed density
     assert _legend_texts(fig) == ["observed data", "20 data sets replicated from the posterior"]
 
+    # a score piled up at its bounds (the real data's 0s and 100s): histograms, the range marked, the share outside
+    import dataclasses
+
+    fit = fits["mixed.lmer2"]
+    clipped = dataclasses.replace(fit, data=fit.data.assign(testScore=fit.data["testScore"].clip(30, 60)))
+    assert plots_checks.piled_up(clipped.data["testScore"]) and not plots_checks.piled_up(fit.data["testScore"])
+    (ax,) = _visible(plots_checks.ppc([clipped], n=20))
+    assert len(ax.patches) == 21 and len(ax.lines) == 2  # 21 histograms; the two bounds
+    assert [ln.get_xdata()[0] for ln in ax.lines] == [30, 60]
+    assert "% of replicated values outside the observed [30, 60]" in ax.texts[0].get_text()
+
 
 def test_fitted_lines_per_site_and_population_lines(fits, builtin):
     fig = plots_checks.group_lines(fits["mixed.lmer2"], builtin, "bodyLength2", "mountainRange", "site")
@@ -239,6 +250,10 @@ def test_shrinkage_table_pulls_levels_towards_their_target(fits):
     assert closer.mean() >= 0.8
     # A site is pulled towards its own range, not towards the grand mean: 8 distinct targets.
     assert t["target"].round(6).nunique() == RANGES
+    # A range, the top level, is pulled towards the one population intercept, not plus its own sites' effects
+    top = plots_pooling.shrinkage_table(fits["mixed.lmer2"], "mountainRange")
+    assert top["target"].round(9).nunique() == 1
+    assert top["target"].iloc[0] == pytest.approx(top["population"].iloc[0], rel=1e-12)
 
 
 def test_shrinkage_figure(fits):
@@ -279,17 +294,32 @@ def test_variance_partition(fits):
     counts = [len(ax.lines) for ax in _visible(fig)]
     assert counts == [3 * 3 + 1, 3 + 1, 3 + 1, 3 * 3 + 1]  # curve, interval, mean per model; baseline
     assert _legend_texts(fig) == ["mixed.lmer", "mixed.WRONG", "mixed.lmer2"]  # basic.lm has no groups
+    # lme4's shares as crosses on each model's row (variance_partition.csv's lme4_share)
+    fig = plots_pooling.variance_partition(chosen, lme4={("mixed.lmer", "mountainRange"): 0.54,
+                                                         ("mixed.lmer", "Residual"): 0.46})
+    crosses = [ln for ax in _visible(fig) for ln in ax.lines if ln.get_marker() == "x"]
+    assert sorted(float(ln.get_xdata()[0]) for ln in crosses) == [0.46, 0.54]
+    assert _legend_texts(fig)[-1] == "lme4's share"
 
 
 def test_prior_against_posterior(fits):
+    """Exact priors: the same prior gives the same interval in every panel (the Monte Carlo quantiles of old
+    differed), and the interval printed is the distribution's own."""
+    from bayeslmm.engines.prior_density import sd_priors
+
     fit = fits["mixed.lmer2"]
-    prior = plots_pooling.prior_sd_draws(fit, n=500, seed=1)
-    assert set(prior) == set(sd_draws(fit)) and all((v > 0).all() and v.size == 500 for v in prior.values())
+    prior = sd_priors(fit)
+    assert set(prior) == set(sd_draws(fit))
     fig = plots_pooling.prior_posterior_sd(fit, prior)
     assert _titles(fig) == ["sd of mountainRange (Intercept) (8 levels)", "sd of sample (Intercept) (24 levels)",
                             "residual sd (480 rows)"]
     assert all(ax.get_xlabel() == "standard deviation (testScore)" for ax in _visible(fig))
-    assert _legend_texts(fig) == ["prior (Bambi's default)", "posterior"]
+    assert _legend_texts(fig) == ["prior (exact density)", "posterior"]
+    texts = [t.get_text().splitlines()[1] for ax in _visible(fig) for t in ax.texts]
+    lo, hi = prior[("mountainRange", "sd__(Intercept)")].ppf([0.025, 0.975])
+    assert texts[0] == f"prior 95%: {lo:.1f} to {hi:.1f}"
+    assert texts[0] == texts[1]  # both groups' sds have the same prior (Bambi's HalfNormal of the same scale)
+    assert texts[2] != texts[0]  # the residual's is a half-Student-t
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,7 +368,7 @@ def test_make_figures_passes_ci_to_every_figure(run, tmp_path):
     captions = {img.path.split("/")[-1].removesuffix(".png"): img.caption for img in images}
     with_intervals = ["pooled_regression", "population_lines_bodyLength2", "forest_bodyLength2", "forest_sd",
                       "fitted_lines_mixed.lmer2", "shrinkage_mountainRange", "caterpillar_mixed.lmer2",
-                      "variance_partition", "prior_posterior_sd"]
+                      "variance_partition", "prior_posterior_sd", "prior_predictive"]
     for name in with_intervals:
         assert "90%" in captions[name], name
     assert not any("95%" in c for c in captions.values())
@@ -356,7 +386,7 @@ def test_report_writes_at_least_12_distinct_wide_figures(run):
     assert {"response_histogram", "pooled_regression", "boxplot_mountainRange", "scatter_mountainRange",
             "facets_mountainRange", "forest_bodyLength2", "forest_sd", "residuals_fitted", "qq_residuals", "ppc",
             "fitted_lines_mixed.lmer2", "shrinkage_mountainRange", "shrinkage_sample", "caterpillar_mixed.lmer2",
-            "variance_partition", "prior_posterior_sd"} <= names
+            "variance_partition", "prior_posterior_sd", "prior_predictive"} <= names
     for p in pngs:
         assert Image.open(p).size[0] >= 800, p.name
     assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in pngs}) == len(pngs)

@@ -171,12 +171,14 @@ def counts_report(tmp_path_factory):
 def test_a_poisson_report_has_the_glmm_figures_and_no_gaussian_ones(counts_report):
     names = {p.stem for p in (counts_report.out / "figures").glob("*.png")}
     assert {"qq_uniform", "residuals_predicted", "ppc_counts", "ppc_site", "population_lines_temp",
-            "fitted_lines_model", "caterpillar_model", "prior_posterior_sd", "variance_partition"} <= names
-    assert not names & {"residuals_fitted", "qq_residuals", "ppc", "shrinkage_site"}
+            "fitted_lines_model", "caterpillar_model", "prior_posterior_sd", "variance_partition",
+            "shrinkage_site"} <= names
+    assert not names & {"residuals_fitted", "qq_residuals", "ppc"}
     report = (counts_report.out / "report.md").read_text()
     assert "latent-scale variance" in report  # the GLMM's shares: against ln(1 + 1/mean count)
     assert all(f"figures/{n}.png" in report for n in names)
-    assert "Not drawn:" in report and "No shrinkage plot of model" in report
+    assert "Not drawn:" in report and "No shrinkage plot" not in report
+    assert "On the link scale (log of the mean birds): no pooling is each level's own maximum-likelihood" in report
     assert "**Residual checks**" in report and "rate ratio" in report and "birds / hours at temp = 1" in report
 
 

@@ -108,10 +108,13 @@ def test_dragons_priors_are_bambis(builtin):
     ("bernoulli.csv", "passed ~ hours + urban + (1 + hours|school)"),
     ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + (1|obs)"),
     ("counts.csv", "birds ~ temp * factor(visit) + (temp|site)"),
+    ("counts.csv", "birds ~ temp + offset(log(hours)) + (1|site) + nb"),
 ])
 def test_glmm_priors_are_bambis(file, text):
     df = read_csv_as_r(BEYOND / file)
     family = "poisson" if file == "counts.csv" else "binomial"
+    if text.endswith(" + nb"):  # the negative binomial: alpha's prior too
+        text, family = text.removesuffix(" + nb"), "negbinomial"
     _assert_same(*_both(text, df, family))
 
 
@@ -132,3 +135,17 @@ def test_bambi_given_the_prior_model_has_the_same_priors(text):
     data = model_data(formula, rows)
     ours = default_model(model_frame(formula, data), data)
     _assert_same(ours, from_bambi(build_model(formula, data, ours)))
+
+
+def test_a_refit_on_some_rows_keeps_the_full_fits_priors():
+    """Cross-validation refits pin the full data's priors (Bambi's are scaled to the data they see)."""
+    from bayeslmm.engines import bayes
+
+    df = _slopes()
+    formula = parse("reaction ~ day + (day|subject)")
+    full = bayes.prepare(formula, df)
+    part = df[df["subject"] != "s01"].reset_index(drop=True)
+    own = bayes.prepare(formula, part)
+    pinned = bayes.prepare(formula, part, pin=full.model)
+    assert own.priors != full.priors  # the sds and slopes of other rows
+    assert pinned.priors == full.priors and pinned.key != full.key  # the same priors, other data

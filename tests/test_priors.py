@@ -31,7 +31,8 @@ def test_statements_are_read(text, group, eta):
 
 @pytest.mark.parametrize(("text", "says"), [
     ("cor = LKJ(2)", "write it as"),
-    ("tau ~ HalfNormal(10)", "class 'tau' is not one bayeslmm knows; the classes are b, Intercept, sd, sigma, cor"),
+    ("tau ~ HalfNormal(10)", "class 'tau' is not one bayeslmm knows; the classes are b, Intercept, sd, sigma, "
+                             "cor, shape"),
     ("cor ~ Normal(0, 1)", "cor takes LKJ, not Normal"),
     ("sd ~ Normal(0, 1)", "sd takes HalfNormal, HalfStudentT, HalfCauchy, Exponential, Gamma, InverseGamma"),
     ("b ~ Laplace(0, 1)", "b takes Normal, StudentT, Cauchy, not Laplace"),
@@ -62,6 +63,8 @@ def test_groups_are_checked_against_the_formula():
         Priors.from_texts("cor(k) ~ LKJ(2)").check_groups(f.grouping_factors, ("g",))
     with pytest.raises(OptionsError, match="h has no correlated random effects"):
         Priors.from_texts("cor(h) ~ LKJ(2)").check_groups(f.grouping_factors, ("g",))
+    with pytest.raises(OptionsError, match="the formula has no correlated random effects"):
+        Priors.from_texts("cor ~ LKJ(2)").check_groups(f.grouping_factors, ())
 
 
 def test_study_file_takes_priors_per_model():
@@ -176,7 +179,10 @@ def test_both_engines_compile_the_same_log_prior():
 
     texts = ["b ~ StudentT(5, 1, 4)", "sd(subject) ~ Gamma(2, 0.1)", "sd(subject, day) ~ HalfCauchy(3)",
              "sigma ~ InverseGamma(3, 40)"]
-    prep = _prepared(texts, "reaction ~ day + (1|subject) + (0 + day|subject)")
+    formula = "reaction ~ day + (1|subject) + (0 + day|subject)"
+    spec = from_dict({"model": [{"name": "m", "formula": formula, "prior": texts}]}).model("m")  # a study file's
+    _, df = beyond("slopes_correlated")
+    prep = bayes.prepare(spec.formula, df, SamplerOptions(), priors=spec.priors)
     sp = marginal.spec(prep.formula, prep.frame, prep.model, prep.user_priors)
     pm_model = bayes.build_model(prep.formula, prep.data, prep.model).backend.model
     point = {"day": 3.3, "1|subject_sigma": 21.0, "day|subject_sigma": 4.2, "sigma": 27.0}
@@ -216,3 +222,16 @@ def test_the_report_marks_the_priors_a_user_set():
     default = _prepared([])
     assert priors_text(SimpleNamespace(model=default.model, priors=default.priors)).startswith(
         "Priors (Bambi's defaults, scaled to the data): ")
+
+
+def test_shape_sets_the_negative_binomials_theta():
+    df = beyond("poisson_offset")[1]
+    f = parse("birds ~ temp + offset(log(hours)) + (1|site)", "negbinomial")
+    prep = bayes.prepare(f, df, priors=Priors.from_texts("shape ~ Exponential(0.1)"))
+    assert prep.priors["alpha"] == "Exponential(lam=0.1)" and prep.model.user_set == ("alpha",)
+    from bayeslmm.engines import glmm
+
+    _, par = glmm.nb_alpha_prior(prep.model)
+    assert par[0] == 0.1
+    with pytest.raises(OptionsError, match="only a negative binomial model has a shape"):
+        _prepared(["shape ~ Exponential(0.1)"])

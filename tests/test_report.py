@@ -95,6 +95,18 @@ def test_report_reads_the_comparison(written):
     assert "LOO and the LRT agree" in md
 
 
+def test_conclusions_come_first_and_answer_the_tutorial(written):
+    """On the tutorial's data (real_fits): the pooled slope is clear, the mixed models' are not, and the
+    crossed-site model carries the nesting warning."""
+    md = (written[0] / "report.md").read_text()
+    head = md[md.index("## Conclusions"):md.index("## Summary")]
+    assert md.index("## Conclusions") < md.index("## Summary") < md.index("## Models")
+    assert "**basic.lm** *" in head and "A clear positive effect: `bodyLength2`" in head
+    assert "**mixed.lmer2** *" in head and "**mixed.lmer2** *Sites nested" in head
+    assert "The pooled association does not survive" in head
+    assert "**mixed.WRONG**: " in head and "nest them" in head
+
+
 @pytest.mark.parametrize("fmt", ["text", "markdown", "latex", "html"])
 def test_table_command(written, capsys, fmt):
     assert main(["table", str(written[0]), "--model", "mixed.lmer2", "--format", fmt]) == 0
@@ -104,3 +116,40 @@ def test_table_command(written, capsys, fmt):
         assert "\\begin{tabular}" in out and "sd\\_\\_(Intercept)" in out
     if fmt == "html":
         assert out.startswith("<table>")
+
+
+def test_r2_lme4_inside_the_posterior_interval(written):
+    """Nakagawa's R² per model: the posterior interval (per-draw R²) holds lme4's plug-in value for the
+    tutorial's models, whose posteriors agree with lme4 (the side-by-side table)."""
+    r2 = _csv(written[0], "r2.csv")
+    assert set(r2["r2"]) == {"marginal", "conditional"} and set(r2["model"]) >= {"mixed.lmer2", "basic.lm"}
+    for _, r in r2[r2["model"].isin(["mixed.lmer", "mixed.lmer2"])].iterrows():
+        assert r["post_conf_low"] < r["lme4_estimate"] < r["post_conf_high"], r.to_dict()
+    basic = r2[r2["model"] == "basic.lm"].set_index("r2")["lme4_estimate"]
+    assert basic["marginal"] == pytest.approx(basic["conditional"])  # no random effects
+    assert "**R²** (Nakagawa & Schielzeth" in (written[0] / "report.md").read_text()
+
+
+def test_aicc_beside_aic(written, reference):
+    """AICc = AIC + 2k(k+1)/(n-k-1): with n = 480 rows it is a hair above AIC for every model."""
+    comp = _csv(written[0], "comparison.csv")
+    k, n = comp["n_par"], 480
+    np.testing.assert_allclose(comp["aicc"], comp["aic"] + 2 * k * (k + 1) / (n - k - 1), rtol=1e-12)
+    assert (comp["aicc"] > comp["aic"]).all()
+
+
+def test_one_lme4_interval_per_number(written):
+    """tidy.csv and the figures take lme4's interval from the side-by-side table: the profile interval of
+    a linear mixed model (its REML and ML rows share it, as R's confint), Wald for lm; named in conf_method."""
+    root = written[0]
+    tidy, side = _csv(root, "tidy.csv"), _csv(root, "sidebyside.csv")
+    s = side[(side["model"] == "mixed.lmer2") & (side["term"] == "bodyLength2")].iloc[0]
+    rows = tidy[(tidy["model"] == "mixed.lmer2") & (tidy["term"] == "bodyLength2")].set_index("method")
+    for method in ("reml", "ml"):
+        assert rows.loc[method, "conf_method"] == "profile"
+        assert (rows.loc[method, "conf_low"], rows.loc[method, "conf_high"]) == (s["lme4_conf_low"],
+                                                                                 s["lme4_conf_high"])
+    assert rows.loc["bayes", "conf_method"] == "ETI"
+    ols = tidy[(tidy["model"] == "basic.lm") & (tidy["method"] == "ols")]
+    assert ols.loc[ols["conf_low"].notna(), "conf_method"].eq("Wald").all()
+    assert ols.loc[ols["conf_low"].isna(), "conf_method"].isna().all()  # the residual sd: no interval, no kind

@@ -29,15 +29,18 @@ Subpackages, one job each:
   ``data`` (files, R's ``scale()``, explicit nesting), ``simulate`` (the built-in data),
   ``study`` (study files), ``checks`` (every check before a fit), ``options`` (frozen options).
 - ``lme4``: lme4's side. ``lmer`` (penalized least squares, Satterthwaite), ``glmer`` (PIRLS,
-  Laplace and AGQ deviances: binomial and Poisson), ``frequentist`` (``lm``/``lmer``/``glm``/``glmer``
+  Laplace and AGQ deviances: binomial, Poisson, negative binomial at a given theta), ``glmer_nb``
+  (``glmer.nb``'s search for theta, ``glm.nb``), ``frequentist`` (``lm``/``lmer``/``glm``/``glmer``
   fits with R's names), ``profile`` (``confint(method = "profile")``, linear mixed models).
 - ``engines``: the Bayesian fits. ``bayes`` (prepare, sample, cache, the Bambi engine),
   ``marginal`` (the exact marginal engine's orchestration), ``marginal_lik`` (its numba kernels),
   ``reference`` (the same posterior as a plain PyMC model, random effects included: the check
-  of the marginal engine where Bambi has no model, ``--engine pymc``).
+  of the marginal engine where Bambi has no model, ``--engine pymc``), ``prior_density`` (each
+  draw's log prior, each prior as a scipy distribution).
 - ``summary``: what fits answer. ``tables`` (posterior summaries, diagnostics), ``sidebyside``,
-  ``compare`` (LOO, LRT), ``predict``, ``analysis`` (both sides of a study together).
-- ``graphics``: ``plots``, ``plots_checks``, ``plots_pooling`` draw; ``figures`` chooses.
+  ``compare`` (LOO, LRT), ``predict``, ``analysis`` (both sides of a study together),
+  ``sensitivity`` (power-scaling prior sensitivity), ``prior_predictive`` (data from the priors).
+- ``graphics``: ``plots``, ``plots_checks``, ``plots_pooling``, ``plots_priors`` draw; ``figures`` chooses.
 - ``reporting``: ``report`` assembles, ``document`` renders Markdown/HTML, ``export`` renders
   tables, ``output`` swaps folders in atomically.
 - Top level: ``runner`` and ``cli`` orchestrate. The shared vocabulary every stage speaks sits

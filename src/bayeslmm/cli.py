@@ -33,7 +33,26 @@ def _checked(convert, ok, wanted: str):
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive whole number")
 _seed = _checked(int, lambda v: v >= 0, "a non-negative whole number")
+_nonnegative_int = _seed
+_count = _checked(int, lambda v: v >= 0, "a whole number >= 0")
 _prob = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
+
+
+def _family(text: str) -> str:
+    """An argparse type: the family, or another name of the negative binomial refused with the one to use."""
+    from bayeslmm.model.options import check_family
+
+    try:
+        return check_family(text)
+    except OptionsError as exc:  # "--family 'nb': the negative ..." or "--family must be one of ..."
+        msg = str(exc).removeprefix(f"--family {text!r}: ").removeprefix("--family ")
+        raise argparse.ArgumentTypeError(msg) from exc
+
+
+def _nagq(text: str) -> int:
+    from bayeslmm.model.options import NAGQ_MAX
+
+    return _checked(int, lambda v: 1 <= v <= NAGQ_MAX, f"a whole number from 1 (Laplace) to {NAGQ_MAX}")(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +74,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=get_args(Engine), default=d.engine,
                    help=f"{d.engine} (default): the exact marginal engine where it applies, else Bambi's NUTS; "
                         "pymc: bayeslmm's plain PyMC model (the reference for correlated effects); glmm: the "
-                        "binomial/Poisson engine (auto's choice for them)")
+                        "binomial, Poisson and negative binomial engine (auto's choice for them)")
     g.add_argument("--sampler", choices=get_args(Sampler), default=d.sampler,
                    help=f"NUTS implementation of the Bambi engine ({d.sampler})")
     g.add_argument("--ci", type=_prob, default=r.ci, help=f"credible interval mass ({r.ci})")
@@ -64,12 +83,15 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
                    help="rows with missing values in used columns: drop with a warning (default) or refuse")
     g.add_argument("--strict", action="store_true",
                    help="exit with code 3 when the sampler's diagnostics fail (divergences, r_hat, ESS)")
+    g.add_argument("--strict-prior", action="store_true",
+                   help="exit with code 3 when a parameter shows prior-data conflict (power-scaling sensitivity "
+                        ">= 0.05 to both the prior and the likelihood)")
     g.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayeslmm`` command."""
-    from bayeslmm.model.options import Family
+    from bayeslmm.model.options import MAX_REFITS, Family
 
     p = _Parser(prog="bayeslmm", description="Bayesian linear mixed models with lme4's formulas.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -80,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data file to use instead of the study's source")
     run.add_argument("--object", help="which data frame of an .RData file")
     run.add_argument("--out", help="report folder (default out/<study name>)")
+    run.add_argument("--pb", type=_nonnegative_int, default=0, metavar="N",
+                     help="parametric-bootstrap LRT with N simulations beside each comparison's chi-square test "
+                          "(linear mixed models; pbkrtest uses 1000)")
+    run.add_argument("--logo", metavar="GROUP",
+                     help="leave-one-group-out cross-validation by this grouping factor beside LOO in every "
+                          "comparison (one refit per level): predicting a new GROUP")
+    run.add_argument("--max-refits", type=_count, default=MAX_REFITS, metavar="N",
+                     help=f"refit without each observation whose PSIS-LOO Pareto k > 0.7, at most N per model, "
+                          f"worst first ({MAX_REFITS}; 0: PSIS alone)")
     _sampler_args(run)
 
     fit = sub.add_parser("fit", help="fit one lmer formula to a data file and print a summary")
@@ -87,9 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("formula", help="lmer formula, e.g. 'y ~ x + (1|g)'")
     fit.add_argument("--object", help="which data frame of an .RData file")
     fit.add_argument("--out", help="also write a report folder here")
-    fit.add_argument("--family", choices=get_args(Family), default="gaussian",
+    fit.add_argument("--family", choices=get_args(Family), default="gaussian", type=_family,
                      help="response distribution, as glmer's family: gaussian (default, lmer), binomial "
-                          "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link)")
+                          "(cbind(successes, failures), 0/1 or yes/no; logit link), poisson (counts; log link), "
+                          "negbinomial (counts more variable than Poisson's; log link; lme4's glmer.nb)")
+    fit.add_argument("--newdata", metavar="CSV",
+                     help="rows to predict: prints the mean response with credible and prediction intervals "
+                          "(and writes predictions.csv into --out)")
+    fit.add_argument("--re-form", choices=("existing", "new", "population"), default="existing",
+                     help="group effects of the predictions: the fitted groups' (default, lme4's predict), new "
+                          "groups drawn from the population (brms's allow_new_levels), or none (re.form = NA)")
+    fit.add_argument("--nagq", type=_nagq, default=None, metavar="N",
+                     help="lme4's side of a binomial or Poisson mixed model: glmer's nAGQ, 1 = Laplace (default), "
+                          "up to 100 adaptive Gauss-Hermite nodes for a single scalar random term, as lme4")
     fit.add_argument("--prior", action="append", default=[], metavar="STATEMENT",
                      help="a prior in brms's classes, e.g. 'sd(site) ~ HalfNormal(10)', 'b ~ Normal(0, 5)', "
                           "'sigma ~ Exponential(0.1)', 'cor ~ LKJ(2)' (repeatable; Bambi's defaults otherwise)")
@@ -119,7 +160,8 @@ def _options(args):
 def _run_options(args):
     from bayeslmm.model.options import RunOptions
 
-    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress)
+    extra = {k: getattr(args, k) for k in ("max_refits", "logo", "pb") if getattr(args, k, None) is not None}
+    return RunOptions(ci=args.ci, refit=args.refit, na=args.na, progress=not args.no_progress, **extra)
 
 
 def _cmd_run(args) -> int:
@@ -133,13 +175,26 @@ def _cmd_run(args) -> int:
 
 
 def _strict(args, result) -> int:
-    """Under --strict, sampler trouble is an error (after the report is written)."""
+    """Under --strict, sampler trouble is an error; under --strict-prior, prior-data conflict (after the
+    report is written)."""
     trouble = [f"{name}: {note}" for name, fit in result.fits.items() for note in fit.sampler_notes]
     trouble += list(result.notes)  # LOO's Pareto-k warnings
     if args.strict and trouble:
         print(f"error: sampler diagnostics failed (--strict): {trouble[0]}"
               + (f" (and {len(trouble) - 1} more)" if len(trouble) > 1 else ""), file=sys.stderr)
         return EXIT_SAMPLER
+    if args.strict_prior:
+        from bayeslmm.summary import sensitivity
+
+        for name, fit in result.fits.items():
+            why = sensitivity.unavailable(fit)
+            if why:
+                print(f"warning: --strict-prior: {name} not checked: {why}", file=sys.stderr)
+        conflicts = sensitivity.conflicts(result.fits)
+        if conflicts:
+            print(f"error: prior-data conflict (--strict-prior): {conflicts[0]}"
+                  + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""), file=sys.stderr)
+            return EXIT_SAMPLER
     return 0
 
 
@@ -148,15 +203,37 @@ def _cmd_fit(args) -> int:
     from bayeslmm.runner import fit_formula
     from bayeslmm.summary.tables import format_table
 
+    newdata = None
+    if args.newdata:  # checked before fitting, so that a bad file fails in a second, not after the fit
+        from bayeslmm.model.data import load
+        from bayeslmm.model.formula import parse
+        from bayeslmm.summary.newdata import check_newdata
+
+        newdata = check_newdata(parse(args.formula, args.family), load(args.newdata), args.re_form)
     result = fit_formula(args.data, args.formula, obj=args.object, out=args.out, options=_options(args),
-                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family)
+                         run=_run_options(args), priors=Priors.from_texts(args.prior), family=args.family,
+                         nagq=args.nagq)
     tidy = result.tidy
     t = tidy[tidy["effect"].isin(["fixed", "ran_pars"]) & (tidy["method"] == "bayes")]  # --out adds lme4's rows
     cols = ["effect", "group", "term", "estimate", "std_error", "conf_low", "conf_high", "r_hat", "ess_bulk"]
     print(f"{args.formula}   (n = {len(result.data)}; posterior mean, sd, {args.ci:.0%} interval)")
     shown = t[cols].rename(columns={"estimate": "mean", "std_error": "sd"}).assign(ess_bulk=t["ess_bulk"].round())
     print(format_table(shown))
+    if newdata is not None:
+        _predictions(args, next(iter(result.fits.values())), newdata)
     return _strict(args, result)
+
+
+def _predictions(args, fit, newdata) -> None:
+    """``--newdata``: predictions for the rows of a CSV file, printed (and saved into ``--out``)."""
+    from bayeslmm.summary.tables import format_table
+
+    pred = fit.predict(newdata, re_form=args.re_form, ci=args.ci)
+    print(f"\npredictions ({args.re_form} groups; mean response with {args.ci:.0%} credible and prediction "
+          "intervals):")
+    print(format_table(pred))
+    if args.out:
+        pred.to_csv(Path(args.out) / "predictions.csv", index=False)
 
 
 def _cmd_table(args) -> int:

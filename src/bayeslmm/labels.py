@@ -25,6 +25,11 @@ SAMPLE_DIMS = ("chain", "draw")
 INTERCEPT, BAMBI_INTERCEPT = "(Intercept)", "Intercept"
 #: broom.mixed's group and term of the residual standard deviation, and its posterior variable.
 RESIDUAL, RESIDUAL_TERM, RESIDUAL_VARIABLE = "Residual", "sd__Observation", "sigma"
+#: The negative binomial's theta (``Var(y) = mu + mu^2 / theta``: lme4's ``glmer.nb`` theta, MASS's, and
+#: Bambi's ``alpha``): its tidy row's term (group :data:`RESIDUAL`, effect ``ran_pars``) and its posterior
+#: variable. broom.mixed has no row for it (lme4's ``VarCorr`` of a glmer.nb fit has no residual); bayeslmm
+#: keeps one so that lme4's theta stands beside the posterior's.
+NB_SIZE_TERM, NB_SIZE_VARIABLE = "theta", "alpha"
 #: Prefix of a standard deviation's term in broom.mixed (``sd__(Intercept)``).
 SD_PREFIX = "sd__"
 #: Prefix of a correlation's term in broom.mixed (``cor__(Intercept).Days``).
@@ -128,6 +133,14 @@ def classify(variable: str, level: str = "") -> tuple[str, str, str]:
             return "ran_pars", group[: -len(sd_suffix)], sd_term(coef)
         return "ran_vals", group, coef
     return "fixed", "", INTERCEPT if variable == BAMBI_INTERCEPT else variable
+
+
+def auxiliary_variables(family: str) -> dict[str, tuple[str, str, str]]:
+    """broom.mixed's ``(effect, group, term)`` of each posterior variable of a family's own parameters
+    (beyond the linear predictor's and the residual sd): the negative binomial's ``alpha`` ->
+    ``("ran_pars", "Residual", "theta")``. Only the family knows them: ``alpha`` is a fixed effect's name
+    in another model."""
+    return {NB_SIZE_VARIABLE: ("ran_pars", RESIDUAL, NB_SIZE_TERM)} if family == "negbinomial" else {}
 
 
 def lme4_name(column: str) -> str:

@@ -26,20 +26,26 @@ TIDY_COLUMNS = [
 EFFECTS = ("fixed", "ran_pars", "ran_vals")
 
 
-def latent_residual_variance(family: str, mean_count: float | None = None) -> float:
+def latent_residual_variance(family: str, mean_count: float | None = None, theta=None):
     """The residual variance on the link scale that a GLMM's variance shares are taken against.
 
     Gaussian models have sigma^2; a GLMM has none, so its shares use the distribution-specific
     variance on the latent scale (Nakagawa, Johnson & Schielzeth 2017, J. R. Soc. Interface): pi^2/3
     for the binomial's logit link (the logistic latent variable), ln(1 + 1/lambda) for the
-    Poisson's log link (lognormal approximation at the mean count lambda of the data's rows).
+    Poisson's log link (lognormal approximation at the mean count lambda of the data's rows), and
+    ln(1 + 1/lambda + 1/theta) for the negative binomial's (their Table 2; ``theta`` a number, or an
+    array of posterior draws, which gives one value per draw).
     """
     if family == "binomial":
         return float(np.pi**2 / 3)
-    if family == "poisson":
+    if family in ("poisson", "negbinomial"):
         if mean_count is None or not mean_count > 0:
-            raise ValueError("a Poisson model's latent residual variance needs the mean count (> 0)")
-        return float(np.log1p(1.0 / mean_count))
+            raise ValueError(f"a {family} model's latent residual variance needs the mean count (> 0)")
+        if family == "poisson":
+            return float(np.log1p(1.0 / mean_count))
+        if theta is None:
+            raise ValueError("a negative binomial model's latent residual variance needs its theta")
+        return np.log1p(1.0 / mean_count + 1.0 / np.asarray(theta, dtype=float))
     raise ValueError(f"no latent residual variance for family {family!r}")
 
 
@@ -98,8 +104,8 @@ def varcorr_table(tidy: pd.DataFrame) -> pd.DataFrame:
     width = 1
     for group in dict.fromkeys(rp["group"]):
         coefs = [t.removeprefix(SD_PREFIX) for g, t in value if g == group and t.startswith(SD_PREFIX)]
-        if group == RESIDUAL:
-            coefs = [""]
+        if group == RESIDUAL:  # the residual sd (a negative binomial's theta is not printed, as lme4's VarCorr)
+            coefs = [""] if (RESIDUAL, RESIDUAL_TERM) in value else []
         term: list[str] = []
         for c in coefs:
             if not any((group, cor_term(a, c)) in value for a in term):

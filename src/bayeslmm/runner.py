@@ -14,7 +14,7 @@ from bayeslmm.engines import bayes
 from bayeslmm.engines.bayes import BayesFit
 from bayeslmm.model import data as data_mod
 from bayeslmm.model.formula import Formula, parse
-from bayeslmm.model.options import RunOptions, SamplerOptions
+from bayeslmm.model.options import RunOptions, SamplerOptions, check_nagq
 from bayeslmm.model.priors import Priors
 from bayeslmm.model.study import ModelSpec, Study
 from bayeslmm.notices import collected
@@ -81,6 +81,11 @@ def fit_models(
         with collected() as caught:
             try:
                 prep = bayes.prepare(spec.formula, df, options, name=spec.name, na=run.na, priors=spec.priors)
+                if spec.nagq > 1:  # lme4's side runs after sampling: check what only the data shows (a factor slope)
+                    from bayeslmm.lme4.glmer import check_nagq
+                    from bayeslmm.model.formula import model_frame
+
+                    check_nagq(model_frame(prep.formula, prep.data), spec.nagq)
             except BayeslmmError as exc:
                 if len(models) == 1:
                     raise
@@ -132,8 +137,11 @@ def run_study(
     """
     from bayeslmm.reporting import report
     from bayeslmm.reporting.output import staged_folder
+    from bayeslmm.summary.crossval import CrossValidation
 
     options, run = options or SamplerOptions(), run or RunOptions()
+    if run.logo is not None:
+        check_logo_option(study, run.logo)
     start = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("out") / study.name
     with collected() as stray:  # what no inner stage turned into a note (loading the data, ...)
@@ -142,14 +150,30 @@ def run_study(
             fits = fit_models(study.models, df, options, run, cache_dir=out_dir / "fits", save_dir=stage / "fits",
                               echo=echo)
             echo("writing report ...")
+            crossval = CrossValidation(run.max_refits, run.logo, {m.name: m.formula for m in study.models},
+                                       {m.name: m.priors for m in study.models}, out_dir / "fits", stage / "fits",
+                                       run.refit, echo)
             written = report.write(Fitted(study, df, fits), stage, ci=run.ci,
-                                   source=str(data) if data else study.source)
+                                   source=str(data) if data else study.source, pb=run.pb, echo=echo,
+                                   crossval=crossval)
     seconds = time.perf_counter() - start
     report_notes = (*written.report_notes, *stray)
     for note in (*written.notes, *report_notes):
         echo(f"warning: {note}")
     echo(f"report written to {out_dir}/ in {seconds:.1f} s")
     return RunResult(study, df, fits, written.tidy, out_dir, seconds, written.notes, report_notes)
+
+
+def check_logo_option(study: Study, group: str) -> None:
+    """Refuse ``--logo`` for a study without comparisons or a group none of its compared models has."""
+    from bayeslmm.errors import OptionsError
+    from bayeslmm.model.study import check_logo
+
+    if not study.comparisons:
+        raise OptionsError(f"--logo {group!r}: study {study.name!r} has no [[comparison]]; leave-one-group-out is "
+                           "shown beside each comparison's LOO")
+    compared = {m for c in study.comparisons for m in c.models}
+    check_logo(group, [m for m in study.models if m.name in compared], "--logo")
 
 
 def fit_formula(
@@ -162,11 +186,15 @@ def fit_formula(
     run: RunOptions | None = None,
     priors: Priors | None = None,
     family: str = "gaussian",
+    nagq: int | None = None,
     echo: Callable[[str], None] = _stderr,
 ) -> RunResult:
     """Fit one formula to a data file; with ``out``, write the same kind of report folder.
 
-    ``family`` is the response distribution (``--family``) when ``formula`` is text.
+    ``family`` is the response distribution (``--family``) when ``formula`` is text. ``nagq`` is
+    glmer's ``nAGQ`` for lme4's side of a binomial or Poisson mixed model (``--nagq``; 1, Laplace,
+    by default; :func:`~bayeslmm.model.options.check_nagq`); lme4's side is computed for the report
+    only, so without ``out`` it is checked and said to be unused.
 
     ``priors`` are the user's (``--prior``); the rest are Bambi's defaults.
 
@@ -174,15 +202,18 @@ def fit_formula(
     (what the console shows; ``fit.ranef()`` gives the group levels) and no LOO is computed.
     """
     formula = parse(formula, family) if isinstance(formula, str) else formula
+    spec = ModelSpec("model", formula, priors=priors or Priors(), nagq=1 if nagq is None else check_nagq(nagq, formula))
     study = Study(
         name="fit", title=f"{formula.text}", description=f"One model fitted to {data}.",
-        source=str(data), data_object=obj, models=(ModelSpec("model", formula, priors=priors or Priors()),),
+        source=str(data), data_object=obj, models=(spec,),
     )
     (priors or Priors()).check_groups(formula.grouping_factors,
                                       tuple(r.group for r in formula.random if r.may_correlate))
     if out is not None:
         return run_study(study, out=out, options=options, run=run, echo=echo)
     run = run or RunOptions()
+    if nagq is not None:
+        echo(f"warning: nAGQ = {nagq} sets lme4's side, which 'bayeslmm fit' computes only for a report: add --out")
     with collected() as stray:  # what fit_models did not turn into a note (loading the data, the summary)
         df = prepared_data(study)
         fits = fit_models(study.models, df, options or SamplerOptions(), run, echo=echo)

@@ -65,6 +65,8 @@ class BayesFit:
         Which engine ran and why (``auto`` says so).
     model : PriorModel or None
         The terms and priors the engine sampled (kept to recompute the log-likelihood; rebuilt when ``None``).
+    user_priors : Priors
+        The priors the user set (``model`` has them applied).
     """
 
     name: str
@@ -81,6 +83,7 @@ class BayesFit:
     sampler_notes: tuple[str, ...] = field(default=())
     engine_note: str = ""
     model: object = field(default=None, repr=False, compare=False)
+    user_priors: Priors = field(default_factory=Priors, repr=False)
 
     _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -95,12 +98,14 @@ class BayesFit:
         ``estimate`` is the posterior mean, ``std_error`` the posterior sd, ``conf_low``/``conf_high``
         the equal-tailed interval of mass ``ci``; ``median=True`` adds a ``median`` column.
         """
+        from bayeslmm.labels import auxiliary_variables
         from bayeslmm.summary.tables import fixed_terms, ran_pars_order, tidy_posterior
 
         effects = tuple(effects)
         t = memo(self._summaries, (float(ci), effects),
                  lambda: tidy_posterior(self.idata["posterior"], self.name, ci, median=True, effects=effects,
-                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula)))
+                                        fixed_terms=fixed_terms(self), ran_pars=ran_pars_order(self.formula),
+                                        auxiliary=auxiliary_variables(self.formula.family)))
         return t if median else t.drop(columns="median")
 
     def fixef(self, ci: float = 0.95) -> pd.DataFrame:
@@ -111,6 +116,25 @@ class BayesFit:
         """Posterior summary of each group level's effect (lme4's ``ranef``)."""
         return ranef_table(self.tidy(ci, ("ran_vals",)))
 
+    def __repr__(self) -> str:
+        draws = self.idata["posterior"].sizes
+        return (f"<BayesFit {self.name}: {self.formula.text} ({self.formula.family}); {self.engine} engine, "
+                f"{draws['chain']} chains x {draws['draw']} draws; {len(self.data)} rows>")
+
+    def summary(self, ci: float = 0.95) -> Summary:
+        """What lme4's ``summary()`` prints, with posterior columns: groups, random effects, fixed effects."""
+        from bayeslmm.summary.text import fit_summary
+
+        return Summary(fit_summary(self, ci))
+
+    def predict(self, newdata: pd.DataFrame, re_form: str = "existing", ci: float = 0.95,
+                seed: int = 0) -> pd.DataFrame:
+        """Mean response with credible and prediction intervals for new rows
+        (:func:`bayeslmm.summary.newdata.predict`: ``re_form`` existing, new or population groups)."""
+        from bayeslmm.summary.newdata import predict
+
+        return predict(self, newdata, re_form, ci, seed)
+
     def varcorr(self) -> pd.DataFrame:
         """Posterior means of the standard deviations and correlations, laid out as lme4's ``print(VarCorr(fit))``.
 
@@ -119,6 +143,13 @@ class BayesFit:
         and intervals.
         """
         return varcorr_table(self.tidy(effects=("ran_pars",)))
+
+
+class Summary(str):
+    """Text that displays as itself (``fit.summary()`` in a notebook or REPL prints like R's ``summary``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def model_data(formula: Formula, df: pd.DataFrame) -> pd.DataFrame:
@@ -355,7 +386,7 @@ class Prepared:
 
 
 def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
-            na: NaAction = "drop", priors: Priors | None = None) -> Prepared:
+            na: NaAction = "drop", priors: Priors | None = None, pin: PriorModel | None = None) -> Prepared:
     """Check a formula against the data, build its model, choose the engine and key the cache.
 
     Every check runs here, once (:func:`bayeslmm.model.checks.validate`, then lme4's dropping of
@@ -367,7 +398,7 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
         For data or a formula that cannot be fitted (see :mod:`bayeslmm.model.checks`).
     """
     from bayeslmm.model.formula import correlation_note, drop_aliased, model_frame, split_notes
-    from bayeslmm.model.prior_model import apply_priors, default_model
+    from bayeslmm.model.prior_model import apply_priors, default_model, pin_priors
 
     options = options or SamplerOptions()
     user_priors = priors or Priors()
@@ -378,6 +409,8 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     frame = model_frame(formula, data)
     # Bambi's default priors (without building Bambi's model), then the user's in their place
     model = apply_priors(default_model(frame, data), user_priors)
+    if pin is not None:  # a refit for cross-validation keeps the full fit's priors
+        model = pin_priors(model, pin)
     formula = frame.formula  # random terms resolved against the data: a factor slope's columns (fA, fB, ...)
     from bayeslmm.engines.marginal import coding_mismatch
 
@@ -423,7 +456,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
     save_dir = save_dir if save_dir is not None else cache_dir
     target = cache_path(Path(save_dir), key) if save_dir is not None else None
     made = dict(name=prep.name, formula=prep.formula, data=prep.data, options=options, priors=prep.priors,
-                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model)
+                engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model,
+                user_priors=prep.user_priors)
     # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
     folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())
@@ -467,7 +501,8 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
 
 def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = None, *, name: str = "fit",
         run: RunOptions | None = None, cache_dir: str | Path | None = None,
-        save_dir: str | Path | None = None, priors: Priors | None = None) -> BayesFit:
+        save_dir: str | Path | None = None, priors: Priors | None = None,
+        pin: PriorModel | None = None) -> BayesFit:
     """Fit the Bayesian mixed model of an lmer formula: :func:`prepare`, then :func:`sample_prepared`.
 
     Parameters
@@ -486,6 +521,9 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         See :func:`sample_prepared`.
     priors : Priors, optional
         Priors set by the user (``Priors.from_texts(["cor ~ LKJ(2)"])``); Bambi's defaults otherwise.
+    pin : PriorModel, optional
+        Another fit's prior model whose priors to keep (a cross-validation refit on some of the rows:
+        :func:`~bayeslmm.model.prior_model.pin_priors`).
 
     Returns
     -------
@@ -493,7 +531,7 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
         ``notes`` holds the data and design warnings, ``sampler_notes`` the sampler's.
     """
     run = run or RunOptions()
-    prep = prepare(formula, df, options, name=name, na=run.na, priors=priors)
+    prep = prepare(formula, df, options, name=name, na=run.na, priors=priors, pin=pin)
     return sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit, progress=run.progress)
 
 
@@ -520,7 +558,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
     n = len(fit.data)
     rows = slice(*(slice(None) if rows is None else rows).indices(n))
-    model = fit.model if fit.model is not None else _prior_model(fit.formula, fit.data)
+    model = prior_model_of(fit)
     if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
@@ -539,12 +577,15 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     return ll.assign_coords(__obs__=np.arange(n)[rows])
 
 
-def _prior_model(formula: Formula, data: pd.DataFrame) -> PriorModel:
-    """The prior model of a formula on the model's data (Bambi's default priors)."""
+def prior_model_of(fit: BayesFit) -> PriorModel:
+    """The terms and priors a fit's engine sampled: ``fit.model``, or rebuilt from its formula, data and
+    the user's priors."""
+    if fit.model is not None:
+        return marginal_prior_model(fit.model)
     from bayeslmm.model.formula import model_frame
-    from bayeslmm.model.prior_model import default_model
+    from bayeslmm.model.prior_model import apply_priors, default_model
 
-    return default_model(model_frame(formula, data), data)
+    return apply_priors(default_model(model_frame(fit.formula, fit.data), fit.data), fit.user_priors)
 
 
 def marginal_prior_model(model) -> PriorModel:
@@ -552,6 +593,13 @@ def marginal_prior_model(model) -> PriorModel:
     from bayeslmm.engines.marginal import prior_model
 
     return prior_model(model)
+
+
+def log_prior(fit: BayesFit) -> xr.DataArray:
+    """Each draw's log prior density (chain, draw): :func:`bayeslmm.engines.prior_density.log_prior`."""
+    from bayeslmm.engines import prior_density
+
+    return prior_density.log_prior(fit)
 
 
 def _contiguous(tree: xr.DataTree) -> xr.DataTree:
@@ -584,7 +632,7 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
     """
     if requested == "bambi":
         return "bambi", "Bambi engine, as asked"
-    if formula.is_glmm:  # binomial and Poisson: the GLMM engine (NUTS on the joint, cached numba kernels)
+    if formula.is_glmm:  # binomial, Poisson, negative binomial: the GLMM engine (NUTS on the joint, numba kernels)
         from bayeslmm.engines import glmm
 
         reason = glmm.supports(formula, frame, model)
@@ -598,7 +646,8 @@ def choose_engine(requested: Engine, formula: Formula, frame, model) -> tuple[st
 
     reason = marginal.supports(formula, frame, model)
     if requested == "glmm":
-        raise OptionsError(f"--engine glmm fits binomial and Poisson models; {formula.text!r} is Gaussian: use "
+        raise OptionsError(f"--engine glmm fits binomial, Poisson and negative binomial models; {formula.text!r} is "
+                           "Gaussian: use "
                            "--engine auto")
     if requested == "pymc":
         if reason is not None:

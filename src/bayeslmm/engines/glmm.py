@@ -1,9 +1,10 @@
-"""The GLMM engine: exact, fast posterior sampling for binomial and Poisson mixed models.
+"""The GLMM engine: exact, fast posterior sampling for binomial, Poisson and negative binomial mixed models.
 
-A binomial (logit) or Poisson (log) mixed model has no closed-form marginal likelihood, so this
-engine runs NUTS (nutpie) on the joint posterior of the fixed effects, the log standard deviations,
-the correlations (LKJ, as the marginal engine) and every random effect -- the posterior Bambi's
-model defines, with nothing approximated.  What makes it fast:
+A binomial (logit), Poisson or negative binomial (log) mixed model has no closed-form marginal
+likelihood, so this engine runs NUTS (nutpie) on the joint posterior of the fixed effects, the log
+standard deviations, the correlations (LKJ, as the marginal engine), every random effect and (negative
+binomial) ``log alpha`` -- the posterior Bambi's model defines, with nothing approximated.  What makes
+it fast:
 
 - the log density and its gradient are one hand-written numba kernel
   (:mod:`bayeslmm.engines.glmm_lik`), one pass over the rows, called by nutpie's Rust threads through
@@ -15,7 +16,8 @@ model defines, with nothing approximated.  What makes it fast:
   funnel of the one and the ridge of the other are both avoided.
 
 The priors, the centred fixed-effect design and the random terms are read from the Bambi model
-by :func:`bayeslmm.engines.marginal.design`, the one reader both engines share; the result is
+by :func:`bayeslmm.engines.marginal.design`, the one reader both engines share (the negative
+binomial's prior on alpha by :func:`nb_alpha_prior`); the result is
 a ``DataTree`` with Bambi's variable names, dims and coords (:func:`marginal.assemble`), and a
 pointwise log-likelihood equal to ``bambi.Model.compute_log_likelihood``'s (constants included).
 
@@ -36,6 +38,7 @@ from bayeslmm.engines import glmm_lik as gl
 from bayeslmm.engines import marginal
 from bayeslmm.engines import marginal_lik as ml
 from bayeslmm.engines.marginal import ENGINE_GROUP, Unsupported
+from bayeslmm.labels import NB_SIZE_VARIABLE
 from bayeslmm.model.formula import Formula, ModelFrame
 from bayeslmm.model.prior_model import PriorModel
 from bayeslmm.model.priors import Priors
@@ -47,7 +50,11 @@ FAMILIES = {
     "binomial": (gl.BINOMIAL_LOGIT, "logit", "p", "binomial"),
     "bernoulli": (gl.BINOMIAL_LOGIT, "logit", "p", "binomial"),
     "poisson": (gl.POISSON_LOG, "log", "mu", "poisson"),
+    "negativebinomial": (gl.NEGBIN_LOG, "log", "mu", "negbinomial"),
 }
+#: Each family's own parameters beyond the linear predictor (Bambi's auxiliary parameters, sampled on the log
+#: scale, last in theta).
+AUXILIARY = {"negativebinomial": (NB_SIZE_VARIABLE,)}
 
 ENGINE_GROUP_DESCRIPTION = ("bayeslmm's GLMM engine: coefficients of its internal, centred design; the pointwise "
                             "log-likelihood is recomputed from these (bayeslmm.engines.bayes.log_likelihood)")
@@ -82,6 +89,8 @@ class Spec:
     weight: np.ndarray  # (instances,) centring weight of each level's block: 0 non-centred ... 1 centred
     H: np.ndarray  # (q, p) the fixed effects' part of each centred effect's coefficient (zeros: none)
     shift: float = 0.0  # (marginal.assemble reads it: nothing is shifted here)
+    acode: int = -1  # the negative binomial's prior on alpha (a marginal_lik scale-prior code; -1: no alpha)
+    apar: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
     start: dict | None = dataclasses.field(default=None, repr=False, compare=False)  # what centring() saw
 
     @property
@@ -90,9 +99,18 @@ class Spec:
         return sum(len(b.variables) for b in self.blocks)
 
     @property
+    def n_aux(self) -> int:
+        """Number of the family's own parameters (1: the negative binomial's log alpha, theta's last value)."""
+        return 1 if self.family == gl.NEGBIN_LOG else 0
+
+    @property
     def n_dim(self) -> int:
-        """Length of theta: coefficients, log sds, correlations' unconstrained values, effects."""
-        return self.X.shape[1] + len(self.random) + self.n_cor + self.layout.q
+        """Length of theta: coefficients, log sds, correlations' unconstrained values, effects, log alpha."""
+        return self.X.shape[1] + len(self.random) + self.n_cor + self.layout.q + self.n_aux
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct counts and their numbers of rows (the negative binomial's; empty for other families)."""
+        return gl.distinct_counts(self.y) if self.n_aux else (np.zeros(0), np.zeros(0))
 
     def kernel_args(self) -> tuple:
         """The arguments of :func:`glmm_lik.logp_grad` after ``theta, grad``."""
@@ -100,19 +118,21 @@ class Spec:
         return (self.family, np.ascontiguousarray(self.X.T), self.y, self.trials, self.offset,
                 np.ascontiguousarray(lay.cols.T), np.ascontiguousarray(lay.vals.T), float(self.row_const.sum()),
                 lay.tsize, lay.tcomp, lay.tcor, lay.teta, lay.icol, lay.itype, self.weight, self.H, self.bcode,
-                self.bpar, self.scode, self.spar)  # fmt: skip
+                self.bpar, self.scode, self.spar, *self.counts(), self.acode, self.apar)  # fmt: skip
 
     def packed(self) -> np.ndarray:
         """The buffer :func:`glmm_lik.c_logp` reads."""
         lay = self.layout
         n, p = self.X.shape
         scalars = np.array([self.family, n, p, len(self.random), self.n_cor, lay.tcomp.shape[1],
-                            float(self.row_const.sum()), lay.q], dtype=float)  # fmt: skip
+                            float(self.row_const.sum()), lay.q, self.acode], dtype=float)  # fmt: skip
+        uy, un = self.counts()
         return gl.pack({
             "scalars": scalars, "XT": self.X.T, "y": self.y, "trials": self.trials, "offset": self.offset,
             "colsT": lay.cols.T, "valsT": lay.vals.T, "tsize": lay.tsize, "tcomp": lay.tcomp, "tcor": lay.tcor,
             "teta": lay.teta, "icol": lay.icol, "itype": lay.itype, "weight": self.weight, "H": self.H,
-            "bcode": self.bcode, "bpar": self.bpar, "scode": self.scode, "spar": self.spar,
+            "bcode": self.bcode, "bpar": self.bpar, "scode": self.scode, "spar": self.spar, "uy": uy, "un": un,
+            "apar": self.apar,
         })  # fmt: skip
 
 
@@ -139,9 +159,20 @@ def _response(model: PriorModel, frame: ModelFrame, bambi_family: str) -> tuple[
         raise Unsupported("the Bambi model and the model frame have different responses")
     if frame.trials is not None and not np.array_equal(trials, np.asarray(frame.trials, dtype=float)):
         raise Unsupported("the Bambi model and the model frame have different trials")
-    if np.any(y < 0) or np.any(y != np.round(y)) or (bambi_family != "poisson" and np.any(y > trials)):
+    if np.any(y < 0) or np.any(y != np.round(y)) or (bambi_family in ("binomial", "bernoulli") and np.any(y > trials)):
         raise Unsupported("the response has values outside the family's support")
     return y, trials
+
+
+def nb_alpha_prior(model) -> tuple[int, np.ndarray]:
+    """The negative binomial's prior on alpha as a scale-prior code and its parameters
+    (:func:`marginal_lik.scale_prior`): Bambi's ``alpha`` (by default ``HalfCauchy(beta=1)``), read from the
+    prior model the engines are given (:mod:`bayeslmm.model.prior_model`). The one place that reads it."""
+    prior = marginal.prior_model(model).aux[NB_SIZE_VARIABLE]
+    if isinstance(prior, int | float):
+        raise Unsupported("the negative binomial's alpha fixed to a constant")
+    code, par = marginal._scale_prior(prior, NB_SIZE_VARIABLE)
+    return int(code), np.ascontiguousarray(par, dtype=float)
 
 
 def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = None,
@@ -158,11 +189,11 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     """
     pm = marginal.prior_model(model)
     if pm.family not in FAMILIES:
-        raise Unsupported(f"family {pm.family} (the GLMM engine fits binomial and Poisson models)")
+        raise Unsupported(f"family {pm.family} (the GLMM engine fits binomial, Poisson and negative binomial models)")
     code, link, parameter, ours = FAMILIES[pm.family]
     if frame.family != ours:
         raise Unsupported(f"Bambi's family {pm.family} is not the formula's family {frame.family}")
-    if pm.aux:
+    if set(pm.aux) != set(AUXILIARY.get(pm.family, ())):
         raise Unsupported(f"auxiliary parameters {sorted(pm.aux)}")
     if pm.link != link:
         raise Unsupported(f"{pm.link} link (the GLMM engine uses {link} for {pm.family})")
@@ -170,8 +201,9 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     y, trials = _response(pm, frame, pm.family)
     lay = ml.layout(list(d.factors), y.size, len(d.random))
     fields = {f.name: getattr(d, f.name) for f in dataclasses.fields(marginal.Design)}
+    acode, apar = nb_alpha_prior(model) if code == gl.NEGBIN_LOG else (-1, np.zeros(3))
     sp = Spec(**fields, family=code, y=y, trials=trials, row_const=gl.constants(code, y, trials), layout=lay,
-              weight=np.zeros(lay.icol.size), H=np.zeros((lay.q, d.X.shape[1])))
+              weight=np.zeros(lay.icol.size), H=np.zeros((lay.q, d.X.shape[1])), acode=acode, apar=apar)
     if centring_rule not in ("auto", "binary", "centred", "noncentred"):
         raise ValueError(f"centring_rule must be auto, binary, centred or noncentred, not {centring_rule!r}")
     if centring_rule == "noncentred":  # Bambi's parameterisation: nothing to estimate
@@ -185,9 +217,9 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
 def supports(formula: Formula, frame: ModelFrame, model) -> str | None:
     """``None`` when the GLMM engine applies to this model, else a one-line reason.
 
-    It applies to binomial (logit link: ``cbind(successes, failures)`` or a 0/1 response) and
-    Poisson (log link, offsets allowed) models with random intercepts and slopes, correlated or not,
-    nested or crossed, with the priors the marginal engine reads (:func:`marginal.design`).
+    It applies to binomial (logit link: ``cbind(successes, failures)`` or a 0/1 response), Poisson and
+    negative binomial (log link, offsets allowed) models with random intercepts and slopes, correlated
+    or not, nested or crossed, with the priors the marginal engine reads (:func:`marginal.design`).
     """
     try:
         spec(formula, frame, model, centring_rule="noncentred")
@@ -201,16 +233,30 @@ def supports(formula: Formula, frame: ModelFrame, model) -> str | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _mean_weight(family: int, trials: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each row and its Fisher weight (variance) at ``eta``."""
+def _mean_weight(family: int, trials: np.ndarray, eta: np.ndarray, alpha: float = np.inf
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each row and its Fisher weight (the information about eta) at ``eta``; the negative
+    binomial's at ``alpha``: ``mu alpha / (mu + alpha)``."""
     if family == gl.BINOMIAL_LOGIT:
         prob = 1.0 / (1.0 + np.exp(-eta))
         return trials * prob, trials * prob * (1.0 - prob)
     mu = np.exp(np.minimum(eta, 700.0))
+    if family == gl.NEGBIN_LOG:
+        return mu, mu / (1.0 + mu / alpha)
     return mu, mu
 
 
-def _fixed_start(sp: Spec) -> tuple[np.ndarray, np.ndarray]:
+def _nb_alpha(y: np.ndarray, mu: np.ndarray) -> float:
+    """The negative binomial's alpha that maximises the likelihood at the means ``mu`` (a rough start:
+    bounded between e^-4 and e^12)."""
+    from scipy import optimize, stats
+
+    res = optimize.minimize_scalar(lambda t: -stats.nbinom.logpmf(y, np.exp(t), np.exp(t) / (np.exp(t) + mu)).sum(),
+                                   bounds=(-4.0, 12.0), method="bounded", options={"xatol": 1e-3})
+    return float(np.exp(res.x))
+
+
+def _fixed_start(sp: Spec, alpha: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """The fixed-effects-only posterior mode (penalised IRLS, the priors' scales as ridge) and its sds."""
     X, p = sp.X, sp.X.shape[1]
     mean0, prec0 = sp.bpar[:, 0], 1.0 / sp.bpar[:, 1] ** 2
@@ -218,9 +264,9 @@ def _fixed_start(sp: Spec) -> tuple[np.ndarray, np.ndarray]:
     info = np.diag(prec0)
     for _ in range(50):
         eta = sp.offset + X @ b
-        mu, w = _mean_weight(sp.family, sp.trials, eta)
+        mu, w = _mean_weight(sp.family, sp.trials, eta, alpha)
         info = X.T @ (X * w[:, None]) + np.diag(prec0)
-        score = X.T @ (sp.y - mu) - prec0 * (b - mean0)
+        score = X.T @ ((sp.y - mu) * (w / mu if sp.family == gl.NEGBIN_LOG else 1.0)) - prec0 * (b - mean0)
         step = np.linalg.solve(info, score) if p else np.zeros(0)
         b = b + np.clip(step, -5.0, 5.0)
         if not np.all(np.isfinite(b)):
@@ -228,6 +274,11 @@ def _fixed_start(sp: Spec) -> tuple[np.ndarray, np.ndarray]:
         if np.max(np.abs(step), initial=0.0) < 1e-8:
             break
     return b, np.sqrt(np.diag(np.linalg.inv(info))) if p else np.zeros(0)
+
+
+def _score(sp: Spec, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each row's derivative of the log-likelihood in eta, given its mean and Fisher weight."""
+    return (sp.y - mu) * (w / mu) if sp.family == gl.NEGBIN_LOG else sp.y - mu
 
 
 def centring(sp: Spec) -> tuple[np.ndarray, dict]:
@@ -257,15 +308,20 @@ def centring(sp: Spec) -> tuple[np.ndarray, dict]:
     levels carry data, the same elsewhere; taking ``w`` at ``s`` instead of ``s_low``, or keeping
     weights below 0.5, left divergences (up to 37 in a fit) in designs of few levels.
 
+    A negative binomial's information uses its alpha, estimated at the rough fit's means after each sweep.
+
     Returns
     -------
     (ndarray, dict)
         Weights (one per block instance) and ``{"sd": s (K,), "information": I (q,),
-        "effects": u (q,), "b": fixed effects, "b_sd": their sds}`` (the initial point uses them).
+        "effects": u (q,), "b": fixed effects, "b_sd": their sds, "alpha": alpha (inf for other families)}``
+        (the initial point uses them).
     """
     lay = sp.layout
     K = len(sp.random)
+    nb = sp.family == gl.NEGBIN_LOG
     b, b_sd = _fixed_start(sp)
+    alpha = _nb_alpha(sp.y, np.exp(sp.offset + sp.X @ b)) if nb else np.inf
     X = sp.X
     prec0 = 1.0 / sp.bpar[:, 1] ** 2
     zu = np.zeros(sp.y.size)  # Z u
@@ -277,18 +333,20 @@ def centring(sp: Spec) -> tuple[np.ndarray, dict]:
             cols, vals, mine = lay.cols[:, k], lay.vals[:, k], comps[k]
             base = sp.offset + X @ b + zu - vals * u[cols]
             for _ in range(3):
-                mu, w = _mean_weight(sp.family, sp.trials, base + vals * u[cols])
-                score = np.bincount(cols, weights=(sp.y - mu) * vals, minlength=lay.q)[mine] - u[mine] / s2[k]
+                mu, w = _mean_weight(sp.family, sp.trials, base + vals * u[cols], alpha)
+                score = np.bincount(cols, weights=_score(sp, mu, w) * vals, minlength=lay.q)[mine] - u[mine] / s2[k]
                 info = np.bincount(cols, weights=w * vals * vals, minlength=lay.q)[mine] + 1.0 / s2[k]
                 u[mine] += np.clip(score / info, -2.0, 2.0)
             s2[k] = min(max(float(np.mean(u[mine] ** 2 + 1.0 / info)), 1e-4), 100.0)
             zu = base + vals * u[cols] - sp.offset - X @ b
         if X.shape[1]:
-            mu, w = _mean_weight(sp.family, sp.trials, sp.offset + X @ b + zu)
+            mu, w = _mean_weight(sp.family, sp.trials, sp.offset + X @ b + zu, alpha)
             info_b = X.T @ (X * w[:, None]) + np.diag(prec0)
-            b = b + np.clip(np.linalg.solve(info_b, X.T @ (sp.y - mu) - prec0 * (b - sp.bpar[:, 0])), -2.0, 2.0)
+            b = b + np.clip(np.linalg.solve(info_b, X.T @ _score(sp, mu, w) - prec0 * (b - sp.bpar[:, 0])), -2.0, 2.0)
             b_sd = np.sqrt(np.diag(np.linalg.inv(info_b)))
-    _, w = _mean_weight(sp.family, sp.trials, sp.offset + X @ b + zu)
+        if nb:
+            alpha = _nb_alpha(sp.y, np.exp(sp.offset + X @ b + zu))
+    _, w = _mean_weight(sp.family, sp.trials, sp.offset + X @ b + zu, alpha)
     info = np.zeros(lay.q)
     for k in range(K):
         info += np.bincount(lay.cols[:, k], weights=w * lay.vals[:, k] ** 2, minlength=lay.q)
@@ -304,7 +362,7 @@ def centring(sp: Spec) -> tuple[np.ndarray, dict]:
         ratio = info[c0 : c0 + k] * s2_low[lay.tcomp[t, :k]]
         if np.all(ratio > CENTRE_ABOVE):
             weight[m] = ratio[0] / (1.0 + ratio[0]) if k == 1 else 1.0
-    return weight, {"sd": np.sqrt(s2), "information": info, "effects": u, "b": b, "b_sd": b_sd}
+    return weight, {"sd": np.sqrt(s2), "information": info, "effects": u, "b": b, "b_sd": b_sd, "alpha": alpha}
 
 
 def hierarchical_centring(sp: Spec, weight: np.ndarray) -> np.ndarray:
@@ -387,6 +445,8 @@ def initial_point(sp: Spec, seen: dict) -> tuple[np.ndarray, np.ndarray]:
         scale = s ** (1.0 - w)
         center[off_v + c0 : off_v + c0 + k] = (uhat + w * (sp.H[c0 : c0 + k] @ seen["b"])) / scale
         width[off_v + c0 : off_v + c0 + k] = 0.5 * post_sd / scale
+    if sp.n_aux:  # log alpha, last
+        center[-1] = np.log(np.clip(seen.get("alpha", 1.0), 0.05, 1e4))
     return center, width
 
 
@@ -433,7 +493,7 @@ def compile_model(sp: Spec, center: np.ndarray, width: np.ndarray, fast: bool = 
 
 def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelihood: bool = True,
            priors: Priors | None = None, *, centring_rule: str = "auto") -> xr.DataTree:
-    """Sample the joint posterior of a binomial or Poisson mixed model with NUTS.
+    """Sample the joint posterior of a binomial, Poisson or negative binomial mixed model with NUTS.
 
     Parameters
     ----------
@@ -493,23 +553,35 @@ def draws(sp: Spec, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.ascontiguousarray(theta[:, :p]), np.exp(theta[:, p : p + K]), u, cors
 
 
+def alpha_draws(sp: Spec, theta: np.ndarray) -> np.ndarray | None:
+    """The negative binomial's alpha of flat draws ``theta`` (S, dim); None for other families."""
+    return np.exp(theta[:, -1]) if sp.n_aux else None
+
+
 def _to_datatree(sp: Spec, theta: np.ndarray, stats_ds, with_loglik: bool) -> xr.DataTree:
     chains, n_draws, ndim = theta.shape
-    beta, sds, u, cors = draws(sp, theta.reshape(chains * n_draws, ndim))
-    loglik = _pointwise(sp, beta, u, slice(0, sp.y.size)) if with_loglik else None
+    flat = theta.reshape(chains * n_draws, ndim)
+    beta, sds, u, cors = draws(sp, flat)
+    alpha = alpha_draws(sp, flat)
+    loglik = _pointwise(sp, beta, u, alpha, slice(0, sp.y.size)) if with_loglik else None
     tree = marginal.assemble(sp, sp.layout, beta, sds, None, u, cors, stats_ds, (chains, n_draws), with_loglik,
                              loglik=loglik)  # fmt: skip
+    if alpha is not None:  # Bambi's variable, first in its posterior as in Bambi's
+        post = tree["posterior"].to_dataset()
+        tree["posterior"] = xr.Dataset({NB_SIZE_VARIABLE: (("chain", "draw"), alpha.reshape(chains, n_draws)),
+                                        **post.data_vars}, coords=post.coords)
     tree[ENGINE_GROUP].attrs["description"] = ENGINE_GROUP_DESCRIPTION
     return tree
 
 
-def _pointwise(sp: Spec, beta: np.ndarray, u: np.ndarray, rows: slice) -> np.ndarray:
+def _pointwise(sp: Spec, beta: np.ndarray, u: np.ndarray, alpha: np.ndarray | None, rows: slice) -> np.ndarray:
     """Log-likelihood (draws, rows) of the contiguous ``rows``: one kernel for the fit and the recomputation."""
     lay = sp.layout
     start, stop, _ = rows.indices(sp.y.size)
     out = np.empty((beta.shape[0], max(stop - start, 0)))
+    alpha = np.ones(beta.shape[0]) if alpha is None else np.ascontiguousarray(alpha, dtype=float)
     gl.pointwise_loglik(sp.family, sp.X, sp.y, sp.trials, sp.offset, lay.cols, lay.vals, sp.row_const,
-                        np.ascontiguousarray(beta), np.ascontiguousarray(u), start, out)  # fmt: skip
+                        np.ascontiguousarray(beta), np.ascontiguousarray(u), alpha, start, out)  # fmt: skip
     return out
 
 
@@ -544,8 +616,9 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     if beta.shape[1] != sp.X.shape[1]:
         raise ValueError("the saved posterior does not match the model: refit it")
     u = marginal.effects_from_posterior(sp.random, sp.layout.columns, sp.layout.q, post)
+    alpha = post[NB_SIZE_VARIABLE].values.reshape(S) if sp.n_aux else None
     index = np.arange(sp.y.size)[rows]
-    ll = _pointwise(sp, beta, u, rows)
+    ll = _pointwise(sp, beta, u, alpha, rows)
     return xr.DataArray(ll.reshape(chains, n_draws, index.size), dims=("chain", "draw", "__obs__"),
                         coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
                         name=sp.response)

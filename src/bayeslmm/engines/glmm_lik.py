@@ -1,13 +1,15 @@
-"""Numerical kernels of the GLMM engine: the joint log posterior of a binomial or Poisson mixed
-model and its gradient, by hand, for NUTS.
+"""Numerical kernels of the GLMM engine: the joint log posterior of a binomial, Poisson or negative
+binomial mixed model and its gradient, by hand, for NUTS.
 
 Model (the fixed-effect design centred as Bambi centres it)::
 
     eta = offset + X b + Z u
     y_i ~ Binomial(n_i, logistic(eta_i))   or   y_i ~ Poisson(exp(eta_i))
+        or   y_i ~ NegativeBinomial(mu = exp(eta_i), alpha)   (Var = mu + mu^2 / alpha, PyMC's)
     u_l ~ N(0, Sigma_t) per level l of a covariance block of type t, Sigma_t = diag(s) R diag(s)
 
-The sampler's (unconstrained) parameters are ``theta = [b, log s_1..log s_K, y_1..y_C, v]``: the
+The sampler's (unconstrained) parameters are ``theta = [b, log s_1..log s_K, y_1..y_C, v]`` (and
+``log alpha`` last for the negative binomial, with its prior, :func:`logp_grad`): the
 ``y`` are the correlations' unconstrained values (:func:`marginal_lik.corr_cholesky`, LKJ prior),
 ``v`` (q values) the random effects, each level of each covariance block in one of two
 parameterisations of the same posterior:
@@ -30,7 +32,9 @@ which one NUTS explores best depends on how much the data say about the level (`
 The log density includes every constant (PyMC's: ``log C(n, y)``, ``-log y!``, ``-log(2 pi) / 2`` per
 effect), so with every level non-centred it equals the PyMC model's ``logp`` at the same point.  One
 pass over the rows per evaluation: eta, the log-likelihood and its derivative in eta, accumulated into
-the fixed effects' and the effects' gradients.
+the fixed effects' and the effects' gradients.  The negative binomial's ``log Gamma(y + alpha) -
+log Gamma(alpha)`` depends on alpha and the count only, so it is summed once per distinct count
+(``uy``, with ``un`` rows each), not per row.
 
 As in :mod:`bayeslmm.engines.marginal_lik`, everything is a numba function cached across processes,
 and nutpie calls the C entry point :func:`c_logp` on a packed buffer (:func:`pack`) from its own
@@ -47,7 +51,11 @@ import numpy as np
 from bayeslmm.engines import marginal_lik as ml
 
 #: Families (response distribution and link).
-BINOMIAL_LOGIT, POISSON_LOG = 0, 1
+BINOMIAL_LOGIT, POISSON_LOG, NEGBIN_LOG = 0, 1, 2
+#: PyMC's NegativeBinomial is its Poisson limit above this alpha (``binomln`` loses its digits there).
+NB_POISSON_ALPHA = 1e10
+#: Above this alpha, ``log Gamma(y + alpha) - log Gamma(alpha)`` is taken from Stirling's series (:func:`log_rising`).
+NB_STIRLING_ALPHA = 1e5
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _JIT = ml._JIT
@@ -146,18 +154,62 @@ def _poisson_rows(eta, mu, y, g):
 
 
 @nb.njit(**_JIT)
+def _negbin_rows(x, e, y, a, g):
+    """``sum y x - (y + a) softplus(x)`` with ``x = eta - log a``, ``e = exp(-|x|)``; ``g = y - (y + a) logistic(x)``
+    (the derivative in eta); returns the sum and ``sum softplus(x)`` (for the derivative in alpha)."""
+    lp = 0.0
+    sp = 0.0
+    for i in range(x.size):
+        xi = x[i]
+        ei = e[i]
+        r = 1.0 / (1.0 + ei)
+        pos = xi > 0.0
+        soft = (xi if pos else 0.0) + _log1p_unit(ei)
+        n = y[i] + a
+        lp += y[i] * xi - n * soft
+        sp += soft
+        g[i] = y[i] - n * (r if pos else ei * r)
+    return lp, sp
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def digamma(x):
+    """The digamma function for ``x > 0``: the recurrence up to 10, then its asymptotic series (rounding error)."""
+    acc = 0.0
+    while x < 10.0:
+        acc -= 1.0 / x
+        x += 1.0
+    inv2 = 1.0 / (x * x)
+    series = inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252 - inv2 * (1.0 / 240 - inv2 * (
+        1.0 / 132 - inv2 * (691.0 / 32760 - inv2 / 12.0))))))
+    return acc + math.log(x) - 0.5 / x - series
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def log_rising(a, y):
+    """``log Gamma(a + y) - log Gamma(a)`` and its derivative in ``a``: lgamma and digamma up to
+    :data:`NB_STIRLING_ALPHA`, Stirling's series above it (no difference of two huge numbers)."""
+    if a < NB_STIRLING_ALPHA:
+        return math.lgamma(a + y) - math.lgamma(a), digamma(a + y) - digamma(a)
+    ay = a + y
+    value = (a - 0.5) * math.log1p(y / a) + y * math.log(ay) - y + (1.0 / ay - 1.0 / a) / 12.0
+    return value, math.log1p(y / a) + 0.5 * y / (a * ay) - (1.0 / (ay * ay) - 1.0 / (a * a)) / 12.0
+
+
+@nb.njit(**_JIT)
 def _neg_abs(x, out):
     for i in range(x.size):
         out[i] = -abs(x[i])
 
 
 @nb.njit(**_JIT)
-def data_term(family, XT, y, trials, offset, colsT, valsT, b, u, gb, gu):
+def data_term(family, XT, y, trials, offset, colsT, valsT, b, u, gb, gu, log_alpha, uy, un, ga):
     """Log-likelihood of every row (without constants) at ``b``, ``u``; its gradient added to ``gb``, ``gu``.
 
     ``XT`` (p, n), ``colsT``/``valsT`` (K, n): stored by row so that each pass is a loop over the rows
     that LLVM vectorises (separate arrays in and out: it cannot prove in-place loops safe).
-    Returns ``-inf`` where a Poisson mean overflows.
+    Returns ``-inf`` where a Poisson mean overflows. The negative binomial (``log_alpha``; distinct counts
+    ``uy`` with ``un`` rows each) adds its derivative in ``log alpha`` to ``ga[0]``.
     """
     p, n = XT.shape
     Kc = colsT.shape[0]
@@ -175,11 +227,29 @@ def data_term(family, XT, y, trials, offset, colsT, valsT, b, u, gb, gu):
     e = np.empty(n)
     g = np.empty(n)
     bits = np.empty(n, dtype=np.int64)
+    alpha = math.exp(log_alpha)
     if family == BINOMIAL_LOGIT:
         x = np.empty(n)
         _neg_abs(eta, x)
         exp_array(x, e, bits)
         lp = _binomial_rows(eta, e, y, trials, g)
+    elif family == NEGBIN_LOG and alpha <= NB_POISSON_ALPHA:
+        x = np.empty(n)
+        for i in range(n):
+            x[i] = eta[i] - log_alpha
+        ax = np.empty(n)
+        _neg_abs(x, ax)
+        exp_array(ax, e, bits)
+        lp, soft = _negbin_rows(x, e, y, alpha, g)
+        dg = 0.0
+        for i in range(n):
+            dg += g[i]
+        dl = 0.0
+        for j in range(uy.size):
+            v, d = log_rising(alpha, uy[j])
+            lp += un[j] * v
+            dl += un[j] * d
+        ga[0] += -dg - alpha * soft + alpha * dl
     else:
         top = -np.inf
         for i in range(n):
@@ -203,15 +273,24 @@ def data_term(family, XT, y, trials, offset, colsT, valsT, b, u, gb, gu):
 
 
 @nb.njit(**_JIT)
-def row_loglik(family, y, trials, eta):
+def row_loglik(family, y, trials, eta, alpha):
     """Log-likelihood of one row without its constant (the pointwise log-likelihood's)."""
     if family == BINOMIAL_LOGIT:
         return y * eta - trials * (max(eta, 0.0) + math.log1p(math.exp(-abs(eta))))
+    if family == NEGBIN_LOG and alpha <= NB_POISSON_ALPHA:
+        x = eta - math.log(alpha)
+        return y * x - (y + alpha) * (max(x, 0.0) + math.log1p(math.exp(-abs(x)))) + log_rising(alpha, y)[0]
     return y * eta - math.exp(eta)
 
 
+def distinct_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``y`` and how many rows have each (the negative binomial's gamma terms)."""
+    uy, un = np.unique(np.asarray(y, dtype=float), return_counts=True)
+    return uy, un.astype(float)
+
+
 def constants(family: int, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    """Each row's log-likelihood constant: ``log C(n, y)`` (binomial) or ``-log y!`` (Poisson)."""
+    """Each row's log-likelihood constant: ``log C(n, y)`` (binomial) or ``-log y!`` (Poisson, negative binomial)."""
     from scipy.special import gammaln
 
     if family == BINOMIAL_LOGIT:
@@ -221,7 +300,7 @@ def constants(family: int, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
 
 @nb.njit(**_JIT)
 def logp_grad(theta, grad, family, XT, y, trials, offset, colsT, valsT, const, tsize, tcomp, tcor, teta, icol, itype,
-              weight, H, bcode, bpar, scode, spar):  # fmt: skip
+              weight, H, bcode, bpar, scode, spar, uy, un, acode, apar):  # fmt: skip
     """Log posterior at ``theta``; its gradient into ``grad``.
 
     ``XT`` (p, n) internal design; ``y``, ``trials``, ``offset`` (n,); ``colsT``/``valsT`` (K, n) each
@@ -230,7 +309,9 @@ def logp_grad(theta, grad, family, XT, y, trials, offset, colsT, valsT, const, t
     :class:`marginal_lik.Layout`, ``weight`` (M,) each instance's centring weight (0 or 1 for a block of
     several coefficients), ``H`` (q, p) the fixed effects' part of each effect's whole coefficient
     (zeros: none); ``bcode/bpar`` one
-    location prior per coefficient, ``scode/spar`` one scale prior per standard deviation.
+    location prior per coefficient, ``scode/spar`` one scale prior per standard deviation. The negative
+    binomial's ``log alpha`` is ``theta``'s last value, with the scale prior ``acode/apar`` on alpha;
+    ``uy``/``un`` the distinct counts and their numbers of rows (:func:`distinct_counts`).
     Returns ``-inf`` (gradient zero) where a correlation matrix is singular.
     """
     p = XT.shape[0]
@@ -241,12 +322,19 @@ def logp_grad(theta, grad, family, XT, y, trials, offset, colsT, valsT, const, t
     for t in range(T):
         if tcor[t] >= 0:
             C += tsize[t] * (tsize[t] - 1) // 2
-    q = theta.size - p - K - C
+    n_aux = 1 if family == NEGBIN_LOG else 0
+    q = theta.size - p - K - C - n_aux
     off_y = p + K
     off_v = off_y + C
     for a in range(grad.size):
         grad[a] = 0.0
     lp = const
+    log_alpha = 0.0
+    if n_aux:  # the negative binomial's alpha, its prior with the log transform's Jacobian
+        log_alpha = theta[theta.size - 1]
+        v, d = ml.scale_prior(acode, apar, log_alpha)
+        lp += v
+        grad[theta.size - 1] = d
 
     # priors of the coefficients and the sds (with the log transform's Jacobian)
     for a in range(p):
@@ -360,12 +448,15 @@ def logp_grad(theta, grad, family, XT, y, trials, offset, colsT, valsT, const, t
 
     # the data
     gu = np.zeros(q)
-    ll = data_term(family, XT, y, trials, offset, colsT, valsT, theta[:p], u, grad[:p], gu)
+    ga = np.zeros(1)
+    ll = data_term(family, XT, y, trials, offset, colsT, valsT, theta[:p], u, grad[:p], gu, log_alpha, uy, un, ga)
     if not ll > -np.inf:
         for b in range(grad.size):
             grad[b] = 0.0
         return -np.inf
     lp += ll
+    if n_aux:
+        grad[theta.size - 1] += ga[0]
 
     # back from u to v, the sds and the correlations
     for m in range(icol.size):
@@ -414,10 +505,11 @@ def logp_grad(theta, grad, family, XT, y, trials, offset, colsT, valsT, const, t
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def pointwise_loglik(family, X, y, trials, offset, cols, vals, row_const, beta, u, rows_from, out):
+def pointwise_loglik(family, X, y, trials, offset, cols, vals, row_const, beta, u, alpha, rows_from, out):
     """Each draw's log-likelihood of rows ``rows_from ...`` into ``out`` (draws, rows), constants included.
 
-    ``beta`` (S, p) internal coefficients, ``u`` (S, q) effects in the layout's columns.
+    ``beta`` (S, p) internal coefficients, ``u`` (S, q) effects in the layout's columns, ``alpha`` (S,)
+    the negative binomial's (unused for other families).
     """
     S = beta.shape[0]
     m = out.shape[1]
@@ -433,7 +525,7 @@ def pointwise_loglik(family, X, y, trials, offset, cols, vals, row_const, beta, 
                 eta += X[i, a] * b[a]
             for k in range(Kc):
                 eta += vals[i, k] * us[cols[i, k]]
-            out[s_, j] = row_loglik(family, y[i], trials[i], eta) + row_const[i]
+            out[s_, j] = row_loglik(family, y[i], trials[i], eta, alpha[s_]) + row_const[i]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -491,7 +583,7 @@ def effects(theta, p, K, C, tsize, tcomp, tcor, teta, icol, itype, weight, H, ou
 
 #: Order of the arrays in the packed buffer (integer arrays stored as their int64 bit patterns).
 _ARRAYS = ("scalars", "XT", "y", "trials", "offset", "colsT", "valsT", "tsize", "tcomp", "tcor", "teta", "icol",
-           "itype", "weight", "H", "bcode", "bpar", "scode", "spar")  # fmt: skip
+           "itype", "weight", "H", "bcode", "bpar", "scode", "spar", "uy", "un", "apar")  # fmt: skip
 _HEADER = 2 + 2 * len(_ARRAYS)  # total length, number of arrays, (offset, length) of each
 
 
@@ -499,7 +591,7 @@ def pack(arrays: dict) -> np.ndarray:
     """The kernel's inputs in one float64 buffer for :func:`c_logp`.
 
     ``arrays`` maps each name of ``_ARRAYS`` to its array; ``scalars`` is ``[family, n, p, K, C,
-    kmax, const, q]``.
+    kmax, const, q, acode]``.
     """
     parts = []
     for name in _ARRAYS:
@@ -547,8 +639,12 @@ def _unpack(buf):
     bpar = _part(buf, 16).reshape((p, 3))
     scode = _part(buf, 17).view(np.int64)
     spar = _part(buf, 18).reshape((K, 3))
+    uy = _part(buf, 19)
+    un = _part(buf, 20)
+    apar = _part(buf, 21)
+    acode = int(sc[8])
     return (family, XT, y, trials, offset, colsT, valsT, const, tsize, tcomp, tcor, teta, icol, itype, weight, H,
-            bcode, bpar, scode, spar)  # fmt: skip
+            bcode, bpar, scode, spar, uy, un, acode, apar)  # fmt: skip
 
 
 @nb.cfunc(ml._LOGP_SIG, cache=True, error_model="numpy")
@@ -560,12 +656,12 @@ def c_logp(dim, x_, out_, logp_, data_):
     out = nb.carray(out_, (dim,))
     logp = nb.carray(logp_, (1,))
     (family, XT, y, trials, offset, colsT, valsT, const, tsize, tcomp, tcor, teta, icol, itype, weight, H,
-     bcode, bpar, scode, spar) = _unpack(buf)  # fmt: skip
+     bcode, bpar, scode, spar, uy, un, acode, apar) = _unpack(buf)  # fmt: skip
     sc = _part(buf, 0)
-    if dim != int(sc[2]) + int(sc[3]) + int(sc[4]) + int(sc[7]):
+    if dim != int(sc[2]) + int(sc[3]) + int(sc[4]) + int(sc[7]) + (1 if family == NEGBIN_LOG else 0):
         return -1
     val = logp_grad(x, out, family, XT, y, trials, offset, colsT, valsT, const, tsize, tcomp, tcor, teta, icol,
-                    itype, weight, H, bcode, bpar, scode, spar)  # fmt: skip
+                    itype, weight, H, bcode, bpar, scode, spar, uy, un, acode, apar)  # fmt: skip
     logp[0] = val
     if not math.isfinite(val):
         return 4

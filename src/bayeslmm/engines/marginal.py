@@ -595,13 +595,37 @@ def _compile_fast(sp: Spec, stats: ml.Stats, make_initial_point):
     return _compile_c(sp.n_dim, ml.pack(stats, sp.bcode, sp.bpar, sp.scode, sp.spar), ml.c_logp, make_initial_point)
 
 
+def nutpie_module():
+    """nutpie, imported without ArviZ's plotting stack.
+
+    ``nutpie.sample`` does ``import arviz`` only to call ``from_dict`` and ``dict_to_dataset``, which
+    are arviz-base's (``arviz`` re-exports them); importing the ``arviz`` package also imports
+    arviz-stats and arviz-plots with matplotlib, about a second of a short fit. So while nutpie is
+    first imported, ``arviz`` names arviz-base; the real package is imported wherever bayeslmm asks for it.
+    """
+    import sys
+
+    if "nutpie" in sys.modules or "arviz" in sys.modules:
+        import nutpie
+
+        return nutpie
+    import arviz_base
+
+    sys.modules["arviz"] = arviz_base
+    try:
+        import nutpie
+    finally:
+        if sys.modules.get("arviz") is arviz_base:
+            del sys.modules["arviz"]
+    return nutpie
+
+
 def _compile_c(ndim: int, buffer: np.ndarray, c_logp, make_initial_point):
     """nutpie's ``CompiledPyMCModel`` around a numba C log density reading ``buffer``, or ``None`` if
     nutpie is not a version whose internals this was tested with (:data:`NUTPIE_TESTED`)."""
     import dataclasses
 
-    import nutpie
-
+    nutpie = nutpie_module()
     try:
         from nutpie.compile_pymc import CompiledPyMCModel
     except ImportError:
@@ -769,7 +793,7 @@ def run_nutpie(compiled, options, progress: bool, enough=None, **settings):
     as they arrive, may stop sampling there by returning True; the trace then holds those k draws per
     chain (the same draws whenever it is run: each chain's draws are fixed by the seed).
     """
-    import nutpie
+    nutpie = nutpie_module()
 
     from bayeslmm.notices import progress_shown
 
@@ -818,7 +842,7 @@ def _sample_until(sampler, draws: int, enough, poll: float = 1.0):
 def stamp(tree: xr.DataTree, interface: str, options, sampling_time: float, fit_time: float,
           **extra) -> xr.DataTree:
     """Record on every group of ``tree`` who sampled it and how long it took (ArviZ's attribute names)."""
-    import nutpie
+    nutpie = nutpie_module()
 
     for group in tree.children:
         tree[group].attrs.update({

@@ -196,7 +196,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         When :func:`bayeslmm.engines.marginal.spec` cannot read the model.
     """
-    import nutpie
+    nutpie = marginal.nutpie_module()
 
 
     start = time.perf_counter()

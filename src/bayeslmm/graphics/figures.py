@@ -19,13 +19,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling
+from bayeslmm.engines.marginal import Unsupported
+from bayeslmm.engines.prior_density import sd_priors
+from bayeslmm.errors import DataError
+from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
-from bayeslmm.summary import predict, residuals
+from bayeslmm.summary import pooling, predict, residuals
+from bayeslmm.summary.prior_predictive import prior_predictive
+from bayeslmm.summary.sidebyside import with_lme4_intervals
 from bayeslmm.summary.tables import fixed_draws
 
 #: Most levels a grouping factor may have to be drawn as colours (the palette's size) or facets.
@@ -129,7 +135,8 @@ def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
-                 side: pd.DataFrame | None = None, skipped: list[str] | None = None) -> list[Image]:
+                 side: pd.DataFrame | None = None, skipped: list[str] | None = None,
+                 echo: Callable[[str], None] | None = None, parts: pd.DataFrame | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
@@ -137,7 +144,9 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     correlations; without it their lme4 estimates come from ``tidy``. Binomial and Poisson models
     get their own checks (:mod:`bayeslmm.graphics.plots_glmm`) and the data, lines and bands on
     the response scale; a figure that does not apply to them is left out, and ``skipped`` (a list,
-    when given) receives one line per figure left out saying why.
+    when given) receives one line per figure left out saying why. ``echo`` (optional) is told
+    each figure's name as it is drawn (the progress of a long report); ``parts``, the variance
+    partition table, adds lme4's shares to the variance-partition figure.
     """
     df, figures = result.data, []
     mass = percent(ci)
@@ -146,6 +155,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     (root / "figures").mkdir(parents=True, exist_ok=True)
 
     def save(make: Callable[[], Figure], name: str, caption: str) -> None:
+        if echo is not None:
+            echo(f"  figure {len(figures) + 1}: {_safe(name)}")
         fig = make()
         fig.savefig(root / "figures" / f"{_safe(name)}.png")
         figures.append(Image(f"figures/{_safe(name)}.png", caption))
@@ -164,6 +175,8 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     fits = distinct_fits(result)
     main = main_model(result, x)
     main_fit = result.fits[main] if main else None
+    # how captions name it: a one-model report ('bayeslmm fit') has no model names to tell apart
+    called = "the model" if len(result.study.models) == 1 else main
 
     # The data (a binomial or Poisson response on its response scale: proportions, 0/1, rates).
     shown = response
@@ -203,17 +216,22 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     if x is not None and main_fit is not None and tuple(main_fit.formula.fixed) == (x,):
         lines = [f for f in (pooled, main_fit) if f is not None]
         save(lambda: plots_checks.population_lines(lines, df, x, ci), f"population_lines_{x}",
-             f"The slope of {x} without groups and in {main}'s population line (fixed effects only, for an "
+             f"The slope of {x} without groups and in the population line of {called} (fixed effects only, for an "
              f"average group): posterior means and {mass} credible bands"
              + (f", on the response scale ({predict.response_scale(main_fit.formula, df)[1]}); the mixed model's "
                 "line is a typical group's (every group effect 0), which on this scale is not the average over "
                 "groups." if main_fit.formula.is_glmm else "."))
+    # lme4's interval of each number is the side-by-side table's (profile where it exists), as in the tables
+    shown = with_lme4_intervals(tidy, side) if side is not None else tidy
+    lme4_ci = (" (lme4's: the profile interval where one exists, as in the tables; a model's REML and ML "
+               "estimates share it, as R's confint profiles the ML deviance)") if side is not None else ""
     if x is not None and (tidy["term"] == x).any():
-        save(lambda: plots.forest(tidy, x, models=order, ci=ci), f"forest_{x}",
-             f"The estimate of {x} in every model, with its {mass} interval: the answer to the study's question.")
+        save(lambda: plots.forest(shown, x, models=order, ci=ci), f"forest_{x}",
+             f"The estimate of {x} in every model, with its {mass} interval{lme4_ci}: the answer to the study's "
+             "question.")
     if (tidy["effect"] == "ran_pars").any():
         scales = {predict.scale_label(m.formula) for m in result.study.models}
-        save(lambda: plots.forest_sd(tidy, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
+        save(lambda: plots.forest_sd(shown, models=order, response=scales.pop() if len(scales) == 1 else None, ci=ci),
              "forest_sd",
              f"Standard deviations of the group effects and of the residual in every model ({mass} intervals).")
 
@@ -244,53 +262,83 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
             if facet in df.columns and len(levels_of(df, facet)) <= MAX_FACETS and (
                     colour_by is None or len(levels_of(df, colour_by)) <= MAX_COLOURS):
                 save(lambda: plots_checks.group_lines(main_fit, df, x, facet, colour_by, ci), f"fitted_lines_{main}",
-                     f"{main}'s fitted line for each {colour_by or facet} (posterior mean of the conditional "
-                     f"mean, {mass} band) over the observations: the tutorial's last figure.")
-        if main_fit.formula.is_glmm:
-            skip(f"No shrinkage plot of {main}: its no-pooling estimates are least-squares ones, not on the model's "
-                 f"scale ({predict.scale_label(main_fit.formula)}); the caterpillar plot shows the group effects.")
-        for term in main_fit.formula.random if not main_fit.formula.is_glmm else ():
-            if term.intercept and main_fit.formula.intercept:
-                save(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci), f"shrinkage_{term.group}",
-                     f"Shrinkage in {main}: each {term.group}'s own intercept (no pooling) moves towards what "
-                     "the model expects of it (the population, or for a nested level its parent) in the mixed "
-                     f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
-                     "rest move most.")
+                     f"The fitted line of {called} for each {colour_by or facet} (posterior mean of the conditional "
+                     f"mean, {mass} band) over the observations"
+                     + (": the tutorial's last figure." if result.study.name == "dragons" else "."))
+        glm = main_fit.formula.is_glmm
+        lme4 = _glmer_rows(tidy, main) if glm else None
+        for term in main_fit.formula.random:
+            if not (term.intercept and main_fit.formula.intercept) or (glm and not _glm_pooling(main_fit, term, skip)):
+                continue
+            _save_pooling(lambda g=term.group: plots_pooling.shrinkage(main_fit, g, ci, lme4=lme4),
+                          f"shrinkage_{term.group}",
+                          f"Shrinkage in {called}: each {term.group}'s own intercept (no pooling) moves towards what "
+                          "the model expects of it (the population, or for a nested level its parent) in the mixed "
+                          f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
+                          "rest move most." + (_GLM_POOLING.format(scale=predict.scale_label(main_fit.formula),
+                                                                  what="intercept") if glm else ""),
+                          save, skip)
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
-             f"Every group effect of {main}, sorted, with 50% and {mass} intervals.")
+             f"Every group effect of {called}, sorted, with 50% and {mass} intervals.")
     for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per numeric slope
         for term in fit.formula.random:
             # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
             slopes = [s for s in term.slopes
                       if term.columns is None or any(c.expr == s and not c.level for c in term.columns)]
-            if term.correlated and term.intercept and slopes and fit.formula.intercept and fit.formula.is_glmm:
-                skip(f"No 2-D shrinkage plot of {fit.name}: its no-pooling lines are least-squares ones.")
-            elif term.correlated and term.intercept and slopes and fit.formula.intercept:
+            glm = fit.formula.is_glmm
+            if (term.correlated and term.intercept and slopes and fit.formula.intercept
+                    and (not glm or _glm_pooling(fit, term, skip))):
+                lme4 = _glmer_rows(tidy, fit.name.split(" = ")[0]) if glm else None
                 for slope in slopes:
                     name = f"shrinkage_2d_{fit.name.split(' ')[0]}_{term.group}"
-                    save(lambda f=fit, t=term, s=slope: plots_pooling.shrinkage_2d(f, t.group, s, ci),
-                         name + (f"_{slope}" if len(slopes) > 1 else ""),
-                         f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions (no "
-                         "pooling, open circles) pulled towards the population (partial pooling, filled). The "
-                         f"ellipses hold 50% and {mass} of the population of {term.group}s, a normal with the "
-                         "posterior mean of the covariance matrix of the two effects, tilted by their correlation.")
+                    _save_pooling(lambda f=fit, t=term, s=slope, r=lme4: plots_pooling.shrinkage_2d(
+                                      f, t.group, s, ci, r),
+                                  name + (f"_{slope}" if len(slopes) > 1 else ""),
+                                  f"Intercept and slope of {slope} of each {term.group} in {fit.name}: own regressions "
+                                  "(no pooling, open circles) pulled towards the population (partial pooling, filled). "
+                                  f"The ellipses hold 50% and {mass} of the population of {term.group}s, a normal with "
+                                  "the posterior mean of the covariance matrix of the two effects, tilted by their "
+                                  "correlation." + (_GLM_POOLING.format(scale=predict.scale_label(fit.formula),
+                                                                        what="line") if glm else ""),
+                                  save, skip)
     mixed = [f for f in fits if f.formula.is_mixed]
     if mixed:
-        latent = ("; for binomial and Poisson models the residual is the latent-scale variance, pi^2/3 for the "
-                  "logit link and ln(1 + 1/mean count) for the log link (Nakagawa et al. 2017)"
+        latent = ("; for binomial and count models the residual is the latent-scale variance, pi^2/3 for the "
+                  "logit link and ln(1 + 1/mean count) for the log link (+ 1/theta for the negative binomial; "
+                  "Nakagawa et al. 2017)"
                   if any(f.formula.is_glmm for f in mixed) else "")
-        save(lambda: plots_pooling.variance_partition(mixed, ci), "variance_partition",
+        shares = (dict(zip(zip(parts["model"], parts["group"], strict=True), parts["lme4_share"], strict=True))
+                  if parts is not None and not parts.empty else None)
+        save(lambda: plots_pooling.variance_partition(mixed, ci, lme4=shares), "variance_partition",
              "Posterior share of the total variance for each grouping factor and the residual, in every "
-             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval){latent}.")
+             f"mixed model (drawn from the posterior sds; bars: posterior mean and {mass} interval"
+             + ("; crosses: lme4's share" if shares else "") + f"){latent}.")
     if main_fit is not None:
         try:
-            prior = plots_pooling.prior_sd_draws(main_fit)
-        except ValueError:
+            prior = sd_priors(main_fit)
+        except Unsupported as exc:
             prior = None
+            skip(f"No prior-against-posterior figure of the sds of {called}: {exc}.")
         if prior is not None:
             save(lambda: plots_pooling.prior_posterior_sd(main_fit, prior, ci), "prior_posterior_sd",
-                 f"Prior (Bambi's default) against posterior of every standard deviation in {main}, with both "
-                 f"{mass} intervals: few levels leave a wide posterior.")
+                 f"Prior (as fitted: its exact density and {mass} interval) against posterior of every standard "
+                 f"deviation in {called}, with both {mass} intervals: few levels leave a wide posterior.")
+    replicated = {}
+    for fit in fits:
+        try:
+            replicated[fit.name] = prior_predictive(fit)
+        except Unsupported as exc:
+            skip(f"No prior predictive check of {fit.name}: {exc}.")
+    if replicated:
+        bars = ", ".join(percent(m) for m in plots_priors.masses(ci))
+        save(lambda: plots_priors.prior_predictive_check([f for f in fits if f.name in replicated], ci,
+                                                         draws=replicated),
+             "prior_predictive",
+             "Prior predictive check of every model: data sets replicated from the priors alone (parameters from "
+             "the priors as fitted, group effects from their normal given those sds, the response from the family) "
+             f"against the observed response; bars: the replicates' {bars} intervals over the observed range. A "
+             "prior predictive much wider than the data is what weakly informative priors give; one that misses the "
+             "data is a prior in conflict with it.")
     correlated = [f for f in fits if plots_pooling.correlations(f)]
     if correlated:
         save(lambda: plots_pooling.prior_posterior_cor(correlated, _lme4_rows(tidy, side), ci), "prior_posterior_cor",
@@ -298,6 +346,44 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
              f"correlation), with the posterior mean and {mass} interval, and lme4's estimate with its {mass} "
              "profile-likelihood interval where lme4 has one.")
     return figures
+
+
+#: What a binomial or Poisson model's shrinkage figure adds to its caption.
+_GLM_POOLING = (" On the link scale ({scale}): no pooling is each level's own maximum-likelihood {what} (a GLM, the "
+                "other fixed effects shared), complete pooling the GLM without groups; a level whose own estimate is "
+                "infinite (all successes, all failures, all zero counts, or separation: open triangle) or finite but "
+                "far out (near separation: filled triangle) is drawn at the axis edge, and x marks lme4's partial "
+                "pooling (glmer's fixed effects plus conditional modes).")
+
+
+def _glmer_rows(tidy: pd.DataFrame, model: str) -> pd.DataFrame | None:
+    """The tidy rows of glmer's fit (Laplace or AGQ) of ``model``, or None without any."""
+    rows = tidy[(tidy["model"] == model) & tidy["method"].isin(["laplace", "agq"])]
+    return rows if len(rows) else None
+
+
+def _glm_pooling(fit, term, skip: Callable[[str], None]) -> bool:
+    """Whether a binomial or Poisson model's shrinkage figures can be drawn for ``term``'s group; if not, say why."""
+    if fit.formula.family not in pooling.FAMILIES:
+        skip(f"No shrinkage plot of {fit.name}: no pooling by maximum likelihood is fitted here for the "
+             f"{fit.formula.family} family.")
+        return False
+    levels = fit.data.groupby(list(term.group_columns), observed=True).ngroups
+    if levels >= len(fit.data):
+        skip(f"No shrinkage plot of {term.group} in {fit.name}: a level per row (an observation-level effect) has "
+             "no estimate of its own to shrink.")
+        return False
+    return True
+
+
+def _save_pooling(make: Callable[[], Figure], name: str, caption: str,
+                  save: Callable[[Callable[[], Figure], str, str], None], skip: Callable[[str], None]) -> None:
+    """``save`` a shrinkage figure; if its no-pooling fit has no finite answer (a shared covariate separates a
+    binomial or Poisson response), ``skip`` it and say so."""
+    try:
+        save(make, name, caption)
+    except DataError as exc:
+        skip(f"No {name.replace('_', ' ')} figure: {exc}.")
 
 
 def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: float,
@@ -314,7 +400,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
         return
     if len(glmm) == len(fits):
         skip("No residuals against fitted values, normal QQ plot or density check (Gaussian checks): for binomial "
-             "and Poisson models the simulated-quantile residuals and the discrete predictive checks take their "
+             "and count models the simulated-quantile residuals and the discrete predictive checks take their "
              "place.")
     first = {}
     for spec in result.study.models:
@@ -323,7 +409,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
             first.setdefault(fit.key, fit)
     res = [dataclasses.replace(residuals.simulate_residuals(first[f.key]), name=f.name) for f in glmm]
     save(lambda: plots_glmm.qq_uniform(res, ci=ci), "qq_uniform",
-         f"Simulated-quantile residuals (DHARMa) of every binomial and Poisson model: where each observation falls "
+         f"Simulated-quantile residuals (DHARMa) of every binomial and count model: where each observation falls "
          f"among {residuals.N_SIM} replicates from the posterior (group effects drawn anew), against the uniform "
          "they follow if the model is right, with the dispersion, zero-inflation and uniformity tests (red: p < "
          f"0.05; the band holds {percent(ci)} of the replicates' own residuals point by point: the spread of a right "
@@ -331,7 +417,7 @@ def glmm_checks(result, fits: list, df: pd.DataFrame, group: str | None, ci: flo
     save(lambda: plots_glmm.residuals_predicted(res), "residuals_predicted",
          "Simulated-quantile residuals against the rank of each row's prediction for a typical group: the binned "
          "25%, 50% and 75% quantiles of the residuals should lie flat on the dashed lines (red: not flat, p < 0.05).")
-    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family == "poisson" or f.formula.cbind]
+    counts = [r for f, r in zip(glmm, res, strict=True) if f.formula.family in COUNT_FAMILIES or f.formula.cbind]
     if counts:
         save(lambda: plots_glmm.ppc_counts(counts, ci), "ppc_counts",
              "Posterior predictive check of the counts: how many rows have each value (bars) against "

@@ -25,12 +25,12 @@ BAYES, FREQ, NEUTRAL = PALETTE[0], PALETTE[3], "#555555"
 #: Colour and legend text of each estimation method of the tidy table (``{ci}``: the interval's mass).
 METHODS = {
     "bayes": (BAYES, "Bayesian: posterior mean, {ci} interval"),
-    "reml": (FREQ, "lme4 REML: estimate, {ci} Wald CI"),
-    "ml": (PALETTE[1], "lme4 ML: estimate, {ci} Wald CI"),
+    "reml": (FREQ, "lme4 REML: estimate, {ci} {kind} CI"),
+    "ml": (PALETTE[1], "lme4 ML: estimate, {ci} {kind} CI"),
     "ols": (PALETTE[2], "lm (OLS): estimate, {ci} CI"),
-    "laplace": (FREQ, "lme4 glmer (Laplace): estimate, {ci} Wald CI"),
-    "agq": (PALETTE[4], "lme4 glmer (AGQ): estimate, {ci} Wald CI"),
-    "glm": (PALETTE[2], "glm: estimate, {ci} Wald CI"),
+    "laplace": (FREQ, "lme4 glmer (Laplace): estimate, {ci} {kind} CI"),
+    "agq": (PALETTE[4], "lme4 glmer (AGQ): estimate, {ci} {kind} CI"),
+    "glm": (PALETTE[2], "glm: estimate, {ci} {kind} CI"),
 }
 
 STYLE = {
@@ -201,7 +201,8 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
         lo, hi = eti(lines, ci)
         slope = draws[x]
         s_lo, s_hi = eti(slope, ci)
-        kind = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(family, "slope")
+        kind = {"binomial": "log-odds slope", "poisson": "log-rate slope", "negbinomial": "log-rate slope"}.get(
+            family, "slope")
         ax.fill_between(grid, lo, hi, color=BAYES, alpha=0.3, lw=0, label=f"{percent(ci)} credible band of the line")
         ax.plot(grid, lines.mean(axis=0), color=BAYES, lw=2.5,
                 label=f"pooled fit (posterior mean): {kind} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
@@ -285,7 +286,7 @@ def _forest_rows(ax, rows: pd.DataFrame, labels: list[tuple[str, str]], referenc
     """
     known = [m for m in METHODS if m in set(rows["method"])]
     methods = known + sorted(set(rows["method"]) - set(METHODS))
-    drawn: dict[str, bool] = {}
+    drawn: dict[str, set] = {}  # method -> kinds of the intervals drawn (empty: dots only)
     n = len(labels)
     for i, (model, term) in enumerate(labels):
         hits = [(m, rows[(rows["method"] == m) & (rows["model"] == model) & (rows["term"] == term)]) for m in methods]
@@ -296,7 +297,9 @@ def _forest_rows(ax, rows: pd.DataFrame, labels: list[tuple[str, str]], referenc
             y = n - 1 - i + ((len(hits) - 1) / 2 - j) * step
             lo, hi = float(r["conf_low"]), float(r["conf_high"])
             has_ci = bool(np.isfinite(lo) and np.isfinite(hi))
-            drawn[method] = drawn.get(method, False) or has_ci
+            kinds = drawn.setdefault(method, set())
+            if has_ci:
+                kinds.add(str(r["conf_method"]) if r.get("conf_method") else "Wald")
             if has_ci:
                 ax.plot([lo, hi], [y, y], color=col, lw=2.2, solid_capstyle="butt")
             ax.plot([float(r["estimate"])], [y], "o", color=col, ms=7, zorder=3)
@@ -318,15 +321,15 @@ def _row_height(rows: pd.DataFrame) -> float:
     return 0.3 + 0.2 * k
 
 
-def _method_legend(fig: Figure, drawn: dict[str, bool], ci: float) -> None:
+def _method_legend(fig: Figure, drawn: dict[str, set], ci: float) -> None:
     from matplotlib.lines import Line2D
 
     handles, labels = [], []
-    for m, has_ci in drawn.items():
+    for m, kinds in drawn.items():
         col, text = METHODS.get(m, (NEUTRAL, m))
-        text = text.format(ci=percent(ci))
-        handles.append(Line2D([], [], color=col, marker="o", lw=2.2 if has_ci else 0, ms=7))
-        labels.append(text if has_ci else text.split(",")[0])
+        text = text.format(ci=percent(ci), kind=" or ".join(sorted(kinds - {"ETI"})) or "Wald")
+        handles.append(Line2D([], [], color=col, marker="o", lw=2.2 if kinds else 0, ms=7))
+        labels.append(text if kinds else text.split(",")[0])
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2), fontsize=10)
 
 
@@ -391,10 +394,10 @@ def forest_sd(tidy: pd.DataFrame, models: Sequence[str] | None = None, response:
     heights = [_row_height(p[1]) * len(p[3]) + 0.8 for p in panels]
     fig = new_figure(10, sum(heights) + 1.6)
     axes = fig.subplots(len(panels), 1, height_ratios=heights, squeeze=False).ravel()
-    methods: dict[str, bool] = {}
+    methods: dict[str, set] = {}
     for ax, (g, sub, terms, labels) in zip(axes, panels, strict=True):
-        for m, has_ci in _forest_rows(ax, sub, labels, reference=None).items():
-            methods[m] = methods.get(m, False) or has_ci
+        for m, kinds in _forest_rows(ax, sub, labels, reference=None).items():
+            methods[m] = methods.get(m, set()) | kinds
         what = "residual sd (sd__Observation)" if g == RESIDUAL else f"sd of the {g} effects ({', '.join(terms)})"
         ax.set_title(what, fontsize=11, loc="left")
         ax.set_xlim(left=0)

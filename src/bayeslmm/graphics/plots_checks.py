@@ -153,8 +153,31 @@ def qq_residuals(fits, ncol: int = 3) -> Figure:
     return fig
 
 
+#: Observations sharing the smallest or the largest value that make a response "piled up" at a bound
+#: (the tutorial's scores: 4 zeros and 8 hundreds among 480 otherwise distinct values), which a smoothed
+#: density would hide; at least this many times as many as share a typical value inside.
+PILE_UP = 3
+
+
+def piled_up(y: np.ndarray) -> bool:
+    """Whether the observations pile up at their smallest or largest value (a bounded scale): at least
+    :data:`PILE_UP` of them there, and :data:`PILE_UP` times as many as share a typical inner value."""
+    y = np.asarray(y, dtype=float)
+    if y.size < 2:
+        return False
+    _, counts = np.unique(y, return_counts=True)
+    inner = counts[1:-1]
+    typical = float(np.median(inner)) if inner.size else 1.0
+    return max(counts[0], counts[-1]) >= max(PILE_UP, PILE_UP * typical)
+
+
 def ppc(fits, n: int = 50, seed: int = 0, ncol: int = 3) -> Figure:
-    """Posterior predictive check: density of the observed response against ``n`` replicated data sets."""
+    """Posterior predictive check: the observed response's distribution against ``n`` replicated data sets.
+
+    Densities (kernel estimates), or histograms where the observations pile up at a bound
+    (:func:`piled_up`: a smoothed density would hide the pile-ups), with the observed range marked
+    and the share of replicated values outside it said in each panel.
+    """
     fits = as_fits(fits)
     fig, axes = panel_grid(len(fits), ncol, _panel(fits), sharex=True, extra_height=1.4)
     y = predict.response(fits[0])
@@ -162,11 +185,24 @@ def ppc(fits, n: int = 50, seed: int = 0, ncol: int = 3) -> Figure:
     lo = min(y.min(), *(r.min() for r in reps.values()))
     hi = max(y.max(), *(r.max() for r in reps.values()))
     grid = np.linspace(lo, hi, 256)
+    bins = np.linspace(lo, hi, 61)
+    bounded = piled_up(y)
     for ax, fit in zip(axes, fits, strict=True):
         y = predict.response(fit)
-        dens = np.array([kde(r, grid) for r in reps[fit.name]])
-        ax.plot(grid, dens.T, color=PALETTE[5], lw=0.8, alpha=0.35)
-        ax.plot(grid, kde(y, grid), color="black", lw=2.2)
+        if bounded:
+            for r in reps[fit.name]:
+                ax.stairs(np.histogram(r, bins, density=True)[0], bins, color=PALETTE[5], lw=0.8, alpha=0.35)
+            ax.stairs(np.histogram(y, bins, density=True)[0], bins, color="black", lw=2.2)
+            outside = float(np.mean((reps[fit.name] < y.min()) | (reps[fit.name] > y.max())))
+            for edge in (y.min(), y.max()):
+                ax.axvline(edge, color=NEUTRAL, ls="--", lw=1)
+            ax.text(0.02, 0.97, f"{100 * outside:.0f}% of replicated values outside the observed "
+                                f"[{y.min():g}, {y.max():g}]", transform=ax.transAxes, va="top", fontsize=8,
+                    color=NEUTRAL)
+        else:
+            dens = np.array([kde(r, grid) for r in reps[fit.name]])
+            ax.plot(grid, dens.T, color=PALETTE[5], lw=0.8, alpha=0.35)
+            ax.plot(grid, kde(y, grid), color="black", lw=2.2)
         ax.set_title(fit.name, fontsize=11)
         ax.set_ylim(bottom=0)
         ax.set_yticks([])
@@ -297,7 +333,8 @@ def population_lines(fits, data: pd.DataFrame, x: str, ci: float = 0.95, max_dra
         col = colour(i)
         ax.fill_between(grid[x], lo, hi, color=col, alpha=0.22, lw=0)
         kind = "population line" if fit.formula.is_mixed else "pooled line"
-        what = {"binomial": "log-odds slope", "poisson": "log-rate slope"}.get(fit.formula.family, "slope")
+        what = {"binomial": "log-odds slope", "poisson": "log-rate slope",
+                "negbinomial": "log-rate slope"}.get(fit.formula.family, "slope")
         ax.plot(grid[x], eta.mean(axis=0), color=col, lw=2.5,
                 label=f"{fit.name} ({kind}): {what} {slope.mean():.2f} [{s_lo:.2f}, {s_hi:.2f}]")
     ax.set(title=f"{response} against {x}: pooled regression and mixed models' population lines",

@@ -8,9 +8,6 @@ the rest move most. The tables behind the shrinkage figures are public
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
@@ -28,17 +25,15 @@ from bayeslmm.labels import (
     COR_PREFIX,
     INTERCEPT,
     RESIDUAL,
-    RESIDUAL_TERM,
     SD_PREFIX,
     cor_pairs,
     cor_term,
     sd_term,
-    sd_variable,
 )
-from bayeslmm.model.formula import fixed_design
+from bayeslmm.model.formula import fixed_design, model_frame
 from bayeslmm.model.priors import lkj_marginal, parse_prior
 from bayeslmm.numbers import format_number
-from bayeslmm.summary import predict
+from bayeslmm.summary import pooling, predict
 from bayeslmm.summary.tables import cor_draws, fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
@@ -52,27 +47,59 @@ def _term(fit, group: str, slope: str | None = None):
     raise ValueError(f"{fit.name!r} has no random term for {group!r} with {want}")
 
 
-def _level_intercepts(fit, group: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+def _effects(fit, group: str, coef: str = INTERCEPT, lme4: pd.DataFrame | None = None):
+    """Levels of ``group`` (the posterior's order) and the draws of their ``coef`` effects, or with ``lme4``
+    (tidy rows of one lme4 fit) its conditional modes as a single draw (NaN for a level it lacks)."""
+    if lme4 is None:
+        return predict.group_effect_draws(fit, group, coef)
+    levels, _ = predict.group_effect_draws(fit, group, coef, max_draws=1)
+    rows = lme4[(lme4["effect"] == "ran_vals") & (lme4["group"] == group) & (lme4["term"] == coef)]
+    modes = dict(zip(rows["level"].astype(str), rows["estimate"], strict=True))
+    return levels, np.array([[modes.get(lv, np.nan) for lv in levels]], dtype=float)
+
+
+def _fixed(fit, term: str, lme4: pd.DataFrame | None = None) -> np.ndarray:
+    """Draws of a fixed effect, or with ``lme4`` (tidy rows of one lme4 fit) its estimate as a single draw."""
+    if lme4 is None:
+        return fixed_draws(fit, term)
+    rows = lme4[(lme4["effect"] == "fixed") & (lme4["term"] == term)]
+    return np.array([rows["estimate"].iloc[0] if len(rows) else np.nan], dtype=float)
+
+
+def _level_intercepts(fit, group: str,
+                      lme4: pd.DataFrame | None = None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
     """Levels, rows per level, draws of each level's intercept (partial pooling) and of its target.
 
     A level's intercept is the model's mean response of its rows with every non-intercept
     fixed covariate at 0 and slopes left out: Intercept + the level's effect + the average,
     over the level's rows, of the other grouping factors' intercept effects (for a site nested
-    in a range, its range's effect). The target is the same without the level's own effect:
-    what the model shrinks the level towards. The averages go through a sparse levels x
-    other-levels matrix, never a draws x rows one (800 levels x 20 rows x 4000 draws stays small).
+    in a range, its range's effect; crossed factors' too), but not of factors nested in it (a
+    range's sites: the range itself shrinks towards the one population intercept); on the link
+    scale for a binomial or Poisson model. The target is the same without the level's own effect:
+    what the model shrinks the level towards. The
+    averages go through a sparse levels x other-levels matrix, never a draws x rows one (800 levels
+    x 20 rows x 4000 draws stays small). With ``lme4`` (tidy rows of one lme4 fit of the same model)
+    the same from lme4's fixed intercept and conditional modes: one "draw".
     """
-    levels, u = predict.group_effect_draws(fit, group)
+    levels, u = _effects(fit, group, lme4=lme4)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     n = np.bincount(pos, minlength=len(levels))
-    target = np.repeat(fixed_draws(fit, INTERCEPT)[:, None], len(levels), axis=1)
+    target = np.repeat(_fixed(fit, INTERCEPT, lme4)[:, None], len(levels), axis=1)
     for term in fit.formula.random:
         if term.group != group and term.intercept:
-            lv, uh = predict.group_effect_draws(fit, term.group)
+            lv, uh = _effects(fit, term.group, lme4=lme4)
             other = predict.level_positions(lv, predict.row_labels(fit.data, term.group), term.group)
+            if _nested_in(other, pos):  # a child (sites of a range): its effects are not what the range shrinks to
+                continue
             share = sparse.csr_matrix((1.0 / n[pos], (pos, other)), shape=(len(levels), len(lv)))  # rows sum to 1
             target += np.asarray(share @ uh.T).T
     return levels, n, target + u, target
+
+
+def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether the factor coded ``inner`` (per row) is nested in ``outer``: more levels, each within one."""
+    pairs = np.unique(np.column_stack([inner, outer]), axis=0)
+    return len(np.unique(inner)) > len(np.unique(outer)) and len(pairs) == len(np.unique(inner))
 
 
 def no_pooling(y: np.ndarray, common: np.ndarray, own: np.ndarray, pos: np.ndarray, n_levels: int) -> np.ndarray:
@@ -110,7 +137,29 @@ def no_pooling(y: np.ndarray, common: np.ndarray, own: np.ndarray, pos: np.ndarr
     return coefs[:, :, 0] - coefs[:, :, 1:] @ shared
 
 
-def shrinkage_table(fit, group: str, ci: float = 0.95) -> pd.DataFrame:
+def _own_and_pooled(fit, x: np.ndarray, common: np.ndarray, own: np.ndarray, pos: np.ndarray, n_levels: int,
+                    extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """No pooling (each level's ``own`` coefficients, ``common`` ones shared) and complete pooling (the
+    coefficients of ``x`` and of the column ``extra`` after them) of a fit's response.
+
+    Gaussian: least squares (:func:`no_pooling`, ``lstsq``). Binomial and Poisson: maximum likelihood
+    on the link scale (:func:`bayeslmm.summary.pooling.glm_no_pooling`, R's ``glm``), where a level's
+    own estimate may be infinite. Returns the own coefficients (levels x own columns), the direction
+    in which each infinite one runs off (0 otherwise), why it is infinite per level (``""`` if it is
+    not) and the complete-pooling coefficients.
+    """
+    if not fit.formula.is_glmm:
+        y = predict.response(fit)
+        coefs = no_pooling(y, common, own, pos, n_levels)
+        x_all = x if extra is None else np.column_stack([x, extra])
+        return coefs, np.zeros_like(coefs), [""] * n_levels, np.linalg.lstsq(x_all, y, rcond=None)[0]
+    frame = model_frame(fit.formula, fit.data)
+    own_fit = pooling.glm_no_pooling(fit.formula.family, frame.y, frame.trials, frame.offset, common, own, pos,
+                                     n_levels)
+    return own_fit.coefs, own_fit.direction, list(own_fit.reason), pooling.complete_pooling(frame, extra)
+
+
+def shrinkage_table(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = None) -> pd.DataFrame:
     """No-pooling, complete-pooling and partial-pooling intercept of every level of ``group``.
 
     ``no_pooling``: the level's own intercept from least squares of the response on the fixed
@@ -121,31 +170,47 @@ def shrinkage_table(fit, group: str, ci: float = 0.95) -> pd.DataFrame:
     the model shrinks the level towards (the population intercept, plus for a nested level its
     parent's effect); ``population`` the posterior mean of the fixed intercept. Rows are
     sorted by ``no_pooling``.
+
+    A binomial or Poisson model's table is on the link scale: no pooling and complete pooling are
+    maximum-likelihood GLMs (:mod:`bayeslmm.summary.pooling`), and a level whose own estimate does
+    not exist (all successes, all failures, all zero counts) has ``no_pooling`` +-inf and says why
+    in ``separation`` (``""`` for the other levels and for every level of a Gaussian model). With
+    ``lme4`` (tidy rows of lme4's fit of the same model), ``lme4`` holds its partial-pooling
+    intercept: the fixed intercept plus the conditional modes, as ``partial`` is built.
     """
     _term(fit, group)
     design = fixed_design(fit.formula, fit.data)
     x, names = design.X, design.names
     if INTERCEPT not in names:
         raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
-    y = predict.response(fit)
     levels, n, partial, target = _level_intercepts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     covs = x[:, [j for j, nm in enumerate(names) if nm != INTERCEPT]]
-    own = no_pooling(y, covs, np.ones(y.size), pos, len(levels))[:, 0]
-    pooled = np.linalg.lstsq(x, y, rcond=None)[0][names.index(INTERCEPT)]
+    own, _, why, pooled = _own_and_pooled(fit, x, covs, np.ones((pos.size, 1)), pos, len(levels))
     lo, hi = eti(partial, ci)
     out = pd.DataFrame({
-        "level": levels, "n": n, "no_pooling": own, "complete_pooling": pooled,
+        "level": levels, "n": n, "no_pooling": own[:, 0], "complete_pooling": pooled[names.index(INTERCEPT)],
         "partial": partial.mean(axis=0), "partial_low": lo, "partial_high": hi,
-        "target": target.mean(axis=0), "population": fixed_draws(fit, INTERCEPT).mean(),
+        "target": target.mean(axis=0), "population": fixed_draws(fit, INTERCEPT).mean(), "separation": why,
     })
+    if lme4 is not None:
+        out["lme4"] = _level_intercepts(fit, group, lme4)[2][0]
     return out.sort_values("no_pooling", kind="stable").reset_index(drop=True)
+
+
+def _link_label(formula) -> str:
+    """What a level's intercept measures: the response (Gaussian), its log-odds, or its log rate per unit of
+    exposure (a Poisson model's intercept is at offset 0: one unit of ``hours`` for ``offset(log(hours))``)."""
+    exposure = predict.exposure_label(formula) if formula.family == "poisson" else None
+    return f"log of the mean {formula.response} per {exposure}" if exposure else predict.scale_label(formula)
 
 
 def _x_label(fit) -> str:
     covs = [t for t in fit.formula.fixed]
-    response = fit.formula.response
-    return f"{response} at {', '.join(covs)} = 0 (the level's intercept)" if covs else f"mean {response} of the level"
+    response = _link_label(fit.formula)
+    if not covs:
+        return f"{response} of the level" if fit.formula.is_glmm else f"mean {response} of the level"
+    return f"{response} at {', '.join(covs)} = 0 (the level's intercept)"
 
 
 def _sizes(n: np.ndarray) -> np.ndarray:
@@ -153,7 +218,52 @@ def _sizes(n: np.ndarray) -> np.ndarray:
     return 70.0 * np.ones_like(n, dtype=float) if np.ptp(n) == 0 else 15 + 75 * n / n.max()
 
 
-def shrinkage(fit, group: str, ci: float = 0.95) -> Figure:
+def _span(*values) -> tuple[float, float]:
+    """The finite range of ``values`` with a margin of 6% on each side (0.5 when they are one number)."""
+    v = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x in values])
+    v = v[np.isfinite(v)]
+    lo, hi = float(v.min()), float(v.max())
+    pad = 0.06 * (hi - lo) if hi > lo else 0.5
+    return lo - pad, hi + pad
+
+
+#: Tukey's "far out" fences, in interquartile ranges: a binomial or Poisson level's finite no-pooling estimate
+#: beyond them (and beyond what else the figure shows) is drawn at the axis edge instead of stretching it. Near
+#: separation (one success in 25 trials at the highest hours) gives finite maximum-likelihood estimates of -20
+#: and more on the log-odds scale, which would squeeze every other level into a corner.
+FAR_IQR = 3.0
+#: Why a level is drawn at the edge although its estimate is finite.
+FAR_OUT = "near separation"
+
+
+def _far_out(values: np.ndarray) -> np.ndarray:
+    """Which rows of ``values`` (levels x coordinates) lie beyond :data:`FAR_IQR` interquartile ranges from the
+    quartiles of the finite rows in some coordinate (none with fewer than 4 finite rows)."""
+    v = np.asarray(values, dtype=float).reshape(len(values), -1)
+    ok = np.isfinite(v).all(axis=1)
+    if ok.sum() < 4:
+        return np.zeros(len(v), dtype=bool)
+    q1, q3 = np.percentile(v[ok], [25, 75], axis=0)
+    with np.errstate(invalid="ignore"):
+        return ok & ((v < q1 - FAR_IQR * (q3 - q1)) | (v > q3 + FAR_IQR * (q3 - q1))).any(axis=1)
+
+
+def _edge_label(sign: float, reason: str, count: int) -> str:
+    """The legend entry of the levels drawn at the edge: which infinity (``sign`` 0: a direction in the
+    plane), or beyond the axis (:data:`FAR_OUT`), why, how many."""
+    levels = f"{count} level{'s' if count > 1 else ''}"
+    if reason == FAR_OUT:
+        return f"no pooling off the axis, finite: {reason} ({levels})"
+    return f"no pooling {'infinite' if sign == 0 else '+inf' if sign > 0 else '-inf'}: {reason} ({levels})"
+
+
+def _lme4_label(lme4: pd.DataFrame) -> str:
+    """``lme4 glmer (Laplace)``: which lme4 fit tidy rows come from, in the legend's words (:data:`METHODS`)."""
+    method = str(lme4["method"].iloc[0]) if len(lme4) else ""
+    return METHODS[method][1].split(":")[0] if method in METHODS else f"lme4 ({method})"
+
+
+def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = None) -> Figure:
     """Shrinkage of each level's intercept from its own estimate towards what the model expects.
 
     One row per level, sorted by the no-pooling estimate (largest on top): the no-pooling
@@ -161,23 +271,56 @@ def shrinkage(fit, group: str, ci: float = 0.95) -> Figure:
     ``ci`` interval), and a tick at the level's target (the population intercept, or for a
     nested level its parent's intercept). Point area shows the level's number of rows; the
     dashed line is the complete-pooling value.
+
+    A binomial or Poisson model is drawn on the link scale (:func:`shrinkage_table`); a level whose
+    own estimate is infinite (all successes, all failures, all zero counts) gets an open triangle at
+    the axis edge, pointing to its infinity, and a legend entry saying why; one whose finite estimate
+    lies beyond Tukey's far-out fences (:func:`_far_out`) and beyond everything else drawn, a filled
+    triangle there. ``lme4`` (tidy rows of lme4's fit of the model) adds lme4's partial pooling, its
+    intercept plus conditional modes (x).
     """
-    t = shrinkage_table(fit, group, ci)
+    t = shrinkage_table(fit, group, ci, lme4)
     k = len(t)
-    fig = new_figure(10, 0.36 * k + 2.6)
+    fig = new_figure(10, 0.36 * k + 2.6 + (0.3 if lme4 is not None else 0.0))
     ax = fig.subplots()
     y = np.arange(k, dtype=float)
     size = _sizes(t["n"].to_numpy(dtype=float))
+    own = t["no_pooling"].to_numpy(dtype=float)
+    rest = (t[["partial_low", "partial_high", "target", "complete_pooling"]], t["lme4"] if "lme4" in t else [])
+    infinite, far = np.isinf(own), _far_out(own) if fit.formula.is_glmm else np.zeros(k, dtype=bool)
+    if far.any():  # far out, and beyond everything else drawn
+        lo, hi = _span(own[np.isfinite(own) & ~far], *rest)
+        far &= (own < lo) | (own > hi)
+    shown, edge = np.isfinite(own) & ~far, infinite | far
+    why = np.where(far, FAR_OUT, t["separation"].to_numpy(dtype=object))
     ax.axvline(t["complete_pooling"].iloc[0], color=COMPLETE, ls="--", lw=1.5, zorder=0)
     off = 0.16 if k <= 40 else 0.0
     ax.hlines(y - off, t["partial_low"], t["partial_high"], color=PARTIAL, lw=1.6, alpha=0.7)
     ax.plot(t["target"], y, "|", color="black", ms=14, mew=2, zorder=2)
-    ax.scatter(t["no_pooling"], y + off, s=size, facecolor="white", edgecolor=NO_POOL, lw=1.6, zorder=3)
+    ax.scatter(own[shown], y[shown] + off, s=size[shown], facecolor="white", edgecolor=NO_POOL, lw=1.6, zorder=3)
     ax.scatter(t["partial"], y - off, s=size, color=PARTIAL, edgecolor="white", lw=0.5, zorder=4)
-    for yi, a, b in zip(y, t["no_pooling"], t["partial"], strict=True):
-        ax.annotate("", xy=(b, yi - off), xytext=(a, yi + off), zorder=5,
-                    arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 1.0, "shrinkA": 0, "shrinkB": 0,
-                                "mutation_scale": 9})
+    starts = own.copy()
+    edge_handles, edge_labels = [], []
+    if edge.any():  # the values drawn set the axis; the infinite and far-out ones sit on its edge
+        lo, hi = _span(own[shown], *rest)
+        ax.set_xlim(lo, hi)
+        starts[edge] = np.where(own[edge] > hi, hi, lo)
+        for sign, marker in ((-1.0, "<"), (1.0, ">")):
+            side = edge & ((own > hi) == (sign > 0))
+            for reason in dict.fromkeys(why[side]):
+                these = side & (why == reason)
+                face = NO_POOL if reason == FAR_OUT else "white"  # filled: a finite estimate, open: infinite
+                ax.scatter(starts[these], y[these] + off, s=np.maximum(size[these], 50), marker=marker,
+                           facecolor=face, edgecolor=NO_POOL, lw=1.6, zorder=3, clip_on=False)
+                edge_handles.append(Line2D([], [], ls="", marker=marker, mfc=face, mec=NO_POOL, mew=1.6, ms=8))
+                edge_labels.append(_edge_label(sign, reason, int(these.sum())))
+    for yi, a, b in zip(y, starts, t["partial"], strict=True):
+        if np.isfinite(a):
+            ax.annotate("", xy=(b, yi - off), xytext=(a, yi + off), zorder=5,
+                        arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 1.0, "shrinkA": 0, "shrinkB": 0,
+                                    "mutation_scale": 9})
+    if lme4 is not None:
+        ax.scatter(t["lme4"], y - off, s=36, marker="x", color="black", lw=1.3, zorder=6)
     ax.set_yticks(y, t["level"], fontsize=10 if k <= 30 else 8)
     ax.set_ylim(-0.7, k - 0.3)
     ax.grid(axis="y", visible=False)
@@ -190,11 +333,15 @@ def shrinkage(fit, group: str, ci: float = 0.95) -> Figure:
         Line2D([], [], ls="", marker="|", color="black", ms=12, mew=2),
         Line2D([], [], color=COMPLETE, ls="--", lw=1.5),
     ]
-    labels = ["no pooling: the level's own least-squares intercept",
+    how = "maximum-likelihood (GLM)" if fit.formula.is_glmm else "least-squares"
+    labels = [f"no pooling: the level's own {how} intercept",
               f"partial pooling: posterior mean, {percent(ci)} interval",
               "what the model shrinks the level towards",
-              "complete pooling: one intercept for all (least squares)"]
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=10)
+              f"complete pooling: one intercept for all ({'GLM' if fit.formula.is_glmm else 'least squares'})"]
+    if lme4 is not None:
+        handles.append(Line2D([], [], ls="", marker="x", color="black", ms=7, mew=1.3))
+        labels.append(f"{_lme4_label(lme4)}: fixed intercept + conditional modes")
+    fig.legend(handles + edge_handles, labels + edge_labels, loc="outside lower center", ncols=2, fontsize=10)
     return fig
 
 
@@ -239,7 +386,7 @@ def population_covariance(fit, group: str, a: str, b: str) -> np.ndarray:
     return np.array([[np.mean(sa**2), c], [c, np.mean(sb**2)]])
 
 
-def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFrame:
+def shrinkage_table_2d(fit, group: str, slope: str | None = None, lme4: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each level's intercept and slope without pooling and with partial pooling.
 
     ``no_pooling_*``: the level's own least-squares coefficients, every coefficient that varies by
@@ -252,6 +399,13 @@ def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFram
     ``sd_intercept``, ``sd_slope``, ``cor``: the standard deviations and correlation of the
     posterior-mean covariance matrix of the two effects (:func:`population_covariance`).
     ``slope`` defaults to the group's first slope (:func:`_group_slope`).
+
+    A binomial or Poisson model's table is on the link scale, its no pooling and complete pooling
+    maximum-likelihood GLMs (:func:`shrinkage_table`); a level whose own estimate runs off to
+    infinity says why in ``separation`` and where in ``direction_intercept`` and ``direction_slope``
+    (its ``no_pooling_*`` are +-inf along that direction, NaN where it is 0; ``""`` and 0 for the other
+    levels). With ``lme4`` (tidy rows of lme4's fit of the model), ``lme4_intercept`` and ``lme4_slope``
+    are lme4's partial pooling: fixed effects plus conditional modes.
     """
     slope = _group_slope(fit, group, slope)
     design = fixed_design(fit.formula, fit.data)
@@ -260,19 +414,19 @@ def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFram
         raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
     coefs = [INTERCEPT, *dict.fromkeys(c for t in fit.formula.random if t.group == group
                                        for c in t.coefs if c != INTERCEPT)]
-    y = predict.response(fit)
     levels, n, partial_a, _ = _level_intercepts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     own_x = np.column_stack([predict.covariate_values(fit.data, c) for c in coefs])
     common = design.X[:, [j for j, nm in enumerate(names) if nm not in coefs]]
-    own = no_pooling(y, common, own_x, pos, len(levels))[:, [0, coefs.index(slope)]]
+    extra = None if slope in names else own_x[:, coefs.index(slope)]
+    own, direction, why, pooled = _own_and_pooled(fit, design.X, common, own_x, pos, len(levels), extra)
+    shown = [0, coefs.index(slope)]
+    own, direction = own[:, shown], direction[:, shown]
     _, u_s = predict.group_effect_draws(fit, group, slope)
     beta_s = fixed_draws(fit, slope) if slope in names else np.zeros(u_s.shape[0])
-    x_all = design.X if slope in names else np.column_stack([design.X, own_x[:, coefs.index(slope)]])
-    pooled = np.linalg.lstsq(x_all, y, rcond=None)[0]
     cov = population_covariance(fit, group, INTERCEPT, slope)
     sd = np.sqrt(np.diag(cov))
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "level": levels, "n": n,
         "no_pooling_intercept": own[:, 0], "no_pooling_slope": own[:, 1],
         "partial_intercept": partial_a.mean(axis=0), "partial_slope": (beta_s[:, None] + u_s).mean(axis=0),
@@ -280,7 +434,13 @@ def shrinkage_table_2d(fit, group: str, slope: str | None = None) -> pd.DataFram
         "complete_slope": pooled[names.index(slope) if slope in names else -1],
         "population_intercept": fixed_draws(fit, INTERCEPT).mean(), "population_slope": beta_s.mean(),
         "sd_intercept": sd[0], "sd_slope": sd[1], "cor": cov[0, 1] / (sd[0] * sd[1]),
+        "separation": why, "direction_intercept": direction[:, 0], "direction_slope": direction[:, 1],
     })
+    if lme4 is not None:
+        out["lme4_intercept"] = _level_intercepts(fit, group, lme4)[2][0]
+        slope_fixed = _fixed(fit, slope, lme4)[0] if slope in names else 0.0
+        out["lme4_slope"] = slope_fixed + _effects(fit, group, slope, lme4)[1][0]
+    return out
 
 
 def population_ellipse(centre: tuple[float, float], cov: np.ndarray, mass: float, **style) -> Ellipse:
@@ -302,7 +462,23 @@ def population_ellipse(centre: tuple[float, float], cov: np.ndarray, mass: float
 MANY_LEVELS = 60
 
 
-def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) -> Figure:
+def _edge_points(ax, centres: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a ray from each centre along its direction leaves the axes' box (data coordinates), and the
+    direction's angle on screen in degrees (for a marker that points along it)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    out = np.empty_like(centres)
+    for i, ((cx, cy), (dx, dy)) in enumerate(zip(centres, directions, strict=True)):
+        hits = [t for t in ((x1 - cx) / dx if dx > 0 else (x0 - cx) / dx if dx < 0 else np.inf,
+                            (y1 - cy) / dy if dy > 0 else (y0 - cy) / dy if dy < 0 else np.inf) if t >= 0]
+        t = min(hits) if hits else 0.0
+        out[i] = (cx + t * dx, cy + t * dy)
+    screen = ax.transData.transform(centres + directions * 1e-3 * np.array([x1 - x0, y1 - y0])) - \
+        ax.transData.transform(centres)
+    return out, np.degrees(np.arctan2(screen[:, 1], screen[:, 0]))
+
+
+def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95,
+                 lme4: pd.DataFrame | None = None) -> Figure:
     """Intercept against slope of every level: own regression, arrow to the partial-pooling estimate.
 
     Like the sleepstudy figure of lme4's authors: each level's own least-squares line (open
@@ -313,8 +489,17 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) ->
     correlation of a correlated term ``(1 + x|g)``, axis-aligned for ``(x||g)``, whose correlation
     is 0 by construction. Up to 12 levels are labelled; above :data:`MANY_LEVELS` the points
     shrink and the arrows become thin lines without heads (one artist, fast at 800 levels).
+
+    A binomial or Poisson model is drawn on the link scale, its own lines maximum-likelihood GLMs
+    (:func:`shrinkage_table_2d`); a level whose own estimate runs off to infinity (all successes,
+    all failures, all zero counts, or separation along the slope's covariate) gets an open triangle
+    where the ray from its partial-pooling point in that direction leaves the axes, pointing along
+    it, and a legend entry saying why; a level whose finite estimate is far out (:func:`_far_out`) and
+    beyond everything else drawn gets a filled one on the ray towards it. The axes hold the points
+    drawn and the outer ellipse. ``lme4`` (tidy rows of lme4's fit) adds lme4's partial pooling
+    (fixed effects + conditional modes, x).
     """
-    t = shrinkage_table_2d(fit, group, slope)
+    t = shrinkage_table_2d(fit, group, slope, lme4)
     slope = _group_slope(fit, group, slope)
     k = len(t)
     many = k > MANY_LEVELS
@@ -326,13 +511,43 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) ->
     for p, ls in ((0.5, "-"), (ci, "--")):
         ax.add_patch(population_ellipse((cx, cy), cov, p, fill=False, edgecolor="black", ls=ls, lw=1.4, zorder=6))
     size = _sizes(t["n"].to_numpy(dtype=float)) * (1.0 if not many else max(0.12, MANY_LEVELS / k))
-    ok = t["no_pooling_intercept"].notna().to_numpy()
-    ax.scatter(t["no_pooling_intercept"][ok], t["no_pooling_slope"][ok], s=size[ok], facecolor="white",
+    own = t[["no_pooling_intercept", "no_pooling_slope"]].to_numpy(dtype=float)
+    partial = t[["partial_intercept", "partial_slope"]].to_numpy(dtype=float)
+    direction = t[["direction_intercept", "direction_slope"]].to_numpy(dtype=float)
+    ok = np.isfinite(own).all(axis=1)
+    infinite = (t["separation"] != "").to_numpy() & (np.abs(direction).sum(axis=1) > 0)
+    centre = np.array([cx, cy])
+    reach = np.sqrt(stats.chi2.ppf(ci, 2) * np.diag(cov))  # the outer ellipse's box
+    rest = np.vstack([partial, centre, centre - reach, centre + reach,
+                      [[t["complete_intercept"].iloc[0], t["complete_slope"].iloc[0]]],
+                      t[["lme4_intercept", "lme4_slope"]].to_numpy(dtype=float) if "lme4_intercept" in t
+                      else np.zeros((0, 2))])
+    far = _far_out(own) if fit.formula.is_glmm else np.zeros(k, dtype=bool)
+    if far.any():  # far out, and beyond everything else drawn
+        box = [_span(np.concatenate([own[ok & ~far, j], rest[:, j]])) for j in (0, 1)]
+        far &= ((own < [b[0] for b in box]) | (own > [b[1] for b in box])).any(axis=1)
+    shown, edge = ok & ~far, infinite | far
+    why = np.where(far, FAR_OUT, t["separation"].to_numpy(dtype=object))
+    direction = np.where(far[:, None], own - partial, direction)
+    ax.scatter(own[shown, 0], own[shown, 1], s=size[shown], facecolor="white",
                edgecolor=NO_POOL, lw=0.8 if many else 1.6, zorder=3)
-    ax.scatter(t["partial_intercept"], t["partial_slope"], s=size, color=PARTIAL, edgecolor="white",
+    ax.scatter(partial[:, 0], partial[:, 1], s=size, color=PARTIAL, edgecolor="white",
                lw=0.3 if many else 1.0, zorder=4)
-    starts = t.loc[ok, ["no_pooling_intercept", "no_pooling_slope"]].to_numpy(dtype=float)
-    ends = t.loc[ok, ["partial_intercept", "partial_slope"]].to_numpy(dtype=float)
+    edge_handles, edge_labels = [], []
+    starts, ends = own[shown], partial[shown]
+    if edge.any():  # the points drawn and the outer ellipse set the axes; infinite and far-out ones sit on their edge
+        ax.set_xlim(*_span(own[shown, 0], rest[:, 0]))
+        ax.set_ylim(*_span(own[shown, 1], rest[:, 1]))
+        points, angles = _edge_points(ax, partial[edge], direction[edge])
+        reasons = why[edge]
+        for (px, py), angle, reason in zip(points, angles, reasons, strict=True):
+            ax.plot([px], [py], ls="", marker=(3, 0, angle - 90), mfc=NO_POOL if reason == FAR_OUT else "white",
+                    mec=NO_POOL, mew=1.6, ms=max(6.0, np.sqrt(size.max())), zorder=3, clip_on=False)
+        starts, ends = np.vstack([starts, points]), np.vstack([ends, partial[edge]])
+        for reason in dict.fromkeys(reasons):
+            face = NO_POOL if reason == FAR_OUT else "white"  # filled: a finite estimate, open: infinite
+            edge_handles.append(Line2D([], [], ls="", marker=(3, 0, -90), mfc=face, mec=NO_POOL, mew=1.6, ms=9))
+            edge_labels.append(_edge_label(0.0, reason, int((reasons == reason).sum())))
     if many:
         ax.add_collection(LineCollection(np.stack([starts, ends], axis=1), colors="black", lw=0.5, alpha=0.35,
                                          zorder=2))
@@ -344,13 +559,14 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) ->
     ax.plot([t["complete_intercept"].iloc[0]], [t["complete_slope"].iloc[0]], "D", mfc="none", mec=COMPLETE,
             mew=2, ms=15, zorder=7)  # open and larger: the population cross stays visible inside it
     ax.plot([cx], [cy], "X", color="black", ms=10, mec="white", zorder=8)
+    if lme4 is not None:
+        ax.scatter(t["lme4_intercept"], t["lme4_slope"], s=30 if not many else 12, marker="x", color="black",
+                   lw=1.2, zorder=5)
     if k <= 12:
-        partial = t[["partial_intercept", "partial_slope"]].to_numpy(dtype=float)
         place_labels(ax, partial[:, 0], partial[:, 1], list(t["level"]), np.vstack([partial, starts, [[cx, cy]]]),
                      color=PARTIAL)
-    response = fit.formula.response
     at = ", ".join([*fit.formula.fixed, *([slope] if slope not in fit.formula.fixed else [])])
-    ax.set(xlabel=f"intercept: {response} at {at} = 0", ylabel=f"slope of {slope}",
+    ax.set(xlabel=f"intercept: {_link_label(fit.formula)} at {at} = 0", ylabel=f"slope of {slope}",
            title=f"Partial pooling of the {group} lines in {fit.name} ({k} levels)")
     arrow = (Line2D([], [], color="black", lw=0.5, alpha=0.5) if many else
              Line2D([], [], color="black", lw=0.9, marker=">", ms=5, markevery=[-1]))
@@ -363,16 +579,21 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95) ->
         Line2D([], [], color="black", lw=1.4),
         Line2D([], [], color="black", lw=1.4, ls="--"),
     ]
-    labels = ["no pooling: the level's own regression", "partial pooling: posterior mean",
+    glm = fit.formula.is_glmm
+    labels = ["no pooling: the level's own " + ("GLM (maximum likelihood)" if glm else "regression"),
+              "partial pooling: posterior mean",
               "each level's shrinkage, no pooling to partial pooling",
-              "population mean (fixed effects)", "complete pooling: one regression for all",
+              "population mean (fixed effects)", f"complete pooling: one {'GLM' if glm else 'regression'} for all",
               "50% of the population of levels", f"{percent(ci)} of the population of levels"]
+    if lme4 is not None:
+        handles.append(Line2D([], [], ls="", marker="x", color="black", ms=7, mew=1.2))
+        labels.append(f"{_lme4_label(lme4)}: fixed effects + conditional modes")
     how = (f"correlation {format_number(cor)}" if pair_cor_draws(fit, group, INTERCEPT, slope) is not None
            else f"no correlation in the model: ({slope} || {group})")
     title = (f"ellipses: the population of {group} levels, a normal with the posterior-mean covariance\n"
              f"(sds {format_number(sd_a)} and {format_number(sd_b)}, {how})")
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=10, title=title,
-               title_fontsize=10)
+    fig.legend(handles + edge_handles, labels + edge_labels, loc="outside lower center", ncols=2, fontsize=10,
+               title=title, title_fontsize=10)
     return fig
 
 
@@ -412,12 +633,13 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
     return fig
 
 
-def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
+def variance_partition(fits, ci: float = 0.95, ncol: int = 3, lme4: dict | None = None) -> Figure:
     """Posterior of each variance's share of the total, one panel per component, one curve per fit.
 
     The share of a grouping factor is var_g / (sum of the random-intercept variances + the
     residual variance), computed draw by draw from the posterior sds (the intraclass
-    correlation when there is one factor). Below each curve: posterior mean and ``ci`` interval.
+    correlation when there is one factor). Below each curve: posterior mean and ``ci`` interval,
+    and lme4's share (``lme4``: ``{(model, component): share}``) as a cross on the same row.
     """
     fits = [f for f in as_fits(fits) if f.formula.is_mixed]
     if not fits:
@@ -438,6 +660,8 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
             yk = -top * 0.07 * (k + 1)
             ax.plot([lo, hi], [yk, yk], color=col, lw=2.2)
             ax.plot([shares[name][comp].mean()], [yk], "o", color=col, ms=5)
+            if lme4 and np.isfinite(lme4.get((name, comp), np.nan)):
+                ax.plot([lme4[(name, comp)]], [yk], "x", color=FREQ, ms=7, mew=2, zorder=4)
         ax.set_ylim(-top * 0.07 * (len(present) + 1), top * 1.05)
         ax.set_xlim(0, 1)
         ax.set_yticks([])
@@ -448,73 +672,48 @@ def variance_partition(fits, ci: float = 0.95, ncol: int = 3) -> Figure:
     for ax in axes[:: min(ncol, len(comps))]:
         ax.set_ylabel("posterior density")
     handles = [Line2D([], [], color=colour(i), lw=2, marker="o", ms=5) for i in range(len(shares))]
-    fig.legend(handles, list(shares), loc="outside lower center", ncols=min(4, len(shares)), fontsize=10,
+    labels = list(shares)
+    if lme4:
+        handles.append(Line2D([], [], color=FREQ, ls="", marker="x", ms=7, mew=2))
+        labels.append("lme4's share")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=10,
                title=f"model (bars: posterior mean and {percent(ci)} interval)")
     fig.suptitle("How the variance of the response splits between grouping factors and residual")
     return fig
 
 
-def prior_sd_draws(fit, n: int = 4000, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
-    """Draws from the priors of every sd of a fit, keyed like :func:`bayeslmm.summary.tables.sd_draws`.
-
-    The priors are Bambi's, read from the model rebuilt from the fit's formula and data
-    (``prior_predictive`` of that model); if they differ from the priors recorded in the fit,
-    a ValueError says so.
-    """
-    from bayeslmm.engines.bayes import build_model, prior_table
-
-    model = build_model(fit.formula, fit.data)
-    bambi = prior_table(model)  # Bambi's priors; a correlated term's LKJ prior is bayeslmm's (see cor_prior_eta)
-    if {k: fit.priors.get(k) for k in bambi} != bambi:
-        raise ValueError(f"the priors of {fit.name!r} are not Bambi's defaults for its formula and data")
-    # each sd's variable and, for a factor's columns (fA, fB), its level along the variable's columns
-    where = {(t.group, sd_term(c.name)): (c.sd_variable(t.group), c.dim, c.level)
-             for t in predict.random_terms(fit) for c in t.columns}
-    if not fit.formula.is_glmm:  # a binomial or Poisson model has no residual sd
-        where[(RESIDUAL, RESIDUAL_TERM)] = (sd_variable(RESIDUAL, RESIDUAL_TERM), None, "")
-    keys = {k: v for k, (v, _, _) in where.items()}
-    log = logging.getLogger("pymc")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = model.prior_predictive(draws=n, var_names=list(dict.fromkeys(keys.values())), random_seed=seed)
-    finally:
-        log.setLevel(level)
-    prior = idata["prior"]
-    return {k: np.asarray((prior[v] if dim is None else prior[v].sel({dim: level})).values, dtype=float).reshape(-1)
-            for k, (v, dim, level) in where.items()}
-
-
-def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | None = None, ci: float = 0.95,
-                       seed: int = 0) -> Figure:
+def prior_posterior_sd(fit, priors: dict | None = None, ci: float = 0.95) -> Figure:
     """Prior against posterior of every standard deviation of a fit, one panel each (correlations:
     :func:`prior_posterior_cor`).
 
     Shows what the data said: a factor with few levels (8 mountain ranges) leaves a wide
-    posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The panel
-    notes the number of levels and both ``ci`` intervals.
+    posterior for its sd, while the residual sd (hundreds of rows) is pinned down. The prior is
+    drawn exactly: its density and ``ci`` interval from the scipy distribution of the prior the
+    engines read (``priors``, keyed like :func:`~bayeslmm.summary.tables.sd_draws`; by default
+    :func:`bayeslmm.engines.prior_density.sd_priors`), so the same prior gives the same curve and
+    numbers in every panel. The panel notes the number of levels and both intervals.
     """
+    from bayeslmm.engines.prior_density import sd_priors
+
     post = {k: v for k, v in sd_draws(fit).items() if not k[1].startswith(COR_PREFIX)}  # correlations: their own figure
-    prior = prior_draws if prior_draws is not None else prior_sd_draws(fit, seed=seed)
+    prior = priors if priors is not None else sd_priors(fit)
     keys = list(post)
     fig, axes = panel_grid(len(keys), 3, (4.3, 3.7), extra_height=1.5)
     nlev = {t.group: len(predict.group_effect_draws(fit, t.group, t.coefs[0], max_draws=1)[0])
             for t in fit.formula.random}
     for ax, key in zip(axes, keys, strict=True):
         group, term = key
-        pq, qq = eti(post[key], ci), eti(prior[key], ci)
-        xmax = max(np.quantile(post[key], 0.999) * 1.15, np.quantile(prior[key], 0.9))
+        pq, qq = eti(post[key], ci), prior[key].ppf([(1 - ci) / 2, (1 + ci) / 2])
+        xmax = max(np.quantile(post[key], 0.999) * 1.15, float(prior[key].ppf(0.9)))
         grid = np.linspace(0, xmax, 400)
-        dp = kde(prior[key][prior[key] < 3 * xmax], grid, 0.0)
+        dp = prior[key].pdf(grid)
         dq = kde(post[key], grid, 0.0)
         ax.fill_between(grid, dp, color=NEUTRAL, alpha=0.35, lw=0)
         ax.plot(grid, dp, color=NEUTRAL, lw=1.5)
         ax.fill_between(grid, dq, color=BAYES, alpha=0.3, lw=0)
         ax.plot(grid, dq, color=BAYES, lw=2)
         ax.set_xlim(0, xmax)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.05 * max(dq.max(), min(dp.max(), 3 * dq.max())))  # a prior's spike at 0 may leave the frame
         ax.set_yticks([])
         name = "residual sd" if group == RESIDUAL else f"sd of {group} {term.removeprefix(SD_PREFIX)}"
         info = f"{len(fit.data)} rows" if group == RESIDUAL else f"{nlev[group]} levels"
@@ -526,7 +725,7 @@ def prior_posterior_sd(fit, prior_draws: dict[tuple[str, str], np.ndarray] | Non
     for ax in axes[::3]:
         ax.set_ylabel("density")
     fig.legend([Line2D([], [], color=NEUTRAL, lw=6, alpha=0.5), Line2D([], [], color=BAYES, lw=6, alpha=0.5)],
-               ["prior (Bambi's default)", "posterior"], loc="outside lower center", ncols=2, fontsize=10)
+               ["prior (exact density)", "posterior"], loc="outside lower center", ncols=2, fontsize=10)
     fig.suptitle(f"Standard deviations of {fit.name}: prior against posterior")
     return fig
 

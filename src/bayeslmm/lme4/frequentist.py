@@ -1,5 +1,6 @@
 """Frequentist fits beside the Bayesian ones: R's ``lm`` and lme4's ``lmer`` (REML or ML); for
-binomial and Poisson responses R's ``glm`` and lme4's ``glmer`` (Laplace or AGQ, :mod:`bayeslmm.lme4.glmer`).
+binomial and Poisson responses R's ``glm`` and lme4's ``glmer`` (Laplace or AGQ, :mod:`bayeslmm.lme4.glmer`);
+for negative binomial ones MASS's ``glm.nb`` and lme4's ``glmer.nb`` (:mod:`bayeslmm.lme4.glmer_nb`).
 
 The mixed model follows Bates, Mächler, Bolker & Walker (2015), "Fitting linear mixed-effects
 models using lme4", J. Stat. Softw. 67(1), section 3: with the relative covariance factor
@@ -21,10 +22,11 @@ import pandas as pd
 from scipy import linalg, stats
 
 from bayeslmm.errors import DataError, OptionsError
-from bayeslmm.labels import COR_PREFIX, SD_PREFIX, cor_term, sd_term, sdcor_terms
-from bayeslmm.lme4 import glmer
+from bayeslmm.labels import COR_PREFIX, NB_SIZE_TERM, RESIDUAL, SD_PREFIX, cor_term, sd_term, sdcor_terms
+from bayeslmm.lme4 import glmer, glmer_nb
 from bayeslmm.lme4.lmer import LmerProblem, Pls, blas_threads, satterthwaite
 from bayeslmm.model.formula import ModelFrame, RandomTerm
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.results import EFFECTS, conform, latent_residual_variance, memo, varcorr_table
 
 #: lme4's ``isSingular`` tolerance on the diagonal elements of theta.
@@ -34,6 +36,12 @@ SINGULAR_TOL = 1e-4
 GLMM_METHODS = ("laplace", "agq")
 #: How each method is named in tables and notes (lme4 users say "Laplace" and "AGQ").
 METHOD_LABELS = {"reml": "REML", "ml": "ML", "ols": "OLS", "laplace": "Laplace", "agq": "AGQ", "glm": "GLM"}
+
+
+def method_label(method: str, nagq: int | None = None) -> str:
+    """A fit's method as tables and notes name it: ``REML``, ``Laplace``, ``AGQ, nAGQ = 25`` (:data:`METHOD_LABELS`)."""
+    label = METHOD_LABELS.get(method, method)
+    return f"{label}, nAGQ = {nagq}" if method == "agq" and nagq is not None else label
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +71,7 @@ class FreqFit:
         (:mod:`bayeslmm.lme4.glmer`).
     npar : int
         Parameters counted by ``logLik``'s df: p + 1 (OLS) or p + len(theta) + 1; p + len(theta)
-        for glmer, p for glm (no scale parameter).
+        for glmer, p for glm (no scale parameter); one more for the negative binomial's theta.
     nobs : int
     r_squared : float or None
         OLS only.
@@ -87,9 +95,12 @@ class FreqFit:
     boundary : tuple of (group, term, words)
         The parameters that make the fit singular: an sd at 0 or a correlation at +-1
         (:func:`_at_boundary`), each with what it is in words, naming its random term in lme4's syntax.
-    family : {"gaussian", "binomial", "poisson"}
+    family : {"gaussian", "binomial", "poisson", "negbinomial"}
     nagq : int or None
         glmer's ``nAGQ`` (1 = Laplace); None for other fits.
+    nb_theta : float or None
+        The negative binomial's theta (``glmer.nb``'s ``getME(fit, "glmer.nb.theta")``, ``glm.nb``'s
+        ``theta``); None for other families. Its tidy row: group ``Residual``, term ``theta`` (:func:`tidy`).
     """
 
     method: str
@@ -120,6 +131,7 @@ class FreqFit:
     name: str = "model"
     family: str = "gaussian"
     nagq: int | None = None
+    nb_theta: float | None = None
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
 
     def tidy(self, ci: float = 0.95, effects: tuple[str, ...] = EFFECTS) -> pd.DataFrame:
@@ -367,8 +379,9 @@ def _at_boundary(T: np.ndarray, coefs: tuple[str, ...]) -> list[str]:
 
 
 def fit(frame: ModelFrame, method: str | None = None, nagq: int | None = None) -> FreqFit:
-    """Fit a frame as R would: ``lm`` or ``glm`` without random terms; ``lmer`` (REML or ML) or, for
-    binomial and Poisson frames, ``glmer`` (Laplace or AGQ) with them.
+    """Fit a frame as R would: ``lm`` or ``glm`` (``glm.nb``) without random terms; ``lmer`` (REML or ML) or,
+    for binomial and Poisson frames, ``glmer`` (Laplace or AGQ) with them; ``glmer.nb`` (Laplace) for
+    negative binomial ones.
 
     Parameters
     ----------
@@ -394,7 +407,8 @@ def fit(frame: ModelFrame, method: str | None = None, nagq: int | None = None) -
 
 
 def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None) -> FreqFit:
-    """Fit a binomial or Poisson mixed model as ``lme4::glmer`` (:mod:`bayeslmm.lme4.glmer`).
+    """Fit a binomial or Poisson mixed model as ``lme4::glmer`` (:mod:`bayeslmm.lme4.glmer`), a negative
+    binomial one as ``lme4::glmer.nb`` (:mod:`bayeslmm.lme4.glmer_nb`; Laplace only).
 
     Parameters
     ----------
@@ -419,6 +433,9 @@ def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None
     if method == "agq" and (nagq is None or nagq < 2):
         raise OptionsError("method 'agq' needs nagq > 1 Gauss-Hermite nodes (lme4's nAGQ, e.g. 25)")
     nagq = nagq or 1
+    if frame.family == "negbinomial" and nagq != 1:
+        raise OptionsError("a negative binomial mixed model is fitted as glmer.nb by the Laplace approximation "
+                           "(method 'laplace'); adaptive quadrature is for binomial and Poisson models")
     _check_design(frame)
     n = frame.y.size
     for blk in frame.blocks:  # glmer's checkNlevels and checkZdims, with allow.n = TRUE
@@ -430,11 +447,12 @@ def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None
             raise DataError(f"{n} rows for {q} random effects of {blk.term.lme4}: more effects than observations "
                             "(glmer stops); drop coefficients from the term")
     with blas_threads(frame):
-        g = glmer.fit_glmer(frame, nagq)
+        nb = glmer_nb.fit_glmer_nb(frame) if frame.family == "negbinomial" else None
+        g = nb.glmer if nb is not None else glmer.fit_glmer(frame, nagq)
         md, m = g.modes, g.problem.structure
         pls = Pls(md.theta, md.lam, md.factor, float("nan"), (), md.beta, md.u, float("nan"))
         varcorr, ranef, ranef_sd, boundary = _random_parts(m, pls, 1.0)
-    npar = m.p + md.theta.size
+    npar = m.p + md.theta.size + (nb is not None)  # glmer.nb's logLik counts theta
     return FreqFit(
         method=method,
         formula=frame.formula.text,
@@ -456,26 +474,31 @@ def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None
         boundary=boundary,
         family=frame.family,
         nagq=nagq,
+        nb_theta=nb.theta if nb is not None else None,
     )
 
 
 def fit_glm(frame: ModelFrame) -> FreqFit:
-    """R's ``glm`` of a binomial or Poisson frame (random blocks, if any, are ignored): Wald z tests."""
+    """R's ``glm`` of a binomial or Poisson frame, MASS's ``glm.nb`` of a negative binomial one (random blocks,
+    if any, are ignored): Wald z tests."""
     _check_design(frame)
-    g = glmer.fit_glm(frame)
+    nb = glmer_nb.fit_glm_nb(frame) if frame.family == "negbinomial" else None
+    g = nb.glm if nb is not None else glmer.fit_glm(frame)
     n, p = frame.X.shape
+    p_ll = p + (nb is not None)  # glm.nb's logLik counts theta
     return FreqFit(
         method="glm",
         formula=frame.formula.text,
         **_fixed_table(frame, g.beta, g.vcov, None),
         sigma=1.0,
         loglik=g.loglik,
-        aic=-2 * g.loglik + 2 * p,
-        bic=-2 * g.loglik + np.log(n) * p,
-        npar=p,
+        aic=-2 * g.loglik + 2 * p_ll,
+        bic=-2 * g.loglik + np.log(n) * p_ll,
+        npar=p_ll,
         nobs=n,
         deviance=g.deviance,
         family=frame.family,
+        nb_theta=nb.theta if nb is not None else None,
     )
 
 
@@ -496,7 +519,10 @@ def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFram
         of each grouping factor, then group ``Residual`` term ``sd__Observation``; OLS fits get
         this row too; std_error and conf NaN) or ``ran_vals`` (conditional modes, std_error =
         conditional sd from ``condVar``). Empty ``group``/``level`` are ``""``, as in the
-        Bayesian rows, so both sides join on ``(effect, group, term)``.
+        Bayesian rows, so both sides join on ``(effect, group, term)``. A negative binomial fit's
+        theta is a ``ran_pars`` row of group ``Residual``, term ``theta`` (std_error and conf NaN:
+        lme4 gives it none), after the sds: broom.mixed has no row for it (lme4's ``VarCorr`` of a
+        glmer.nb fit has no residual), but the side-by-side table needs it beside the posterior's.
     """
     if not 0 < conf_level < 1:
         raise OptionsError(f"conf_level must be between 0 and 1, not {conf_level}")
@@ -515,6 +541,11 @@ def tidy(fit: FreqFit, model_name: str, conf_level: float = 0.95) -> pd.DataFram
         rows.append({
             **base, "effect": "ran_pars", "group": r.group, "level": "", "term": r.term, "estimate": r.sd,
             "std_error": nan, "conf_low": nan, "conf_high": nan,
+        })
+    if fit.nb_theta is not None:
+        rows.append({
+            **base, "effect": "ran_pars", "group": RESIDUAL, "level": "", "term": NB_SIZE_TERM,
+            "estimate": fit.nb_theta, "std_error": nan, "conf_low": nan, "conf_high": nan,
         })
     for g, modes in fit.ranef.items():
         for coef in modes.columns:
@@ -577,17 +608,17 @@ def variance_partition(fit: FreqFit, mean_count: float | None = None) -> dict[st
 
     Only random-intercept variances count (a slope's contribution depends on the covariate; the
     shares are those at covariate value 0). For one grouping factor the share is the ICC.
-    The residual's share is under ``"Residual"``. A binomial or Poisson fit has no residual
-    variance: its shares are on the latent scale, against
-    :func:`~bayeslmm.results.latent_residual_variance` (the Bayesian side's rule; the Poisson's
-    mean count is the data's, ``mean_count``).
+    The residual's share is under ``"Residual"``. A binomial, Poisson or negative binomial fit has
+    no residual variance: its shares are on the latent scale, against
+    :func:`~bayeslmm.results.latent_residual_variance` (the Bayesian side's rule; the mean count of
+    a count model is the data's, ``mean_count``; the negative binomial's theta is the fit's).
     """
     vc = fit.varcorr
     keep = vc[(vc.term == "sd__(Intercept)") | (vc.group == "Residual")]
     var = keep.groupby("group", sort=False)["variance"].sum()
     if fit.family != "gaussian":
-        if fit.family == "poisson" and mean_count is None:
-            raise ValueError("the latent-scale share of a Poisson fit needs the data's mean count")
+        if fit.family in COUNT_FAMILIES and mean_count is None:
+            raise ValueError(f"the latent-scale share of a {fit.family} fit needs the data's mean count")
         var = pd.concat([var[var.index != "Residual"],
-                         pd.Series({"Residual": latent_residual_variance(fit.family, mean_count)})])
+                         pd.Series({"Residual": latent_residual_variance(fit.family, mean_count, fit.nb_theta)})])
     return {str(g): float(v / var.sum()) for g, v in var.items()}

@@ -61,9 +61,11 @@ from scipy import linalg, optimize, sparse, special, stats
 from bayeslmm.errors import DataError, OptionsError
 from bayeslmm.lme4.lmer import DENSE_MAX_Q, LmerProblem, _BlockDiag, _DenseFactor, _Schur, blas_threads
 from bayeslmm.model.formula import ModelFrame
+from bayeslmm.model.options import NAGQ_MAX
 
-#: Families of :class:`GlmerProblem` (their canonical links: logit, log).
-FAMILIES = ("binomial", "poisson")
+#: Families of :class:`GlmerProblem` (links: logit, log, log). The negative binomial's is
+#: :class:`NegBinomial` at a given theta (:mod:`bayeslmm.lme4.glmer_nb` estimates theta, as ``glmer.nb``).
+FAMILIES = ("binomial", "poisson", "negbinomial")
 #: PIRLS stops when the Newton decrement (the penalized deviance a step would remove) is below this,
 #: after taking that last step (so the modes are exact to rounding error: the deviance is smooth
 #: enough for finite-difference Hessians).
@@ -86,8 +88,6 @@ SINGULAR_TOL = 1e-4
 #: lme4 computes the Hessian (``calc.derivs``) below these numbers of rows and parameters
 #: (``glmerControl``: ``check.conv.nobsmax = 1e4``, ``check.conv.nparmax = 20``).
 DERIVS_NOBS_MAX, DERIVS_NPAR_MAX = 10_000, 20
-#: Largest number of Gauss-Hermite nodes (lme4's ``nAGQ <= 100``).
-NAGQ_MAX = 100
 #: A fitted probability this close to 0 or 1 (or a Poisson mean below it) is "numerically 0 or 1".
 #: R's ``glm.fit`` warns below ``10 * .Machine$double.eps``, but its IRLS stops (relative change
 #: 1e-8) while a separated coefficient is near -20 to -35; PIRLS here goes on to rounding error, where
@@ -96,25 +96,60 @@ EPS_FITTED = 1e-10
 
 
 # ---------------------------------------------------------------------------------------
-# The families: logit binomial with trials, log Poisson
+# The families: logit binomial with trials, log Poisson, log negative binomial at a given theta
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NegBinomial:
+    """The negative binomial with log link at size ``theta``: MASS's ``negative.binomial(theta)``, the
+    family of ``glmer.nb``'s fits (``Var(y) = mu + mu^2 / theta``; lme4's C++ ``negativeBinomialDist``).
+
+    Its IRLS weights are the expected information ``mu theta / (mu + theta)`` (lme4's ``sqrtWrkWt``), also
+    in the Laplace approximation's ``ldL2``; the observed information differs (a non-canonical link).
+    """
+
+    theta: float
+
+
+def family_of(name: str, nb_theta: float | None = None):
+    """The family the functions here take: ``"binomial"``, ``"poisson"``, or :class:`NegBinomial` at ``nb_theta``."""
+    if name not in FAMILIES:
+        raise OptionsError(f"glmer fits the families {', '.join(FAMILIES)}, not {name!r}")
+    if name != "negbinomial":
+        return name
+    if nb_theta is None or not np.isfinite(nb_theta) or nb_theta <= 0:
+        raise OptionsError(f"a negative binomial glmer needs its theta (> 0), not {nb_theta!r}: glmer_nb estimates it")
+    return NegBinomial(float(nb_theta))
+
+
 def mean(family: str, eta: np.ndarray) -> np.ndarray:
-    """Inverse link: ``plogis(eta)`` (binomial, a probability) or ``exp(eta)`` (Poisson)."""
+    """Inverse link: ``plogis(eta)`` (binomial, a probability) or ``exp(eta)`` (Poisson, negative binomial)."""
     return special.expit(eta) if family == "binomial" else np.exp(eta)
 
 
 def neg2loglik(family: str, eta: np.ndarray, y: np.ndarray, m: np.ndarray) -> float:
     """``-2 log p(y | eta)`` summed: lme4's ``aic()`` (binomial coefficients and ``log y!`` included).
 
-    Binomial: ``y`` successes out of ``m`` trials; Poisson: ``y`` counts (``m`` unused).
+    Binomial: ``y`` successes out of ``m`` trials; Poisson and negative binomial: ``y`` counts (``m`` unused).
     """
     if family == "binomial":
         ll = y * eta - m * np.logaddexp(0.0, eta) + _log_choose(m, y)
+    elif isinstance(family, NegBinomial):  # each term stays small as theta grows (the Poisson limit)
+        th = family.theta
+        log1p_mu = np.logaddexp(0.0, eta - np.log(th))  # log(1 + mu / theta)
+        ll = (y * (eta - np.log(th) - log1p_mu) - th * log1p_mu + log_rising(th, y) - special.gammaln(y + 1))
     else:
         ll = y * eta - np.exp(eta) - special.gammaln(y + 1)
     return -2.0 * float(np.sum(ll))
+
+
+def log_rising(a: float, y: np.ndarray) -> np.ndarray:
+    """``log Gamma(a + y) - log Gamma(a)`` for counts ``y``, without the difference of two huge numbers when
+    ``a`` is large (Stirling's series of both: exact to rounding error above 1e5)."""
+    if a < 1e5:
+        return special.gammaln(y + a) - special.gammaln(a)
+    return (a - 0.5) * np.log1p(y / a) + y * np.log(a + y) - y + (1 / (a + y) - 1 / a) / 12
 
 
 def _log_choose(m: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -123,6 +158,10 @@ def _log_choose(m: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def working(family: str, eta: np.ndarray, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Score and weight per row: ``d log p / d eta`` and ``-d^2 log p / d eta^2`` (the IRLS weight)."""
+    if isinstance(family, NegBinomial):  # the expected information (lme4's IRLS weight); q = mu / (theta + mu)
+        th = family.theta
+        q = special.expit(eta - np.log(th))
+        return y * (1.0 - q) - th * q, th * q
     mu = mean(family, eta)
     if family == "binomial":
         return y - m * mu, m * mu * (1.0 - mu)
@@ -138,6 +177,9 @@ def deviance_residuals(family: str, mu: np.ndarray, y: np.ndarray, m: np.ndarray
     """Squared deviance residuals (``family()$dev.resid``): ``2 [log p(y | mu = y) - log p(y | mu)]``."""
     if family == "binomial":
         return 2.0 * (_xlogy_ratio(y, m * mu) + _xlogy_ratio(m - y, m * (1.0 - mu)))
+    if isinstance(family, NegBinomial):
+        th = family.theta
+        return 2.0 * (_xlogy_ratio(y, mu) - (y + th) * np.log1p((y - mu) / (mu + th)))
     return 2.0 * (_xlogy_ratio(y, mu) - (y - mu))
 
 
@@ -145,6 +187,10 @@ def saturated_deviance(family: str, y: np.ndarray, m: np.ndarray) -> float:
     """``-2 log p(y | mu = y)``: what lme4's AGQ deviance leaves out (0 for 0/1 responses)."""
     if family == "binomial":
         ll = _log_choose(m, y) + special.xlogy(y, y) + special.xlogy(m - y, m - y) - special.xlogy(m, m)
+    elif isinstance(family, NegBinomial):
+        th = family.theta
+        ll = (special.gammaln(y + th) - special.gammaln(th) - special.gammaln(y + 1) + th * np.log(th)
+              + special.xlogy(y, y) - (y + th) * np.log(y + th))
     else:
         ll = special.xlogy(y, y) - y - special.gammaln(y + 1)
     return -2.0 * float(np.sum(ll))
@@ -156,6 +202,22 @@ def gh_rule(n: int) -> np.ndarray:
     w = w / w.sum()
     z, w = (z - z[::-1]) / 2, (w + w[::-1]) / 2
     return np.column_stack([z, w, stats.norm.logpdf(z)])
+
+
+def check_nagq(frame: ModelFrame, nagq: int) -> int:
+    """``nagq`` as an int if glmer may integrate ``frame``'s random effects with it, else a one-line OptionsError.
+
+    lme4's rules on the data: 1 to :data:`NAGQ_MAX` nodes; more than 1 only for a single random term
+    with one column (``(1|g)``, ``(0 + x|g)`` with ``x`` numeric; a factor slope is a column per level).
+    :func:`bayeslmm.model.options.check_nagq` checks what a formula shows before the data is read.
+    """
+    nagq = int(nagq)
+    if not 1 <= nagq <= NAGQ_MAX:
+        raise OptionsError(f"nAGQ must be between 1 and {NAGQ_MAX} (1 = Laplace), not {nagq}")
+    if nagq > 1 and (len(frame.blocks) != 1 or frame.blocks[0].values.shape[1] != 1):
+        raise OptionsError("nAGQ > 1 is only available for models with a single, scalar random-effects term "
+                           f"(as in lme4); {frame.formula.text!r} has others: use nAGQ = 1 (Laplace)")
+    return nagq
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,26 +309,25 @@ class GlmerProblem:
     Parameters
     ----------
     frame : ModelFrame
-        A binomial or Poisson frame with at least one random term.
+        A binomial, Poisson or negative binomial frame with at least one random term.
     nagq : int
         Number of adaptive Gauss-Hermite nodes: 1 is the Laplace approximation; more needs a
         single scalar random-effect term (lme4's rule).
+    nb_theta : float, optional
+        The negative binomial's theta (a negative binomial frame only).
     """
 
-    def __init__(self, frame: ModelFrame, nagq: int = 1) -> None:
-        if frame.family not in FAMILIES:
-            raise OptionsError(f"glmer fits the families {', '.join(FAMILIES)}, not {frame.family!r}")
+    def __init__(self, frame: ModelFrame, nagq: int = 1, nb_theta: float | None = None) -> None:
+        family = family_of(frame.family, nb_theta)
+        if isinstance(family, NegBinomial) and int(nagq) != 1:
+            raise OptionsError("a negative binomial glmer (glmer.nb) is fitted by the Laplace approximation here "
+                               "(nAGQ = 1); adaptive quadrature is for binomial and Poisson models")
         if not frame.blocks:
             raise OptionsError(f"{frame.formula.text!r} has no random terms; glmer needs one (use a glm)")
-        nagq = int(nagq)
-        if not 1 <= nagq <= NAGQ_MAX:
-            raise OptionsError(f"nAGQ must be between 1 and {NAGQ_MAX} (1 = Laplace), not {nagq}")
+        nagq = check_nagq(frame, nagq)
         self.structure = s = LmerProblem(frame, reml=False, dense=False)  # Z, Lambda's pattern, theta's names
-        if nagq > 1 and (len(s.blocks) != 1 or s.blocks[0].values.shape[1] != 1):
-            raise OptionsError("nAGQ > 1 is only available for models with a single, scalar random-effects term "
-                               f"(as in lme4); {frame.formula.text!r} has others: use nAGQ = 1 (Laplace)")
-        self.family, self.nagq = frame.family, nagq
-        self.X, self.y = frame.X, frame.y
+        self.family, self.nagq = family, nagq
+        self.frame, self.X, self.y = frame, frame.X, frame.y
         self.m = frame.trials if frame.trials is not None else np.ones_like(frame.y)
         self.offset = frame.offset if frame.offset is not None else np.zeros_like(frame.y)
         self.n, self.p = self.X.shape
@@ -379,10 +440,26 @@ class GlmerProblem:
 
         eta = eta_of(u, beta)
         pdev = neg2loglik(fam, eta, y, m) + u @ u
-        last = False
+        if not np.isfinite(pdev):  # the last theta's modes overflow at this one (exp(eta)): start from u = 0
+            u = np.zeros_like(u)
+            eta = eta_of(u, beta)
+            pdev = neg2loglik(fam, eta, y, m) + u @ u
+        last, restarted = False, not np.any(u)
         for _ in range(PIRLS_MAXIT):
             r, w = working(fam, eta, y, m)
-            fac = self.factor(theta, zl, w)
+            try:
+                fac = self.factor(theta, zl, w)
+            except np.linalg.LinAlgError:
+                # weights so large (exp(eta) at the last theta's modes) that the factor loses positive
+                # definiteness in rounding: restart from u = 0 once, as from a fresh start
+                if restarted:
+                    raise DataError(f"PIRLS cannot factor the model at theta = {theta}: the linear predictor "
+                                    "overflows; centre or scale the covariates of random slopes (e.g. "
+                                    "scale(x))") from None
+                restarted, u = True, np.zeros_like(u)
+                eta = eta_of(u, beta)
+                pdev = neg2loglik(fam, eta, y, m) + u @ u
+                continue
             if last:
                 break
             gu = zl.T @ r - u
@@ -510,28 +587,63 @@ class GlmerProblem:
     def optimize(self, lme4_pirls: bool = True) -> Optimum:
         """lme4's two stages: theta with ``(u, beta)`` from PIRLS, then ``(theta, beta)`` jointly.
 
-        Stage 1 minimises :meth:`stage1` (L-BFGS-B under lme4's bounds) and keeps its linear
-        predictor (lme4's ``lp0``). Stage 2 takes Newton steps (:meth:`newton`) on the exact
-        deviance :meth:`objective` from stage 1's ``(theta, beta)`` (L-BFGS-B first if they fail),
-        then, with ``lme4_pirls``, on lme4's own deviance :meth:`lme4_objective` from there (its
-        optimum is within 1e-3 of the exact one). Last, lme4's ``check.boundary``.
+        Stage 1 minimises :meth:`stage1` (L-BFGS-B under lme4's bounds, :meth:`off_bound` where it
+        stopped at 0) and keeps its linear predictor (lme4's ``lp0``). Stage 2 takes Newton steps
+        (:meth:`newton`) on the exact deviance :meth:`objective` from stage 1's ``(theta, beta)``
+        (L-BFGS-B first if they fail), then, with ``lme4_pirls``, on lme4's own deviance
+        :meth:`lme4_objective` from there (its optimum is within 1e-3 of the exact one). Last, lme4's
+        ``check.boundary``.
         """
         s = self.structure
-        res = optimize.minimize(self.stage1, s.theta0, method="L-BFGS-B", jac="3-point",
-                                bounds=optimize.Bounds(s.lower, np.full(self.ntheta, np.inf)),
-                                options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 1000})
+        stage1 = {"method": "L-BFGS-B", "jac": "3-point", "options": {"ftol": 1e-12, "gtol": 1e-7, "maxiter": 1000},
+                  "bounds": optimize.Bounds(s.lower, np.full(self.ntheta, np.inf))}
+        try:
+            res = optimize.minimize(self.stage1, s.theta0, **stage1)
+        except (DataError, np.linalg.LinAlgError, ValueError):
+            # PIRLS overflows (exp(eta)) at thetas L-BFGS-B tries: seen with random slopes of covariates far
+            # from 0, where lme4's derivative-free stage 1 (bobyqa) still finds the optimum; say what to do
+            slopes = [c for b in self.frame.blocks for c in b.term.coefs if c != "(Intercept)"]
+            raise DataError(f"lme4's side cannot fit {self.frame.formula.text!r}: PIRLS overflows at the "
+                            "optimizer's trial values" + (f"; centre or scale the covariate of the random slope "
+                                                          f"({', '.join(slopes)}), e.g. scale({slopes[0]})"
+                                                          if slopes else "")) from None
+        x = self.off_bound(self.stage1, np.maximum(res.x, s.lower), s.theta0)
+        if x is not None:
+            res = optimize.minimize(self.stage1, x, **stage1)
         md = self.modes(np.maximum(res.x, s.lower))
         self.lp0 = md.eta - self.offset
         lower = np.concatenate([s.lower, np.full(self.p, -np.inf)])
         opt = self.newton(self.objective, np.concatenate([md.theta, md.beta]), lower)
         if not opt.converged or self._leaves_bound(self.objective, opt):
-            res = optimize.minimize(self.objective, opt.x, method="L-BFGS-B", jac="3-point",
+            x = self.off_bound(self.objective, opt.x, s.theta0)
+            res = optimize.minimize(self.objective, opt.x if x is None else x, method="L-BFGS-B", jac="3-point",
                                     bounds=optimize.Bounds(lower, np.full(lower.size, np.inf)),
                                     options={"ftol": 1e-13, "gtol": 1e-8, "maxiter": 2000})
             opt = self.newton(self.objective, np.maximum(res.x, lower), lower)
         if lme4_pirls:
             opt = self.newton(self.lme4_deviance_function(), opt.x, lower)
         return self._check_boundary(opt, lme4_pirls)
+
+    def off_bound(self, fun, x: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
+        """``x`` with each diagonal theta that sits at 0 moved to where ``fun`` is lowest along it in
+        ``[0, upper_i]`` (bounded Brent), when that is lower; None if none moved.
+
+        The deviance is even in such a theta (``Lambda`` enters through ``Lambda Lambda'``), so its
+        derivative there is 0: L-BFGS-B, whose first step from theta0 can land on the bound, stops at
+        0 even where 0 is a maximum along it (lme4's bobyqa, without derivatives, goes on). A minimum
+        the search finds lies below the start, where L-BFGS-B's first step went down from.
+        """
+        f0, out = float(fun(x)), None
+        for i in np.flatnonzero(self.structure.diag_theta):
+            at = x if out is None else out
+            if at[i] > 0:
+                continue
+            mask = np.arange(at.size) == i
+            res = optimize.minimize_scalar(lambda t, at=at, mask=mask: fun(_put(at, mask, np.array([t]))),
+                                           bounds=(0.0, float(upper[i])), method="bounded", options={"xatol": 1e-4})
+            if res.fun < f0 - 1e-8:
+                out, f0 = _put(at, mask, np.array([res.x])), float(res.fun)
+        return out
 
     def lme4_deviance_function(self):
         """lme4's stage-2 ``devfun`` as a function of ``(theta, beta)`` alone (from :attr:`lp0`)."""
@@ -648,10 +760,13 @@ def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def glm_start(family: str, X: np.ndarray, y: np.ndarray, m: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """Fixed effects to start PIRLS from: one weighted least-squares step of R's ``glm.fit`` from
-    its ``mustart`` (binomial ``(y + 0.5) / (m + 1)``, Poisson ``y + 0.1``)."""
+    its ``mustart`` (binomial ``(y + 0.5) / (m + 1)``, Poisson ``y + 0.1``, negative binomial ``y + (y == 0) / 6``)."""
     if family == "binomial":
         mu = (y + 0.5) / (m + 1.0)
         eta, w = special.logit(mu), m * mu * (1 - mu)
+    elif isinstance(family, NegBinomial):  # MASS's negative.binomial()$initialize
+        mu = y + (y == 0) / 6
+        eta, w = np.log(mu), mu * family.theta / (mu + family.theta)
     else:
         mu = y + 0.1
         eta, w = np.log(mu), mu
@@ -705,8 +820,9 @@ class GlmerFit:
     hessian: np.ndarray | None
 
 
-def fit_glmer(frame: ModelFrame, nagq: int = 1, lme4_pirls: bool = True) -> GlmerFit:
-    """Fit a binomial or Poisson mixed model as ``lme4::glmer(..., nAGQ = nagq)``.
+def fit_glmer(frame: ModelFrame, nagq: int = 1, lme4_pirls: bool = True, nb_theta: float | None = None) -> GlmerFit:
+    """Fit a binomial or Poisson mixed model as ``lme4::glmer(..., nAGQ = nagq)`` (a negative binomial one
+    at a given theta: ``family = MASS::negative.binomial(theta = nb_theta)``).
 
     Parameters
     ----------
@@ -720,17 +836,28 @@ def fit_glmer(frame: ModelFrame, nagq: int = 1, lme4_pirls: bool = True) -> Glme
         rounding error). The two optima differ by up to 1.6e-3 relative and the SEs by up to 1.3% on
         the reference data (the Laplace ones; 25-node AGQ is insensitive to inexact modes).
 
+    nb_theta : float, optional
+        The negative binomial's theta (a negative binomial frame only).
+
     Warns
     -----
     RuntimeWarning
         If the optimum is not reached to :data:`NEWTON_XTOL`, or fitted probabilities are numerically
         0 or 1 (separation: estimates and standard errors run off to infinity).
     """
-    prob = GlmerProblem(frame, nagq)
+    prob = GlmerProblem(frame, nagq, nb_theta)
     # exp(eta) overflows at an optimizer's wild trial points (PIRLS halves its steps); small dense
     # factors are fastest on one BLAS thread
     with np.errstate(over="ignore"), blas_threads(frame):
         opt = prob.optimize(lme4_pirls)
+    return finish(prob, frame, opt, lme4_pirls)
+
+
+def finish(prob: GlmerProblem, frame: ModelFrame, opt: Optimum, lme4_pirls: bool = True) -> GlmerFit:
+    """The fit at the optimum ``opt`` of ``prob``'s stage-2 deviance (lme4's, from ``prob.lp0``, with
+    ``lme4_pirls``): modes, deviance, the Hessian-based covariance, lme4's warnings (:func:`fit_glmer`)."""
+    nagq = prob.nagq
+    with np.errstate(over="ignore"), blas_threads(frame):
         x = opt.x
         theta, beta = x[: prob.ntheta], x[prob.ntheta :]
         md = prob.lme4_modes(x, prob.lp0) if lme4_pirls else prob.modes(theta, beta)
@@ -812,17 +939,16 @@ class GlmFit:
     deviance: float
 
 
-def fit_glm(frame: ModelFrame) -> GlmFit:
-    """Fit ``glm(formula, family)`` by Newton steps (Fisher scoring: canonical links) to rounding error.
+def fit_glm(frame: ModelFrame, nb_theta: float | None = None) -> GlmFit:
+    """Fit ``glm(formula, family)`` by Fisher scoring (Newton steps for the canonical links) to rounding
+    error; a negative binomial frame at theta ``nb_theta`` (``family = negative.binomial(nb_theta)``).
 
     Warns
     -----
     RuntimeWarning
         If fitted probabilities are numerically 0 or 1 (separation), as R's ``glm.fit`` warns.
     """
-    if frame.family not in FAMILIES:
-        raise OptionsError(f"fit_glm fits the families {', '.join(FAMILIES)}, not {frame.family!r}")
-    fam, X, y = frame.family, frame.X, frame.y
+    fam, X, y = family_of(frame.family, nb_theta), frame.X, frame.y
     m = frame.trials if frame.trials is not None else np.ones_like(y)
     offset = frame.offset if frame.offset is not None else np.zeros_like(y)
     beta = glm_start(fam, X, y, m, offset)

@@ -14,12 +14,12 @@ from typing import NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse, special
 
 from bayeslmm.errors import DataError, FormulaError, OptionsError
 from bayeslmm.model import rterms
 from bayeslmm.model.formula import Formula, group_codes, resolve
-from bayeslmm.model.options import NaAction
+from bayeslmm.model.options import COUNT_FAMILIES, NaAction
 
 FEW_LEVELS = 5
 #: A correlated term ``(1 + x|g)`` has k(k+1)/2 covariance parameters (k sds, k(k-1)/2 correlations);
@@ -111,9 +111,9 @@ def _check_response(formula: Formula, df: pd.DataFrame) -> np.ndarray:
         raise DataError(f"response {name!r} is not numeric ({y.dtype}); a {formula.family} mixed model needs "
                         "a numeric response")
     v = y.to_numpy(dtype=float)
-    if formula.family == "poisson" and ((v < 0).any() or (v[np.isfinite(v)] != np.round(v[np.isfinite(v)])).any()):
-        raise DataError(f"response {name!r} must be counts (whole numbers >= 0) for --family poisson; it has "
-                        f"{v[(v < 0) | (v != np.round(v))][0]:g}")
+    if formula.family in COUNT_FAMILIES and ((v < 0).any() or (v[np.isfinite(v)] != np.round(v[np.isfinite(v)])).any()):
+        raise DataError(f"response {name!r} must be counts (whole numbers >= 0) for --family {formula.family}; it "
+                        f"has {v[(v < 0) | (v != np.round(v))][0]:g}")
     return v
 
 
@@ -127,7 +127,8 @@ def check_data(formula: Formula, df: pd.DataFrame) -> None:
     if len(df) == 0:
         raise DataError("no rows left to fit; check the data and missing values")
     if np.ptp(y.to_numpy(dtype=float)) == 0:
-        what = {"binomial": "every trial has the same outcome", "poisson": "every count is the same"}
+        what = {"binomial": "every trial has the same outcome", "poisson": "every count is the same",
+                "negbinomial": "every count is the same"}
         raise DataError(f"response {formula.response!r} is constant ({what.get(formula.family, 'one value')}); "
                         "there is nothing to model")
     for col in _numeric_columns(formula, df):
@@ -316,7 +317,8 @@ def response_warning(df: pd.DataFrame, response: str) -> str | None:
         return (f"response {response!r} looks like counts (non-negative integers: {distinct.size} distinct values, "
                 f"{zeros:.0%} zeros): a Gaussian model of counts can predict impossible negative values and assumes "
                 "the same spread at every mean; fit counts with --family poisson (lme4's glmer(..., family = "
-                "poisson)), with offset(log(exposure)) if they were counted over different efforts")
+                "poisson)), or --family negbinomial when they vary more than Poisson's (lme4's glmer.nb), with "
+                "offset(log(exposure)) if they were counted over different efforts")
     return None
 
 
@@ -494,10 +496,10 @@ def cell_tests(y: np.ndarray, X: np.ndarray, a: np.ndarray, b: np.ndarray) -> Ce
         df_main = r_add - r_without
         if df_main <= 0 or ms_int <= 0:
             return 1.0
-        return float(stats.f.sf((rss_without - rss_add) / df_main / ms_int, df_main, df_num))
+        return float(special.fdtrc(df_main, df_num, (rss_without - rss_add) / df_main / ms_int))  # F's sf
 
     f = ms_int / ms_err
-    return CellTest(f=float(f), df_num=int(df_num), df_den=int(df_den), p=float(stats.f.sf(f, df_num, df_den)),
+    return CellTest(f=float(f), df_num=int(df_num), df_den=int(df_den), p=float(special.fdtrc(df_num, df_den, f)),
                     p_a=main_p(*_absorbed(yx, b, nb)), p_b=main_p(*_absorbed(yx, a, na)))
 
 

@@ -19,12 +19,56 @@ Sampler = Literal["pymc", "nutpie"]
 Engine = Literal["auto", "bambi", "marginal", "pymc", "glmm"]
 NaAction = Literal["drop", "fail"]
 #: The response distribution (lme4's glmer ``family``): gaussian (identity link, lmer), binomial
-#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link).
-Family = Literal["gaussian", "binomial", "poisson"]
+#: (logit link: cbind(successes, failures), a 0/1 column or a two-level factor), poisson (log link),
+#: negbinomial (the negative binomial, log link: lme4's glmer.nb, Bambi's "negativebinomial", brms's name).
+Family = Literal["gaussian", "binomial", "poisson", "negbinomial"]
+#: The families of counts: non-negative whole numbers, log link, offsets as log exposures.
+COUNT_FAMILIES = ("poisson", "negbinomial")
+#: Other names of the negative binomial, refused with the one bayeslmm uses.
+_NEGBINOMIAL_ALIASES = ("negativebinomial", "negative_binomial", "negative.binomial", "nb", "nbinom", "nbinom2")
+
+
+#: Most Gauss-Hermite nodes of glmer's adaptive quadrature (lme4's ``nAGQ <= 100``); 1 is the Laplace approximation.
+NAGQ_MAX = 100
+#: The families whose glmer fits here take more than one node (checked against lme4: tests/test_glmer.py).
+NAGQ_FAMILIES = ("binomial", "poisson")
+
+
+def check_nagq(nagq, formula) -> int:
+    """``nagq`` (glmer's ``nAGQ``) as an int if ``formula`` may be fitted with it, else a one-line OptionsError.
+
+    lme4's rules, as far as the formula shows them: a whole number from 1 (the Laplace
+    approximation, glmer's default) to :data:`NAGQ_MAX`; only for mixed models of a family other than
+    the Gaussian (lmer integrates the random effects exactly, a glm has none); more than 1 only for
+    :data:`NAGQ_FAMILIES` and a single random term of one coefficient, ``(1|g)`` or ``(0 + x|g)``. A
+    factor slope, which is a column per level, is known only from the data:
+    :func:`bayeslmm.lme4.glmer.check_nagq` checks the frame.
+    """
+    if isinstance(nagq, bool) or not isinstance(nagq, int | np.integer) or not 1 <= nagq <= NAGQ_MAX:
+        raise OptionsError(f"nAGQ must be a whole number from 1 (Laplace) to {NAGQ_MAX}, not {nagq!r}")
+    if not formula.is_glmm:
+        raise OptionsError(f"nAGQ is for binomial and Poisson mixed models (glmer); {formula.text!r} is Gaussian "
+                           "(lmer integrates its random effects exactly): drop nAGQ or choose the family")
+    if not formula.is_mixed:
+        raise OptionsError(f"nAGQ is for mixed models (glmer); {formula.text!r} has no random terms (a glm "
+                           "integrates nothing): drop nAGQ")
+    if nagq > 1 and formula.family not in NAGQ_FAMILIES:
+        raise OptionsError(f"nAGQ > 1 is fitted here for {' and '.join(NAGQ_FAMILIES)} mixed models, not "
+                           f"{formula.family}: use nAGQ = 1 (Laplace)")
+    if nagq > 1 and (len(formula.random) != 1 or len(formula.random[0].coefs) != 1):
+        terms = " + ".join(t.lme4 for t in formula.random)
+        raise OptionsError(f"nAGQ > 1 needs a single random term with one coefficient, such as (1|g), as in lme4; "
+                           f"{formula.text!r} has {terms}: use nAGQ = 1 (Laplace)")
+    return int(nagq)
+#: Default cap on the observations refitted per model where PSIS-LOO fails (each refit of the dragons takes ~0.3 s).
+MAX_REFITS = 20
 
 
 def check_family(family) -> str:
     """``family`` if it is one bayeslmm fits, else a one-line OptionsError naming those it does."""
+    if isinstance(family, str) and family.lower() in _NEGBINOMIAL_ALIASES:
+        raise OptionsError(f"--family {family!r}: the negative binomial is called 'negbinomial' here (lme4's "
+                           "glmer.nb, Bambi's negativebinomial); use --family negbinomial")
     _check_choice("--family", family, Family)
     return family
 
@@ -80,12 +124,23 @@ class RunOptions:
         Rows with missing values in a model's columns: drop them with a warning, or refuse (``--na``).
     progress : bool
         Show the sampler's progress bar (on stderr, when it is a terminal).
+    pb : int
+        Simulations of a parametric-bootstrap LRT beside each comparison's chi-square one (``--pb``;
+        0: none). Linear mixed models only.
+    max_refits : int
+        Observations refitted per model where PSIS-LOO's Pareto k > 0.7, the worst first (``--max-refits``;
+        0: PSIS alone).
+    logo : str, optional
+        Grouping factor for leave-one-group-out cross-validation in every comparison (``--logo``).
     """
 
     ci: float = 0.95
     refit: bool = False
     na: NaAction = "drop"
     progress: bool = True
+    pb: int = 0
+    max_refits: int = MAX_REFITS
+    logo: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ci, bool) or not isinstance(self.ci, int | float | np.floating) or not 0 < self.ci < 1:
@@ -94,6 +149,14 @@ class RunOptions:
         for name in ("refit", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if isinstance(self.pb, bool) or not isinstance(self.pb, int) or self.pb < 0:
+            raise OptionsError(f"--pb must be a whole number of simulations (0 for none; 1000 as pbkrtest), "
+                               f"not {self.pb!r}")
+        refits = self.max_refits
+        if isinstance(refits, bool) or not isinstance(refits, int | np.integer) or refits < 0:
+            raise OptionsError(f"--max-refits must be a whole number >= 0, not {refits!r}")
+        if self.logo is not None and (not isinstance(self.logo, str) or not self.logo.strip()):
+            raise OptionsError(f"--logo must name a grouping factor, not {self.logo!r}")
 
 
 def _check_choice(flag: str, value, kind) -> None:

@@ -326,10 +326,39 @@ def apply_priors(pm: PriorModel, priors: Priors) -> PriorModel:
     aux = dict(pm.aux)
     if priors.chosen("sigma") is not None:
         aux["sigma"] = _user(priors.chosen("sigma"))
+    if priors.chosen("shape") is not None:  # brms's shape: the negative binomial's alpha (lme4's theta)
+        aux["alpha"] = _user(priors.chosen("shape"))
     new = replace(pm, common=tuple(common), intercept=intercept, group=tuple(group), aux=aux)
     before, after = pm.texts(), new.texts()
     cors = [f"cor({g})" for g in dict.fromkeys(t.group for t in pm.group) if priors.chosen("cor", g)]
     return replace(new, user_set=(*(k for k in after if after[k] != before.get(k)), *cors))
+
+
+def pin_priors(pm: PriorModel, full: PriorModel) -> PriorModel:
+    """``pm`` (a model of some of the rows) with the priors of ``full`` (the same formula on all of them).
+
+    A refit for cross-validation must keep the posterior's prior: Bambi's default priors are scaled to
+    the data, so recomputing them from the rows a refit keeps would change the model being validated
+    (brms keeps a fit's priors when ``kfold`` refits it). Terms ``full`` lacks, or whose columns
+    differ (a level no kept row has), keep ``pm``'s.
+    """
+    from dataclasses import replace
+
+    def columns(t) -> int:
+        return np.shape(t.data if isinstance(t, FixedTerm) else t.predictor)[1]
+
+    def same(a, b) -> bool:
+        return b is not None and columns(a) == columns(b)
+
+    fixed = {t.name: t for t in full.common}
+    groups = {t.name: t for t in full.group}
+    common = tuple(replace(t, prior=fixed[t.name].prior) if same(t, fixed.get(t.name)) else t for t in pm.common)
+    group = tuple(replace(t, prior=groups[t.name].prior) if same(t, groups.get(t.name)) else t for t in pm.group)
+    intercept = pm.intercept
+    if intercept is not None and full.intercept is not None:
+        intercept = replace(intercept, prior=full.intercept.prior)
+    aux = {k: full.aux.get(k, d) for k, d in pm.aux.items()}
+    return replace(pm, common=common, group=group, intercept=intercept, aux=aux, user_set=full.user_set)
 
 
 def _user(statement) -> Dist | None:
@@ -386,6 +415,8 @@ def _check_reach(pm: PriorModel, priors: Priors) -> None:
                                    f"coefficients are {', '.join(coefs[s.group])}")
         elif s.cls == "sigma" and "sigma" not in pm.aux:
             raise OptionsError(f"prior {s.text!r}: a {pm.family} model has no residual sd")
+        elif s.cls == "shape" and "alpha" not in pm.aux:
+            raise OptionsError(f"prior {s.text!r}: only a negative binomial model has a shape (theta)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,4 +486,4 @@ def bambi_priors(pm: PriorModel) -> dict:
 
 
 __all__ = ["Dist", "FixedTerm", "GroupTerm", "PriorModel", "apply_priors", "bambi_family", "bambi_groups",
-           "bambi_priors", "default_model", "from_bambi", "prior_text", "response_name"]
+           "bambi_priors", "default_model", "from_bambi", "pin_priors", "prior_text", "response_name"]

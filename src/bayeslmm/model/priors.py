@@ -11,6 +11,7 @@ distribution PyMC knows, with its arguments by position (PyMC's order) or by nam
                               ``sd(site, bodyLength2)`` one coefficient's (lme4's name)
 ``sigma ~ HalfStudentT(4, 10)``  the residual sd (Gaussian models)
 ``cor ~ LKJ(2)``               each correlated block's correlations; ``cor(subject)`` one group's
+``shape ~ Exponential(0.1)``   the negative binomial's theta (brms's ``shape``, Bambi's ``alpha``)
 ============================  ==============================================================
 
 A more specific statement wins over a general one (``sd(site)`` over ``sd``), and a later one over
@@ -43,10 +44,10 @@ DISTRIBUTIONS = {
 LOCATION = ("Normal", "StudentT", "Cauchy")
 SCALE = ("HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential", "Gamma", "InverseGamma")
 #: Classes of parameters whose prior can be set, with the distributions each accepts.
-SETTABLE = {"b": LOCATION, "Intercept": LOCATION, "sd": SCALE, "sigma": SCALE, "cor": ("LKJ",)}
+SETTABLE = {"b": LOCATION, "Intercept": LOCATION, "sd": SCALE, "sigma": SCALE, "cor": ("LKJ",), "shape": SCALE}
 #: What each class names in parentheses.
 WITHIN = {"b": "a fixed effect: b(bodyLength2)", "Intercept": None, "sd": "a group, and optionally a coefficient: "
-          "sd(site) or sd(site, bodyLength2)", "sigma": None, "cor": "a group: cor(subject)"}
+          "sd(site) or sd(site, bodyLength2)", "sigma": None, "cor": "a group: cor(subject)", "shape": None}
 #: LKJ's shape when no statement sets it (uniform over correlation matrices).
 DEFAULT_ETA = 1.0
 
@@ -165,6 +166,9 @@ class Priors:
                                    f"its grouping factors are {', '.join(groups) or 'none'}")
             if s.group and s.cls == "cor" and s.group not in correlated:
                 raise OptionsError(f"prior {s.text!r}: {s.group} has no correlated random effects; "
+                                   "a cor prior needs a term like (1 + x|group)")
+            if s.cls == "cor" and not correlated:
+                raise OptionsError(f"prior {s.text!r}: the formula has no correlated random effects; "
                                    "a cor prior needs a term like (1 + x|group)")
 
     def chosen(self, cls: str, group: str = "", coef: str = "", term: str = "") -> PriorStatement | None:

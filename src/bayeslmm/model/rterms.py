@@ -155,6 +155,17 @@ def r_name(expr: str) -> str:
     return "".join(out)
 
 
+#: Functions whose value at a row depends on the other rows (R's ``scale``, orthogonal ``poly``).
+DATA_DEPENDENT_FUNCS = ("scale", "poly", "center")
+
+
+def data_dependent(expr: str) -> bool:
+    """Whether an expression calls a function of the whole column (:data:`DATA_DEPENDENT_FUNCS`), so that
+    its value at a row changes when other rows are left out."""
+    toks = [t for t in _tokens(expr) if not t.isspace()]
+    return any(t in DATA_DEPENDENT_FUNCS and nxt == "(" for t, nxt in zip(toks, [*toks[1:], ""], strict=True))
+
+
 def call_of(expr: str) -> tuple[str, list[str]] | None:
     """``(function, arguments)`` when ``expr`` is one call ``f(a, b)``, else ``None``."""
     m = re.fullmatch(r"\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\((.*)\)\s*", expr, flags=re.S)

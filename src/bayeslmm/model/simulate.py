@@ -67,6 +67,32 @@ TRUTH_FLAMES: dict[str, float] = {
 }
 
 
+#: The truth of each simulated response.
+TRUTHS = {"testScore": TRUTH, "passed": TRUTH_PASSED, "flames": TRUTH_FLAMES}
+
+
+def truth_of(formula) -> dict[tuple[str, str, str], float]:
+    """The simulator's truth for the parameters of ``formula`` (lme4's ``(effect, group, term)``).
+
+    ``bodyLength2``'s effect within a range is the truth every model of its response is asked about.
+    The sds, the residual sd and the intercept have their simulated meaning only in a model of the
+    simulator's own grouping (ranges, and sites within ranges as ``sample``), so only such a model
+    gets them; a response the simulator does not make gets none.
+    """
+    truth = TRUTHS.get(formula.response)
+    if truth is None:
+        return {}
+    out = {("fixed", "", "bodyLength2"): truth["bodyLength2"]} if "bodyLength2" in formula.fixed else {}
+    true_groups = {k.removeprefix("sd_") for k in truth if k.startswith("sd_")}
+    groups = set(formula.grouping_factors)
+    if groups == true_groups and all(not r.slopes for r in formula.random) and formula.intercept:
+        out[("fixed", "", "(Intercept)")] = truth["(Intercept)"]
+        out.update({("ran_pars", g, "sd__(Intercept)"): truth[f"sd_{g}"] for g in groups})
+        if "sigma" in truth:
+            out[("ran_pars", "Residual", "sd__Observation")] = truth["sigma"]
+    return out
+
+
 def simulate_dragons(seed: int = 20260401, n_per_site: int = 20) -> pd.DataFrame:
     """Simulate the dragons design.
 

@@ -10,33 +10,43 @@ from typing import Literal, get_args
 
 from bayeslmm.errors import BayeslmmError, StudyError
 from bayeslmm.model.formula import Formula, parse
-from bayeslmm.model.options import Family
+from bayeslmm.model.options import Family, check_nagq
 from bayeslmm.model.priors import Priors
 
 Lme4Method = Literal["reml", "ml"]
 _TOP_KEYS = {"name", "title", "description", "data", "prepare", "model", "comparison"}
-_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family"}
-_COMPARISON_KEYS = {"name", "models", "question"}
+_MODEL_KEYS = {"name", "formula", "question", "lme4_method", "prior", "family", "nagq"}
+_COMPARISON_KEYS = {"name", "models", "question", "logo"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named model of a study."""
+    """A named model of a study.
+
+    ``nagq`` is glmer's ``nAGQ`` for lme4's side of a binomial or Poisson mixed model: 1, the
+    Laplace approximation (the default), or the nodes of adaptive Gauss-Hermite quadrature
+    (:func:`~bayeslmm.model.options.check_nagq`). The posterior does not depend on it.
+    """
 
     name: str
     formula: Formula
     question: str = ""
     lme4_method: Lme4Method = "reml"
     priors: Priors = field(default_factory=Priors)
+    nagq: int = 1
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A comparison between two or more models of the study."""
+    """A comparison between two or more models of the study.
+
+    ``logo`` names a grouping factor for leave-one-group-out cross-validation beside LOO (``""``: none).
+    """
 
     name: str
     models: tuple[str, ...]
     question: str = ""
+    logo: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,16 @@ class Study:
             if m.name == name:
                 return m
         raise StudyError(f"study {self.name!r} has no model {name!r}")
+
+
+def check_logo(group: str, models, flag: str = "logo") -> None:
+    """Refuse a leave-one-group-out factor that none of ``models`` (ModelSpecs) has as a grouping factor."""
+    from bayeslmm.errors import OptionsError
+
+    have = list(dict.fromkeys(g for m in models for g in m.formula.grouping_factors))
+    if group not in have:
+        raise OptionsError(f"{flag} {group!r} is not a grouping factor of the compared models; theirs: "
+                           f"{', '.join(have) or 'none (no random terms)'}")
 
 
 def _line_of(text: str, needle: str) -> str:
@@ -164,7 +184,13 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.may_correlate))
         except BayeslmmError as exc:
             raise StudyError(f"{where}{_line_of(text, 'prior')}: model {mname!r}: {exc}") from exc
-        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors))
+        nagq = 1
+        if "nagq" in m:
+            try:
+                nagq = check_nagq(m["nagq"], formula)
+            except BayeslmmError as exc:
+                raise StudyError(f"{where}{_line_of(text, 'nagq')}: model {mname!r}: {exc}") from exc
+        models.append(ModelSpec(mname, formula, str(m.get("question", "")), method, priors, nagq))
     if not models:
         raise StudyError(f"{where}: no [[model]] entries; add at least one with name and formula")
     names = [m.name for m in models]
@@ -184,7 +210,14 @@ def from_dict(raw: dict, path: Path | None = None, text: str = "") -> Study:
             if mn not in names:
                 raise StudyError(f"{where}{_line_of(text, mn)}: comparison #{i + 1} names unknown model {mn!r}; "
                                  f"models are: {', '.join(names)}")
-        comparisons.append(Comparison(str(c.get("name", f"comparison {i + 1}")), tuple(ms), str(c.get("question", ""))))
+        logo = _expect(c.get("logo", ""), str, where, f"comparison #{i + 1} logo")
+        if logo:
+            try:
+                check_logo(logo, [m for m in models if m.name in ms])
+            except BayeslmmError as exc:
+                raise StudyError(f"{where}{_line_of(text, 'logo')}: comparison #{i + 1}: {exc}") from exc
+        comparisons.append(Comparison(str(c.get("name", f"comparison {i + 1}")), tuple(ms), str(c.get("question", "")),
+                                      logo))
     return Study(
         name=name,
         title=str(raw.get("title", name)),

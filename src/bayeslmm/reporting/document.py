@@ -80,6 +80,7 @@ td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-alig
 padding:.3em 0}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}
 figcaption{font-style:italic;color:#555}pre{background:#f6f8fa;padding:.8em;overflow-x:auto}
 .warn{color:#a04000}td{white-space:nowrap}td.text{text-align:left;white-space:normal}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -97,7 +98,8 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
         elif isinstance(b, Code):
             out.append(f"<pre>{html.escape(b.text)}</pre>")
         elif isinstance(b, Table):
-            out.append(render(b.frame, "html", b.caption, b.digits).rstrip("\n"))
+            # a wide table scrolls inside its box instead of pushing the page past a narrow window
+            out.append("<div class='scroll'>" + render(b.frame, "html", b.caption, b.digits).rstrip("\n") + "</div>")
         elif isinstance(b, Image):
             data = base64.b64encode((root / b.path).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
@@ -107,7 +109,14 @@ def to_html(blocks: list[Block], title: str, root: Path) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape text and render Markdown's `code` and **bold** spans."""
-    s = html.escape(text)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+    """Escape text and render Markdown's `code`, **bold** and *italic* spans (nothing inside code)."""
+    parts = re.split(r"(`[^`]+`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+            continue
+        s = html.escape(part)
+        s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+        out.append(re.sub(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", r"<em>\1</em>", s))
+    return "".join(out)

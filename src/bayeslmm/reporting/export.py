@@ -20,8 +20,9 @@ def compact_side(side: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
     """The side-by-side table of one model, formatted to read on one screen.
 
     Columns: parameter, lme4 (estimate, SE), its CI and what kind it is, posterior mean,
-    median, sd, the equal-tailed interval, and where the two disagree; numbers with ``digits``
-    significant digits (:func:`~bayeslmm.numbers.format_number`). The interval mass is read from the
+    median, sd, the equal-tailed interval, where the two disagree, and the posterior's power-scaling
+    sensitivity to the prior and the likelihood (:func:`sensitivity_text`, when the table has it); numbers
+    with ``digits`` significant digits (:func:`~bayeslmm.numbers.format_number`). The interval mass is read from the
     table's ``ci`` column (95% without one).
     """
     level = float(side["ci"].iloc[0]) if "ci" in side and len(side) else 0.95
@@ -45,8 +46,25 @@ def compact_side(side: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
             "sd": num(r["post_sd"]),
             f"{level:.0%} interval": interval(r["post_conf_low"], r["post_conf_high"]),
             "agreement": r["agreement"],
+            **({"truth": num(r["truth"]) if np.isfinite(r["truth"]) else ""} if "truth" in side else {}),
+            **({SENSITIVITY: sensitivity_text(r)} if "prior_sensitivity" in side else {}),
         })
     return pd.DataFrame(rows)
+
+
+#: The side-by-side table's column of power-scaling sensitivities (:mod:`bayeslmm.summary.sensitivity`).
+SENSITIVITY = "sensitivity: prior / likelihood"
+
+
+def sensitivity_text(row: pd.Series) -> str:
+    """``0.079 / 0.072 (prior-data conflict)``: a row's power-scaling sensitivity to the prior and to the
+    likelihood (2 significant digits: they are read against 0.05) and priorsense's diagnosis; empty if not computed."""
+    p, lik = row.get("prior_sensitivity", np.nan), row.get("likelihood_sensitivity", np.nan)
+    if not (np.isfinite(p) and np.isfinite(lik)):
+        return ""
+    diagnosis = row.get("sensitivity", "")
+    diagnosis = diagnosis if isinstance(diagnosis, str) else ""  # a CSV read back has NaN for none
+    return f"{format_number(p, 2)} / {format_number(lik, 2)}" + (f" ({diagnosis})" if diagnosis else "")
 
 
 def compact_ratios(ratios: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
@@ -99,7 +117,8 @@ def render(df: pd.DataFrame, fmt: Format = "text", caption: str = "", digits: in
         return (f"*{caption}*\n\n" if caption else "") + "\n".join(lines) + "\n"
     if fmt == "latex":
         esc = _latex_escape
-        lines = ["\\begin{table}[ht]", "\\centering"]
+        lines = ["% needs \\usepackage{booktabs} (\\toprule, \\midrule, \\bottomrule)", "\\begin{table}[ht]",
+                 "\\centering"]
         if caption:
             lines.append(f"\\caption{{{esc(caption)}}}")
         lines += [f"\\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}", "\\toprule",

@@ -14,16 +14,40 @@ from bayeslmm.graphics.figures import focus_term, make_figures
 from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
+from bayeslmm.reporting.conclusions import conclusions_section
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, render
 from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
 from bayeslmm.summary.predict import scale_label
-from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes
+from bayeslmm.summary.r2 import r2_table
+from bayeslmm.summary.sidebyside import RATIO_NAMES, runaway_notes, with_lme4_intervals
 from bayeslmm.summary.tables import diagnostics
 
 if TYPE_CHECKING:
     from bayeslmm.runner import Fitted
+
+
+#: What the report says of the built-in data.
+BUILTIN_NOTE = ("**Simulated data.** These dragons come from bayeslmm's seeded simulator (`builtin:dragons`), "
+                "not from the tutorial. Because the truth is known, the tables show it in a *truth* column beside "
+                "each estimate it applies to.")
+#: What it adds for the tutorial's own response.
+BUILTIN_SCORE_NOTE = (" Ranges differ in both body length and test score, and within a range body length has no "
+                      "effect on the score at all. The numbers differ from the tutorial's (its pooled slope of body "
+                      "length is 9.0 on the real data); the story is the same. Run with "
+                      "`--data ../shared/data/dragons.RData` for the tutorial's own data.")
+
+
+def with_truth(side: pd.DataFrame, study) -> pd.DataFrame:
+    """The side-by-side table with the simulator's truth (:func:`bayeslmm.model.simulate.truth_of`) where known."""
+    from bayeslmm.model.simulate import truth_of
+
+    truth = {(spec.name, *k): v for spec in study.models for k, v in truth_of(spec.formula).items()}
+    group = side["group"].fillna("").astype(str)
+    values = [truth.get((m, e, g, t), np.nan) for m, e, g, t in zip(side["model"], side["effect"], group,
+                                                                     side["term"], strict=True)]
+    return side.assign(truth=values)
 
 
 def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float], ci: float = 0.95) -> list[Block]:
@@ -43,7 +67,8 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
         return []
     kinds = ("profile likelihood for linear mixed models, Wald for lm, glm and glmer"
              if any(s.formula.is_glmm for s in study.models) else "profile likelihood for mixed models, Wald for lm")
-    return [Heading(f"Summary: {term} across the models", 2),
+    where = "across the models" if len(rows) > 1 else f"in {rows[0]['model']}"
+    return [Heading(f"Summary: {term} {where}", 2),
             Para(f"lme4's estimate with its {ci:.0%} CI ({kinds}) beside "
                  f"the posterior mean with its {ci:.0%} equal-tailed interval, and the "
                  f"posterior probability that the effect of `{term}` is positive: the Bayesian answer to the "
@@ -52,14 +77,15 @@ def summary_section(study, side: pd.DataFrame, term: str, p_pos: dict[str, float
 
 
 def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict, freq,
-                  ci: float = 0.95, ratios: pd.DataFrame | None = None) -> list[Block]:
+                  ci: float = 0.95, ratios: pd.DataFrame | None = None, r2: pd.DataFrame | None = None) -> list[Block]:
     """Question, formula, side-by-side table, variance partition, diagnostics and priors of one model; for a
     binomial or Poisson model also its odds or rate ratios (``ratios``) and the tests of its residuals."""
     method = analysis.lme4_method(spec)
     blocks: list[Block] = [Heading(spec.name, 3)]
     if spec.question:
         blocks.append(Para(f"**Question.** {spec.question}"))
-    caption = f"lme4 ({_LME4_LABEL[method]}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed interval)"
+    caption = (f"lme4 ({analysis.lme4_label(spec)}) beside the posterior (mean, median, sd, {ci:.0%} equal-tailed "
+               "interval)")
     if spec.formula.is_glmm:
         caption += f", on the link scale ({scale_label(spec.formula)})"
     blocks += [Code(spec.formula.text), Table(compact_side(side[side["model"] == spec.name]), caption)]
@@ -72,6 +98,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
                             "for a typical group (every group effect 0)."))
     if spec.formula.is_glmm:
         blocks.append(Para(residual_tests_text(fit)))
+    if method == "agq":
+        blocks.append(Para(agq_text(spec)))
     if method in ("reml", "ml"):
         f = freq[(spec.name, method)]
         dfs = ", ".join(f"{t}: df {format_number(f.df[t])}, p {format_number(f.p[t], 3)}"
@@ -86,6 +114,8 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
             f"{format_interval(100 * r['post_conf_low'], 100 * r['post_conf_high'], 3)}%"
             for _, r in mine.iterrows() if r["group"] != "Residual")
         blocks.append(Para(f"**Share of variance** (intercept variances over their sum with the residual's): {share}."))
+    if r2 is not None and not r2.empty and spec.name in set(r2["model"]):
+        blocks.append(Para(r2_text(r2[r2["model"] == spec.name], spec.formula.is_glmm, ci)))
     how = "reused from the cache" if fit.cached else f"fitted in {fit.seconds:.1f} s"
     blocks.append(Para(
         f"Sampler ({fit.engine}): {diag['chains']} chains x {diag['draws']} draws ({how}); divergences "
@@ -97,6 +127,24 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def agq_text(spec) -> str:
+    """What lme4's side of a model fitted with ``nAGQ > 1`` is, and the scale of its log-likelihood."""
+    return (f"lme4's side is glmer with nAGQ = {spec.nagq}: adaptive Gauss-Hermite quadrature with {spec.nagq} nodes "
+            "per level integrates the random effect, where the default (nAGQ = 1) is the Laplace approximation. "
+            "Its logLik, AIC and BIC here are on the Laplace fit's scale (comparable with the study's other fits); "
+            "R's logLik() of an nAGQ > 1 fit leaves out the saturated model's log-likelihood, so R's number differs "
+            "by that constant and R's anova() of it against a Laplace fit compares numbers on different scales.")
+
+
+def r2_text(rows: pd.DataFrame, latent: bool, ci: float) -> str:
+    """One model's marginal and conditional R², lme4 beside the posterior (:mod:`bayeslmm.summary.r2`)."""
+    parts = [f"{r['r2']} lme4 {format_number(r['lme4_estimate'], 3)}, posterior {format_number(r['post_mean'], 3)} "
+             f"{format_interval(r['post_conf_low'], r['post_conf_high'], 3)}" for _, r in rows.iterrows()]
+    scale = " on the latent (link) scale" if latent else ""
+    return (f"**R²** (Nakagawa & Schielzeth{scale}; marginal: fixed effects, conditional: fixed and random; "
+            f"{ci:.0%} interval): " + "; ".join(parts) + ".")
 
 
 def residual_tests_text(fit) -> str:
@@ -137,6 +185,43 @@ def _prior_gloss(prior: str) -> str:
     return " (favours correlations near 0)" if eta > 1 else " (favours correlations near -1 and 1)"
 
 
+def sensitivity_section(study, fits: dict, freq: dict) -> list[Block]:
+    """Which numbers are the prior speaking, in one place: each distinct posterior's prior-sensitive
+    parameters and why (power-scaling, :mod:`bayeslmm.summary.sensitivity`)."""
+    from bayeslmm.summary import sensitivity
+
+    names: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for spec in study.models:
+        names.setdefault(fits[spec.name].key, []).append(spec.name)
+        first.setdefault(fits[spec.name].key, spec)
+    lines, missing = [], []
+    for key, models in names.items():
+        spec, label = first[key], " = ".join(models)
+        fit = fits[spec.name]
+        why = sensitivity.unavailable(fit)
+        if why:
+            missing.append(f"{label}: {why}")
+            continue
+        f = freq.get((spec.name, analysis.lme4_method(spec)))
+        lines += [f"{label}: {line}" for line in sensitivity.findings(sensitivity.power_scaling(fit),
+                                                                     f.ngroups if f is not None else None)]
+    blocks: list[Block] = [
+        Heading("Prior sensitivity", 2),
+        Para("Which numbers are the data speaking and which the prior? Power-scaling (Kallioinen et al. 2024, "
+             "priorsense; arviz-stats `psense`) raises each model's prior, then its likelihood, to a power near 1 "
+             "and measures how far each parameter's posterior moves; "
+             f"{format_number(sensitivity.THRESHOLD)} or more counts as sensitive. Each model's table gives both "
+             "numbers in its last column (prior / likelihood)."
+             + (" Prior-sensitive:" if lines else " No fixed effect, sd or correlation of any model is "
+                "prior-sensitive: every posterior is the data speaking."))]
+    if lines:
+        blocks.append(Bullets(tuple(lines)))
+    if missing:
+        blocks.append(Para("Not computed: " + "; ".join(missing) + "."))
+    return blocks
+
+
 def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     """Each comparison: LOO beside the LRT and AIC/BIC, and a plain-language reading."""
     from bayeslmm.summary.compare import reading
@@ -146,11 +231,22 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = [Heading("Model comparisons", 2),
                            Para("PSIS-LOO (expected log predictive density; higher is better) of the Bayesian fits "
                                 "beside the likelihood-ratio test and AIC/BIC of the ML fits, as lme4's "
-                                "`anova()` reports them.")]
+                                "`anova()` reports them, and AICc (AIC corrected for small samples, the tutorial's "
+                                "NOTE 2). Where PSIS's Pareto k exceeds 0.7 for an observation, the "
+                                "model is refitted without it and its exact elpd used (`loo_refits` says how many; "
+                                "at most `--max-refits` per model). Leave-one-group-out (`elpd_logo`, when asked "
+                                "for with `--logo` or a comparison's `logo`) refits the model once per level of a "
+                                "grouping factor: LOO scores predicting a new observation in a group the model has "
+                                "seen, leave-one-group-out predicting a new group.")]
     for comp in study.comparisons:
         t = table[table["comparison"] == comp.name]
-        show = t[["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo", "stacking_weight", "aic",
-                  "bic", "lrt_chisq", "lrt_df", "lrt_p"]]
+        cols = ["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo"]
+        cols += ["pareto_k_bad", "loo_refits"] if t["pareto_k_bad"].sum() > 0 else []
+        cols += ["stacking_weight", "aic", "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p"]
+        cols += ["pb_p"] if "pb_p" in t else []
+        if t["logo_group"].fillna("").astype(bool).any():
+            cols += ["elpd_logo", "elpd_logo_se", "elpd_logo_diff", "elpd_logo_diff_se"]
+        show = t[cols]
         blocks += [Heading(comp.name, 3)]
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
@@ -166,7 +262,8 @@ def write_tables(root: Path, side: pd.DataFrame, study) -> None:
         compact = compact_side(side[side["model"] == spec.name])
         for fmt, suffix in SUFFIX.items():
             (folder / f"{spec.name}.{suffix}").write_text(
-                render(compact, fmt, caption=f"{spec.name}: {spec.formula.text}"), encoding="utf-8")
+                render(compact, fmt, caption=f"{spec.name}: {spec.formula.text} (lme4: {analysis.lme4_label(spec)})"),
+                encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -183,7 +280,8 @@ class Written:
     report_notes: tuple[str, ...]
 
 
-def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None) -> Written:
+def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None,
+          pb: int = 0, echo=None, crossval=None) -> Written:
     """Write the report files into ``root``.
 
     Parameters
@@ -198,22 +296,41 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         Where the data came from.
     profiles : dict, optional
         lme4-style profile intervals per model; computed here when ``None``.
+    pb : int
+        Simulations of the parametric-bootstrap LRT of each comparison (0: none).
+    echo : callable, optional
+        Where progress lines go.
+    crossval : CrossValidation, optional
+        Exact refits where PSIS-LOO fails and leave-one-group-out for the comparisons
+        (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, refits uncached, when ``None``).
     """
+    from bayeslmm.summary.crossval import CrossValidation
+
+    crossval = crossval if crossval is not None else CrossValidation()
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
     freq, computed, report_notes = {}, {}, []
+    say = echo if echo is not None else (lambda _: None)
+    say("  lme4's fits and profile intervals ...")
     for spec in study.models:  # model by model, so that each warning names its model
         with collected(f"{spec.name} (lme4 side): ") as caught:
-            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}))
+            freq.update(analysis.frequentist_fits({spec.name: fits[spec.name]}, {spec.name: spec.nagq}))
             if profiles is None:
                 computed.update(analysis.profile_intervals(dataclasses.replace(study, models=(spec,)), fits, freq, ci))
         report_notes += caught
     profiles = computed if profiles is None else profiles
     with collected() as caught:
-        tidy = analysis.tidy_all(fits, freq, ci)
         side = analysis.side_by_side_all(study, fits, freq, ci, profiles)
+        # one lme4 interval per number: the side-by-side table's (profile where it exists), named
+        tidy = with_lme4_intervals(analysis.tidy_all(fits, freq, ci), side)
+        builtin = str(source).startswith("builtin:")
+        if builtin:
+            side = with_truth(side, study)
         parts = analysis.variance_partitions(study, fits, freq, ci)
-        comparison = analysis.comparisons(study, fits, freq)
+        r2 = r2_table(study, fits, freq, ci)
+        r2.to_csv(root / "r2.csv", index=False)
+        say("  LOO and the comparisons ...")
+        comparison = analysis.comparisons(study, fits, freq, crossval, pb=pb, echo=echo)
         tidy.to_csv(root / "tidy.csv", index=False)
         side.to_csv(root / "sidebyside.csv", index=False)
         if not parts.empty:
@@ -226,19 +343,25 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
             ratios.to_csv(root / "ratios.csv", index=False)
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
         skipped: list[str] = []
-        figures = make_figures(result, root, tidy, ci, side, skipped=skipped)
+        say("  figures ...")
+        figures = make_figures(result, root, tidy, ci, side, skipped=skipped, echo=echo, parts=parts)
         checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
                   for note in (*residuals.check_notes(fits[spec.name]),
                                *runaway_notes(side[side["model"] == spec.name], spec.formula))]
-    report_notes += caught + checks
+    report_notes += caught + checks + crossval.notes
     opts = next(iter(fits.values())).options
 
     blocks: list[Block] = [Heading(study.title, 1)]
     if study.description:
         blocks.append(Para(study.description))
+    if builtin:
+        score = any(m.formula.response == "testScore" for m in study.models)
+        blocks.append(Para(BUILTIN_NOTE + (BUILTIN_SCORE_NOTE if score else "")))
     term = focus_term(result)
+    p_pos = analysis.probability_positive(fits, term) if term is not None else {}
+    blocks += conclusions_section(study, fits, side, comparison, term, p_pos, ci)
     if term is not None:
-        blocks += summary_section(study, side, term, analysis.probability_positive(fits, term), ci)
+        blocks += summary_section(study, side, term, p_pos, ci)
     loo_problems = pareto_warnings(comparison) if not comparison.empty else []
     problems = [f"{name}: {note}" for name, fit in fits.items() for note in fit.sampler_notes] + loo_problems
     report_notes = [*analysis.singular_notes(study, freq), *report_notes]
@@ -248,6 +371,7 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                    Para("What the checks found in the data, the formulas and the sampler's diagnostics, each with "
                         "what to do."),
                    Bullets(tuple(dict.fromkeys(problems + advice)))]
+    blocks += sensitivity_section(study, fits, freq)
     prep = [f"`{k}` = `{v}` standardised (mean 0, sd 1 with n - 1, as R's `scale()`)" for k, v in study.scale.items()]
     prep += [f"`{k}` = `{':'.join(v)}` (explicit nesting, as R's `factor(a:b)`)" for k, v in study.nest.items()]
     blocks += [
@@ -269,15 +393,18 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  f"as the tutorial does for the likelihood-ratio test); lme4's {ci:.0%} CIs are profile-likelihood "
                  "intervals (R's confint(method = 'profile'), which profiles the ML deviance) for linear mixed "
                  "models, Wald intervals for lm; binomial and Poisson models get glmer's Laplace fit (glm without "
-                 "random terms) with Wald intervals (R's confint(method = 'Wald'): none for an sd)",
-                 *(["binomial and Poisson models: every estimate, sd and interval in the tables and tidy.csv is on "
+                 "random terms), negative binomial ones glmer.nb's (glm.nb), with Wald intervals (R's "
+                 "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)"
+                 + "".join(f"; {spec.name}: glmer's adaptive Gauss-Hermite fit, nAGQ = {spec.nagq}"
+                           for spec in study.models if analysis.lme4_method(spec) == "agq"),
+                 *(["binomial and count models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
                     "predictions on the response scale"] if any(m.formula.is_glmm for m in study.models) else []))),
         Heading("Models", 2),
     ]
     for spec in study.models:
-        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios)
+        blocks += model_section(spec, fits[spec.name], side, parts, diags[spec.name], freq, ci, ratios, r2)
     blocks += comparison_section(study, comparison)
     blocks += [Heading("Figures", 2), *figures]
     if skipped:

@@ -9,38 +9,50 @@ import pandas as pd
 
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.summary.compare import compare_models
+from bayeslmm.summary.sensitivity import power_scaling
 from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
 from bayeslmm.summary.tables import fixed_draws, variance_partition_draws
 
 
-def frequentist_fits(fits: dict) -> dict[tuple[str, str], frequentist.FreqFit]:
+def frequentist_fits(fits: dict, nagq: dict[str, int] | None = None) -> dict[tuple[str, str], frequentist.FreqFit]:
     """lme4's fits of every model, on the same rows as its Bayesian fit.
 
-    OLS (``ols``) for models without random terms; REML (``reml``) and ML (``ml``) otherwise.
-    Keyed ``(model name, method)``.
+    OLS (``ols``) for models without random terms; REML (``reml``) and ML (``ml``) otherwise;
+    glmer's Laplace (``laplace``) or, where ``nagq`` (model name to glmer's ``nAGQ``, the study's
+    ``nagq`` key) says more than 1, adaptive Gauss-Hermite (``agq``) fit of a binomial or Poisson
+    mixed model. Keyed ``(model name, method)``.
     """
     out = {}
     for name, fit in fits.items():
         frame = model_frame(fit.formula, fit.data)
-        for method in frequentist_methods(fit.formula):
-            out[(name, method)] = replace(frequentist.fit(frame, method), name=name)
+        n = (nagq or {}).get(name, 1)
+        for method in frequentist_methods(fit.formula, n):
+            out[(name, method)] = replace(frequentist.fit(frame, method, n if method == "agq" else None), name=name)
     return out
 
 
-def frequentist_methods(formula) -> tuple[str, ...]:
-    """R's fits of a formula: REML and ML (``lmer``), Laplace (``glmer``, binomial and Poisson), or
-    OLS / GLM without random terms."""
+def frequentist_methods(formula, nagq: int = 1) -> tuple[str, ...]:
+    """R's fits of a formula: REML and ML (``lmer``), Laplace (``glmer``, binomial and Poisson; AGQ with
+    ``nagq`` > 1), or OLS / GLM without random terms."""
     if formula.is_glmm:
-        return ("laplace",) if formula.is_mixed else ("glm",)
+        return ("glm",) if not formula.is_mixed else ("agq",) if nagq > 1 else ("laplace",)
     return ("reml", "ml") if formula.is_mixed else ("ols",)
 
 
 def lme4_method(spec) -> str:
-    """Which frequentist fit stands beside a model: OLS or GLM, glmer's Laplace fit, or the study's REML/ML choice."""
+    """Which frequentist fit stands beside a model: OLS or GLM, glmer's Laplace or AGQ fit (the model's
+    ``nagq``), or the study's REML/ML choice."""
     if spec.formula.is_glmm:
-        return frequentist_methods(spec.formula)[0]
+        return frequentist_methods(spec.formula, spec.nagq)[0]
     return spec.lme4_method if spec.formula.is_mixed else "ols"
+
+
+def lme4_label(spec) -> str:
+    """The lme4 fit beside a model as tables and notes name it: ``REML``, ``Laplace``, ``AGQ, nAGQ = 25``."""
+    method = lme4_method(spec)
+    return frequentist.method_label(method, spec.nagq if method == "agq" else None)
 
 
 def ml_fit(freq: dict, name: str):
@@ -58,7 +70,7 @@ def tidy_all(fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
 
 
 def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: dict | None = None) -> pd.DataFrame:
-    """The side-by-side table of every model of the study.
+    """The side-by-side table of every model of the study, with each posterior's power-scaling sensitivity.
 
     ``profiles`` maps a model name to lme4-style profile intervals (``effect, group, term,
     conf_low, conf_high``) that replace the Wald intervals (and fill the standard deviations').
@@ -77,7 +89,8 @@ def side_by_side_all(study, fits: dict, freq: dict, ci: float = 0.95, profiles: 
                 if key in prof.index:
                     rows.loc[i, ["conf_low", "conf_high"]] = prof.loc[key, ["conf_low", "conf_high"]].to_numpy()
                     kind[i] = "profile"
-        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms()))
+        tables.append(side_by_side(fit.tidy(ci, median=True), rows, f.ngroups, kind, ci, f.boundary_terms(),
+                                   power_scaling(fit)))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -107,27 +120,56 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
 
 
 def variance_partitions(study, fits: dict, freq: dict, ci: float = 0.95) -> pd.DataFrame:
-    """Variance partition of every mixed model: lme4's point values (REML; Laplace for a GLMM, on the latent
-    scale as the posterior's) beside the posterior."""
+    """Variance partition of every mixed model: lme4's point values (REML; glmer's Laplace or AGQ fit for a
+    GLMM, on the latent scale as the posterior's) beside the posterior."""
     tables = []
     for spec in study.models:
         if not spec.formula.is_mixed:
             continue
         fit = fits[spec.name]
-        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family == "poisson" else None
-        method = "laplace" if spec.formula.is_glmm else "reml"
+        mean = float(np.mean(fit.data[spec.formula.response])) if spec.formula.family in COUNT_FAMILIES else None
+        method = lme4_method(spec) if spec.formula.is_glmm else "reml"
         point = frequentist.variance_partition(freq[(spec.name, method)], mean)
         tables.append(variance_partition_table(spec.name, variance_partition_draws(fits[spec.name]), point, ci))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def comparisons(study, fits: dict, freq: dict) -> pd.DataFrame:
-    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models)."""
+def comparisons(study, fits: dict, freq: dict, crossval=None, pb: int = 0, echo=None) -> pd.DataFrame:
+    """Every comparison of the study: LOO beside the LRT on ML fits (OLS for lm models).
+
+    ``crossval`` (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, without a cache, when
+    ``None``) refits where PSIS fails and runs each comparison's leave-one-group-out; with ``pb``
+    simulations a parametric-bootstrap LRT (columns ``pb_p``, ``pb_nsim``) for linear models.
+    """
+    from bayeslmm.summary.crossval import CrossValidation
+
+    crossval = crossval if crossval is not None else CrossValidation()
     tables = []
     for comp in study.comparisons:
         ml = {m: ml_fit(freq, m) for m in comp.models}
-        tables.append(compare_models(comp.name, comp.models, fits, ml))
+        table = compare_models(comp.name, comp.models, fits, ml, crossval, crossval.group_of(comp))
+        if pb:
+            table = _with_pb(table, fits, ml, pb, echo)
+        tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _with_pb(table: pd.DataFrame, fits: dict, ml: dict, nsim: int, echo=None) -> pd.DataFrame:
+    """The comparison table with the parametric-bootstrap p of each LRT (NaN where none applies)."""
+    from bayeslmm.lme4.pbtest import pb_lrt
+    from bayeslmm.model.formula import model_frame
+
+    p = np.full(len(table), np.nan)
+    for i, r in enumerate(table.itertuples()):
+        if not np.isfinite(r.lrt_p) or fits[r.model].formula.is_glmm:
+            continue
+        small, large = sorted((r.model, r.lrt_against), key=lambda m: ml[m].npar)
+        frames = {m: model_frame(fits[m].formula, fits[m].data) for m in (small, large)}
+        if echo is not None:
+            echo(f"parametric bootstrap: {small} against {large}, {nsim} simulations ...")
+        seed = fits[small].options.seed
+        p[i] = pb_lrt(frames[small], frames[large], ml[small], nsim=nsim, seed=seed).p_value
+    return table.assign(pb_p=p, pb_nsim=np.where(np.isfinite(p), nsim, np.nan))
 
 
 def probability_positive(fits: dict, term: str) -> dict[str, float]:

@@ -11,10 +11,22 @@ from bayeslmm.errors import BayeslmmError
 from bayeslmm.lme4.frequentist import FreqFit, lrt
 
 PARETO_K_BAD = 0.7
+
+
+def aicc(fit: FreqFit) -> float:
+    """AIC with the small-sample correction (Hurvich & Tsai; the tutorial's NOTE 2, MuMIn's ``AICc``):
+    ``AIC + 2k(k + 1) / (n - k - 1)`` for ``k`` parameters (logLik's df) and ``n`` rows; NaN when n <= k + 1."""
+    k, n = fit.npar, fit.nobs
+    return float(fit.aic + 2 * k * (k + 1) / (n - k - 1)) if n > k + 1 else float("nan")
+
+
+#: ``pareto_k_bad`` counts PSIS's observations with k > 0.7, ``loo_refits`` those of them refitted (their
+#: elpd in ``elpd_loo`` is exact); the ``logo_`` columns are leave-one-group-out by ``logo_group``.
 COMPARISON_COLUMNS = [
     "comparison", "model", "rank", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo",
-    "pareto_k_bad", "stacking_weight", "n_par", "ml_loglik", "aic", "bic",
+    "pareto_k_bad", "loo_refits", "stacking_weight", "n_par", "ml_loglik", "aic", "aicc", "bic",
     "lrt_against", "lrt_chisq", "lrt_df", "lrt_p", "pair_elpd_diff", "pair_elpd_diff_se",
+    "logo_group", "elpd_logo", "elpd_logo_se", "elpd_logo_diff", "elpd_logo_diff_se", "logo_refits",
 ]
 
 
@@ -88,7 +100,8 @@ def _compare_loos(loos: dict) -> pd.DataFrame:
     return out
 
 
-def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits: dict[str, FreqFit]) -> pd.DataFrame:
+def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits: dict[str, FreqFit],
+                   crossval=None, logo: str = "") -> pd.DataFrame:
     """One comparison of the study: LOO of the Bayesian fits beside LRT/AIC/BIC of ML fits.
 
     Parameters
@@ -102,16 +115,28 @@ def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits
     ml_fits : dict
         Maximum-likelihood fits by model name (lme4's ``REML = FALSE``; OLS for models
         without random terms), for the likelihood-ratio test and AIC/BIC.
+    crossval : CrossValidation, optional
+        Refits observations where PSIS fails (:class:`bayeslmm.summary.crossval.CrossValidation`) and runs
+        ``logo``; PSIS-LOO alone without it.
+    logo : str
+        Grouping factor to leave out one level at a time (needs ``crossval``); ``""``: none.
     """
-    loos = {m: loo(bayes_fits[m]) for m in models}
+    if crossval is None:
+        loos, infos = {m: loo(bayes_fits[m]) for m in models}, {}
+    else:
+        done = {m: crossval.loo(bayes_fits[m]) for m in models}
+        loos, infos = {m: d[0] for m, d in done.items()}, {m: d[1] for m, d in done.items()}
     table = _compare_loos(loos).reindex(list(models))
+    for m, info in infos.items():  # PSIS's count, before the refits set their k to 0
+        table.loc[m, "pareto_k_bad"] = len(info.bad)
+    table["loo_refits"] = [len(infos[m].refitted) if m in infos else 0 for m in models]
     rows = []
     base = ml_fits.get(models[0])
     for m in models:
         f = ml_fits.get(m)
         row = {"comparison": name, "model": m, **table.loc[m].to_dict(),
                "n_par": f.npar if f else np.nan, "ml_loglik": f.loglik if f else np.nan,
-               "aic": f.aic if f else np.nan, "bic": f.bic if f else np.nan,
+               "aic": f.aic if f else np.nan, "aicc": aicc(f) if f else np.nan, "bic": f.bic if f else np.nan,
                "lrt_against": "", "lrt_chisq": np.nan, "lrt_df": np.nan, "lrt_p": np.nan,
                "pair_elpd_diff": np.nan, "pair_elpd_diff_se": np.nan}
         if m != models[0] and f is not None and base is not None:
@@ -122,8 +147,33 @@ def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits
                            pair_elpd_diff=d, pair_elpd_diff_se=se)
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["rank"] = out["rank"].astype(int)
+    out = out.astype({"rank": int, "pareto_k_bad": int, "loo_refits": int})
+    out = out.assign(**_logo_columns(models, bayes_fits, crossval, logo))
     return out[COMPARISON_COLUMNS]
+
+
+def _logo_columns(models: tuple[str, ...], bayes_fits: dict, crossval, group: str) -> dict[str, object]:
+    """Leave-one-``group``-out of each model: elpd and SE, the difference from the best and its SE (paired over
+    the levels), the number of refits. A model without that grouping factor has ``logo_group`` ``""`` and NaN."""
+    k = len(models)
+    elpd, se, diff, diff_se, refits = (np.full(k, np.nan) for _ in range(5))
+    refits[:] = 0
+    results = {m: crossval.logo(bayes_fits[m], group) for m in models} if group and crossval is not None else {}
+    per = {m: pd.Series(r.elpd_i, index=r.levels) for m, r in results.items() if r is not None}
+    done = {m: v for m, v in per.items() if v.notna().all()}
+    best = max(done, key=lambda m: done[m].sum()) if done else None
+    for j, m in enumerate(models):
+        r = results.get(m)
+        if r is None:
+            continue
+        elpd[j], se[j], refits[j] = r.elpd, r.se, len(r.levels)
+        if m in done and done[m].index.equals(done[best].index):
+            d = (done[m] - done[best]).to_numpy()
+            diff[j] = d.sum()
+            diff_se[j] = np.sqrt(d.size * d.var(ddof=1)) if d.size > 1 else np.nan
+    has = [bool(group) and group in bayes_fits[m].formula.grouping_factors for m in models]
+    return {"logo_group": [group if h else "" for h in has], "elpd_logo": elpd, "elpd_logo_se": se,
+            "elpd_logo_diff": diff, "elpd_logo_diff_se": diff_se, "logo_refits": refits.astype(int)}
 
 
 def _lrt(a: FreqFit, b: FreqFit) -> dict | None:
@@ -141,10 +191,23 @@ def pareto_warnings(table: pd.DataFrame) -> list[str]:
     """One warning per model whose LOO has observations with Pareto k > 0.7, with what to do."""
     out = []
     for _, r in table.drop_duplicates("model").iterrows():
-        if r["pareto_k_bad"] > 0:
-            out.append(f"{r['model']}: {int(r['pareto_k_bad'])} observation(s) with Pareto k > {PARETO_K_BAD}: "
-                       "PSIS-LOO is unreliable for them; use K-fold cross-validation or moment matching")
+        bad, refits = int(r["pareto_k_bad"]), _refits(r)
+        if bad <= refits:
+            continue
+        if refits:
+            out.append(f"{r['model']}: {bad} observation(s) with Pareto k > {PARETO_K_BAD}: {refits} refitted without "
+                       f"them (exact elpd), {bad - refits} left at PSIS's estimate, unreliable for them; raise "
+                       "--max-refits to refit them")
+        else:
+            out.append(f"{r['model']}: {bad} observation(s) with Pareto k > {PARETO_K_BAD}: PSIS-LOO is unreliable "
+                       "for them; refit without them (--max-refits) or use K-fold cross-validation")
     return out
+
+
+def _refits(row: pd.Series) -> int:
+    """How many of a model's observations with a large Pareto k were refitted (0 in a table without the column)."""
+    value = row.get("loo_refits", 0)
+    return int(value) if pd.notna(value) else 0
 
 
 def _loo_verdict(diff: float, se: float) -> str:
@@ -168,15 +231,54 @@ def reading(table: pd.DataFrame) -> str:
         parts.append(f"The likelihood-ratio test of {m} against {base} gives chisq = {r['lrt_chisq']:.3f} on "
                      f"{int(r['lrt_df'])} df, p = {r['lrt_p']:.3g}: "
                      f"{'the larger model fits significantly better' if sig else 'no significant improvement'}.")
+        if "pb_p" in r and np.isfinite(r["pb_p"]):
+            parts.append(f"A parametric bootstrap of the same test ({int(r['pb_nsim'])} simulations from the smaller "
+                         f"model's ML fit, as pbkrtest's PBmodcomp) gives p = {r['pb_p']:.3g}; where the models differ "
+                         "by a variance component the chi-square p is conservative (its null value is on the "
+                         "boundary, sd = 0).")
         d = float(r["pair_elpd_diff"]) * (1 if larger == m else -1)  # larger minus smaller
         loo_larger = _loo_verdict(d, float(r["pair_elpd_diff_se"])) == "clear" and d > 0
         parts.append(f"LOO: {larger} minus the other = {d:.1f} elpd (SE {float(r['pair_elpd_diff_se']):.1f}); "
                      + ("LOO and the LRT agree." if loo_larger == sig else
                         "LOO and the LRT disagree: read both with their uncertainty."))
-    bad = int(table["pareto_k_bad"].sum())
-    if bad:
-        parts.append(f"{bad} observation(s) have Pareto k > {PARETO_K_BAD}: the LOO estimate is unreliable there; "
-                     "consider K-fold cross-validation.")
+    refits = {r["model"]: (_refits(r), int(r["pareto_k_bad"])) for _, r in table.iterrows() if _refits(r)}
+    left = int(table["pareto_k_bad"].sum()) - sum(n for n, _ in refits.values())
+    if refits:
+        counts = ", ".join(f"{m}: {n} of {bad}" for m, (n, bad) in refits.items())
+        parts.append(f"The models were refitted without each observation whose Pareto k was above {PARETO_K_BAD}, "
+                     f"the worst first ({counts}): those observations' elpd is exact, not PSIS's estimate.")
+    if left:
+        parts.append(f"{left} observation(s) have Pareto k > {PARETO_K_BAD} and were not refitted: the LOO estimate "
+                     "is unreliable there; raise --max-refits or consider K-fold cross-validation.")
+    parts += logo_reading(table)
     if table["aic"].notna().any():
         parts.append(f"AIC (ML fits) is lowest for {table.loc[table['aic'].astype(float).idxmin(), 'model']}.")
     return " ".join(parts)
+
+
+def logo_reading(table: pd.DataFrame) -> list[str]:
+    """Sentences on one comparison's leave-one-group-out: what it answers, its ranking, models without the group."""
+    if "logo_group" not in table:
+        return []
+    table = table.assign(logo_group=table["logo_group"].fillna(""))
+    group = next((g for g in table["logo_group"] if g), "")
+    if not group:
+        return []
+    done = table[np.isfinite(table["elpd_logo"].astype(float))]
+    parts = []
+    if not done.empty:
+        best = done.loc[done["elpd_logo"].astype(float).idxmax()]
+        parts.append(f"Leave-one-{group}-out ({int(best['logo_refits'])} refits per model, each holding out every row "
+                     f"of one {group}, scored jointly with that {group}'s effects drawn from the population) answers "
+                     f"\"how well does the model predict a new {group}?\", where LOO answers \"how well does it "
+                     f"predict a new observation in a {group} it has seen?\"; it ranks **{best['model']}** first "
+                     f"(elpd {best['elpd_logo']:.1f}, SE {best['elpd_logo_se']:.1f}).")
+        for _, r in done[done["model"] != best["model"]].iterrows():
+            diff, se = -float(r["elpd_logo_diff"]), float(r["elpd_logo_diff_se"])
+            if np.isfinite(diff):
+                what = "a clear difference" if _loo_verdict(diff, se) == "clear" else "within noise"
+                parts.append(f"{r['model']} is {diff:.1f} elpd behind by leave-one-{group}-out (SE {se:.1f}): {what}.")
+    for _, r in table[~np.isfinite(table["elpd_logo"].astype(float))].iterrows():
+        parts.append(f"{r['model']} has no leave-one-{group}-out: "
+                     + (f"its formula has no {group} term." if not r["logo_group"] else "see the warnings."))
+    return parts

@@ -28,7 +28,8 @@ from bayeslmm.model.formula import (
     random_values,
     resolve,
 )
-from bayeslmm.summary.tables import column_draws, cor_draws, sd_draws
+from bayeslmm.model.options import COUNT_FAMILIES
+from bayeslmm.summary.tables import column_draws, cor_draws, nb_size_draws, sd_draws
 
 #: Largest block of draws x rows that :func:`fitted` holds at once.
 BLOCK_BYTES = 2**27
@@ -215,12 +216,12 @@ def residuals(fit, max_draws: int | None = None) -> np.ndarray:
 
 def inverse_link(family: str, eta: np.ndarray) -> np.ndarray:
     """The mean of a row given its linear predictor: ``eta`` (gaussian, identity link), the probability
-    of success ``1 / (1 + exp(-eta))`` (binomial, logit link), the expected count ``exp(eta)`` (poisson,
-    log link; an offset is part of ``eta``)."""
+    of success ``1 / (1 + exp(-eta))`` (binomial, logit link), the expected count ``exp(eta)`` (poisson and
+    negbinomial, log link; an offset is part of ``eta``)."""
     eta = np.asarray(eta, dtype=float)
     if family == "binomial":
         return special.expit(eta)
-    if family == "poisson":
+    if family in COUNT_FAMILIES:
         return np.exp(eta)
     if family == "gaussian":
         return eta
@@ -229,10 +230,11 @@ def inverse_link(family: str, eta: np.ndarray) -> np.ndarray:
 
 def scale_label(formula) -> str:
     """What the linear predictor (and every effect, sd and interval of the tidy table) measures:
-    ``testScore`` (Gaussian), ``log-odds of passed`` (binomial), ``log of the mean birds`` (Poisson)."""
+    ``testScore`` (Gaussian), ``log-odds of passed`` (binomial), ``log of the mean birds`` (Poisson, negative
+    binomial)."""
     if formula.family == "binomial":
         return f"log-odds of {formula.cbind[0] if formula.cbind else formula.response}"
-    if formula.family == "poisson":
+    if formula.family in COUNT_FAMILIES:
         return f"log of the mean {formula.response}"
     return formula.response
 
@@ -267,7 +269,7 @@ def response_scale(formula, df: pd.DataFrame) -> tuple[np.ndarray, str]:
         y, levels = binary_response(df[formula.response], formula.response)
         return y, f"{formula.response} ({'1' if levels is None else levels[1]} = 1)"
     y = np.asarray(df[formula.response], dtype=float)
-    exposure = exposure_label(formula) if formula.family == "poisson" else None
+    exposure = exposure_label(formula) if formula.family in COUNT_FAMILIES else None
     if exposure is None:
         return y, formula.response
     return y / np.exp(offset_values(formula, df)), f"{formula.response} / {exposure}"
@@ -308,14 +310,15 @@ def posterior_predictive(fit, n: int = 50, *, seed: int = 0, fresh: Iterable[str
     return mu + sigma[:, None] * rng.standard_normal(mu.shape)
 
 
-def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each row's part of the linear predictor from ``term`` with its levels' effects drawn anew.
+def population_cholesky(fit, term: RandomTerm, pick: np.ndarray | None = None) -> np.ndarray:
+    """Cholesky factor of the covariance of a new level's effects on ``term``'s coefficients, per draw.
 
-    For each posterior draw in ``pick``, every level of the term's grouping factor gets a new effect
-    from the population the draw describes: a normal with the draw's sds and (for a correlated
-    term) correlations. Shape ``(draws, rows)``.
+    Each posterior draw in ``pick`` (all by default) gives the population the term's levels come
+    from: a normal with that draw's sds and (for a correlated term) correlations. Shape
+    ``(draws, k, k)``, lower triangular, for the ``k`` coefficients of the term in its order.
     """
     sds, cors = sd_draws(fit), cor_draws(fit)
+    pick = np.arange(n_draws(fit)) if pick is None else pick
     coefs = term.coefs
     k = len(coefs)
     cov = np.zeros((pick.size, k, k))
@@ -326,7 +329,18 @@ def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Ge
             r = cors.get((term.group, cor_term(coefs[i], coefs[j])))
             if r is not None:
                 cov[:, i, j] = cov[:, j, i] = r[pick] * sd[:, i] * sd[:, j]
-    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(k))
+    return np.linalg.cholesky(cov + 1e-12 * np.eye(k))
+
+
+def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's part of the linear predictor from ``term`` with its levels' effects drawn anew.
+
+    For each posterior draw in ``pick``, every level of the term's grouping factor gets a new effect
+    from the population the draw describes: a normal with the draw's sds and (for a correlated
+    term) correlations. Shape ``(draws, rows)``.
+    """
+    k = len(term.coefs)
+    chol = population_cholesky(fit, term, pick)
     _, codes = group_codes(fit.data, term.group)
     z = rng.standard_normal((pick.size, int(codes.max()) + 1, k))
     u = np.einsum("dij,dlj->dli", chol, z)  # (draws, levels, coefficients)
@@ -334,9 +348,9 @@ def new_level_effects(fit, term: RandomTerm, pick: np.ndarray, rng: np.random.Ge
     return np.einsum("drj,rj->dr", u[:, codes, :], values)
 
 
-def predictive_draws(fit, n: int = 250, *, seed: int = 0,
-                     fresh: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """Expected responses and replicated responses of a binomial or Poisson fit, ``n`` draws each.
+def predictive_draws(fit, n: int = 250, *, seed: int = 0, fresh: Iterable[str] = (),
+                     variance: bool = False) -> tuple[np.ndarray, ...]:
+    """Expected responses and replicated responses of a binomial, Poisson or negative binomial fit, ``n`` draws each.
 
     Each of ``n`` random posterior draws (without replacement; all of them if there are fewer) gives
     the mean of every row (:func:`inverse_link` of the linear predictor, times the trials for a
@@ -347,14 +361,19 @@ def predictive_draws(fit, n: int = 250, *, seed: int = 0,
     observation-level effect ``(1|obs)``, whose fitted values would otherwise pull each replicate
     towards its row's own count.
 
+    A negative binomial replicate is drawn with the draw's theta (Bambi's ``alpha``): a gamma-Poisson
+    mixture of mean ``mu`` and variance ``mu + mu^2 / theta``.
+
     Returns
     -------
     expected, replicated : ndarray, shape (n, rows)
         On the scale of :func:`observed` (successes or counts).
+    variance : ndarray, shape (n, rows)
+        With ``variance=True``: each row's variance under the family at that mean (the Pearson residuals').
     """
     family = fit.formula.family
-    if family not in ("binomial", "poisson"):
-        raise ValueError(f"{fit.name!r} is a {family} model; predictive_draws is for binomial and Poisson fits")
+    if family not in ("binomial", *COUNT_FAMILIES):
+        raise ValueError(f"{fit.name!r} is a {family} model; predictive_draws is for binomial and count fits")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n_draws(fit), size=min(n, n_draws(fit)), replace=False))
     fresh = set(fresh)
@@ -367,5 +386,11 @@ def predictive_draws(fit, n: int = 250, *, seed: int = 0,
     mean = inverse_link(family, eta)
     if family == "binomial":
         m = np.broadcast_to(trials.astype(np.int64), mean.shape)
-        return mean * trials, rng.binomial(m, mean).astype(float)
-    return mean, rng.poisson(mean).astype(float)
+        out = (mean * trials, rng.binomial(m, mean).astype(float))
+        return (*out, mean * trials * (1 - mean)) if variance else out
+    if family == "negbinomial":
+        theta = nb_size_draws(fit)[pick][:, None]
+        out = (mean, rng.poisson(rng.gamma(theta, mean / theta)).astype(float))
+        return (*out, mean + mean**2 / theta) if variance else out
+    out = (mean, rng.poisson(mean).astype(float))
+    return (*out, mean) if variance else out

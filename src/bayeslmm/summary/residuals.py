@@ -1,4 +1,4 @@
-"""Simulated-quantile residuals of binomial and Poisson fits, and the tests built on them (DHARMa's idea).
+"""Simulated-quantile residuals of binomial and count fits, and the tests built on them (DHARMa's idea).
 
 A GLMM has no residual that should look normal: its response is 0/1, a count of successes or
 a count. DHARMa (Hartig, R package) replaces the residual by where the observed value falls among
@@ -58,6 +58,7 @@ from scipy import stats
 
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import group_codes
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.results import memo
 from bayeslmm.summary import predict
 
@@ -115,7 +116,7 @@ class ScaledResiduals:
     name : str
         The fit's name.
     family : str
-        ``binomial`` or ``poisson``.
+        ``binomial``, ``poisson`` or ``negbinomial``.
     residuals : ndarray, shape (rows,)
         Scaled residuals in [0, 1], uniform if the model is right.
     predicted : ndarray, shape (rows,)
@@ -207,9 +208,9 @@ def simulate_residuals(fit, n: int = N_SIM, seed: int = 0) -> ScaledResiduals:
 
 def _simulate(fit, n: int, seed: int) -> ScaledResiduals:
     family = fit.formula.family
-    if family not in ("binomial", "poisson"):
+    if family not in ("binomial", *COUNT_FAMILIES):
         raise ValueError(f"{fit.name!r} is a {family} model: its residuals are y - fitted (simulated-quantile "
-                         "residuals are for binomial and Poisson models)")
+                         "residuals are for binomial and count models)")
     y, trials = predict.observed(fit)
     # three streams of one seed: new groups (residuals), fitted groups (checks), fitted effects (dispersion)
     _, simulated = predict.predictive_draws(fit, n, seed=seed, fresh=fit.formula.grouping_factors)
@@ -218,9 +219,8 @@ def _simulate(fit, n: int, seed: int) -> ScaledResiduals:
     predicted = predict.inverse_link(family, typical).mean(axis=0)
     null, null_sorted = null_statistics(simulated, predicted, np.random.default_rng([int(seed), 2]))
     fresh = observation_level(fit)
-    means, draws = predict.predictive_draws(fit, n, seed=seed + 2)
+    means, draws, var = predict.predictive_draws(fit, n, seed=seed + 2, variance=True)
     replicated = predict.predictive_draws(fit, n, seed=seed + 1, fresh=fresh)[1] if fresh else draws
-    var = means * (1 - means / trials) if trials is not None else means
     var = np.maximum(var, 1e-12)
     pearson = np.column_stack([np.sum((y[None, :] - means) ** 2 / var, axis=1),
                                np.sum((draws - means) ** 2 / var, axis=1)])
@@ -409,8 +409,9 @@ def check_notes(fit, res: ScaledResiduals | None = None) -> list[str]:
     """Warnings from a GLMM's dispersion and zero-inflation tests, each with what to do (empty when both pass).
 
     Overdispersion (the dispersion test significant with a ratio above 1) gets the advice to add an
-    observation-level random effect ``(1|obs)``, with how to make the column (or, when the model has
-    one, what else to try); underdispersion and zero inflation get a line each. Uniformity and the
+    observation-level random effect ``(1|obs)``, with how to make the column, and for counts to try
+    ``--family negbinomial`` (or, when the model has one of those, what else to try); underdispersion
+    and zero inflation get a line each. Uniformity and the
     quantile test are shown in the figures only: residuals of rows that share a group effect are
     correlated, which makes their p-values too small on strongly grouped data.
     """
@@ -419,18 +420,24 @@ def check_notes(fit, res: ScaledResiduals | None = None) -> list[str]:
     res = res if res is not None else simulate_residuals(fit)
     notes = []
     disp, zeros = dispersion_test(res), zero_inflation_test(res)
-    what = "counts" if res.family == "poisson" else "successes"
+    what = "counts" if res.family in COUNT_FAMILIES else "successes"
     p = format_p(disp.p_value, res.pearson.shape[0])
     if disp.flagged and disp.statistic > 1:
         head = (f"overdispersion: the {what} vary {disp.statistic:.2f} times as much around the model's means as "
                 f"its replicates do (dispersion test, {p})")
-        if res.fresh:
+        if res.family == "negbinomial":
+            notes.append(f"{head}, even with the negative binomial's own extra variation; look for a missing "
+                         "predictor or grouping factor")
+        elif res.fresh:
             notes.append(f"{head}, even with the observation-level effect (1|{res.fresh[0]}); look for a missing "
-                         "predictor (a negative binomial model is the other remedy)")
+                         "predictor" + (" (or fit the counts with --family negbinomial, lme4's glmer.nb)"
+                                        if res.family == "poisson" else ""))
         else:
-            notes.append(f"{head}, so its intervals are too narrow; add an observation-level random effect "
-                         "+ (1|obs), with obs a column numbering the rows (pandas: df['obs'] = range(len(df)); "
-                         "R: df$obs <- seq_len(nrow(df)))")
+            fix = ("add an observation-level random effect + (1|obs), with obs a column numbering the rows (pandas: "
+                   "df['obs'] = range(len(df)); R: df$obs <- seq_len(nrow(df)))")
+            if res.family == "poisson":
+                fix += ", or fit them with --family negbinomial (lme4's glmer.nb)"
+            notes.append(f"{head}, so its intervals are too narrow; {fix}")
     elif disp.flagged:
         notes.append(f"underdispersion: the {what} vary only {disp.statistic:.2f} times as much around the model's "
                      f"means as its replicates do (dispersion test, {p}); its intervals are wider than they need be")

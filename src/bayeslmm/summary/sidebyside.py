@@ -11,7 +11,7 @@ from bayeslmm.labels import COR_PREFIX
 SIDE_COLUMNS = [
     "model", "effect", "group", "term", "lme4_method", "lme4_estimate", "lme4_std_error", "lme4_conf_low",
     "lme4_conf_high", "lme4_ci", "post_mean", "post_median", "post_sd", "post_conf_low", "post_conf_high", "agreement",
-    "ci",
+    "prior_sensitivity", "likelihood_sensitivity", "sensitivity", "ci",
 ]
 #: A posterior mean this many posterior sds from lme4's estimate is reported as a difference.
 SHIFT_SD = 0.5
@@ -21,7 +21,8 @@ WIDER = 1.5
 
 def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dict[str, int] | None = None,
                  ci_kind: pd.Series | None = None, ci: float = 0.95,
-                 boundary: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+                 boundary: list[tuple[str, str]] | None = None,
+                 sensitivity: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per parameter of one model: lme4's estimate and CI beside the posterior's.
 
     Parameters
@@ -39,6 +40,10 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     boundary : list of (group, term), optional
         Standard deviations lme4 put at 0 and correlations at +-1 (a singular fit,
         :meth:`FreqFit.boundary_terms`).
+    sensitivity : DataFrame, optional
+        The posterior's power-scaling sensitivity (:func:`bayeslmm.summary.sensitivity.power_scaling`):
+        ``prior_sensitivity``, ``likelihood_sensitivity`` and the diagnosis as ``sensitivity`` (empty
+        where it was not computed).
 
     Returns
     -------
@@ -62,6 +67,10 @@ def side_by_side(bayes_rows: pd.DataFrame, freq_rows: pd.DataFrame, ngroups: dic
     at_bound = set(boundary or ())
     out["agreement"] = [agreement(r, (ngroups or {}).get(r["group"]), (r["group"], r["term"]) in at_bound)
                         for _, r in out.iterrows()]
+    sens = (sensitivity if sensitivity is not None else pd.DataFrame(columns=[*keys, "diagnosis"]))
+    sens = sens.reindex(columns=[*keys, "prior_sensitivity", "likelihood_sensitivity", "diagnosis"])
+    out = out.merge(sens.rename(columns={"diagnosis": "sensitivity"}), on=keys, how="left")
+    out["sensitivity"] = out["sensitivity"].fillna("").astype(str)
     out["ci"] = ci
     return out[SIDE_COLUMNS].reset_index(drop=True)
 
@@ -146,8 +155,9 @@ def variance_partition_table(model: str, draws: dict[str, np.ndarray], point: di
     return pd.DataFrame(rows)
 
 
-#: What ``exp`` of a fixed effect is in a binomial (logit link) and a Poisson (log link) model, and of its intercept.
-RATIO_NAMES = {"binomial": ("odds ratio", "odds"), "poisson": ("rate ratio", "rate")}
+#: What ``exp`` of a fixed effect is in a binomial (logit link) and a count (log link) model, and of its intercept.
+RATIO_NAMES = {"binomial": ("odds ratio", "odds"), "poisson": ("rate ratio", "rate"),
+               "negbinomial": ("rate ratio", "rate")}
 RATIO_COLUMNS = [
     "model", "term", "scale", "lme4_method", "lme4_ratio", "lme4_conf_low", "lme4_conf_high", "lme4_ci", "post_mean",
     "post_median", "post_conf_low", "post_conf_high", "predicted", "predicted_mean", "predicted_conf_low",
@@ -184,7 +194,8 @@ def ratio_table(fit, side: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
 
     family = fit.formula.family
     if family not in RATIO_NAMES:
-        raise ValueError(f"{fit.name!r} is a {family} model: odds and rate ratios are for binomial and Poisson models")
+        raise ValueError(f"{fit.name!r} is a {family} model: odds and rate ratios are for binomial and Poisson "
+                         "(or negative binomial) models")
     ratio, base = RATIO_NAMES[family]
     exposure = exposure_label(fit.formula)
     what = ("P(success)" if family == "binomial" else f"{fit.formula.response} / {exposure}" if exposure
@@ -236,3 +247,27 @@ def runaway_notes(side: pd.DataFrame, formula) -> list[str]:
                        "of more than 22,000): a sign of separation, where the estimate has no finite value; check "
                        "the levels or values of this term with only one outcome")
     return out
+
+
+def with_lme4_intervals(tidy: pd.DataFrame, side: pd.DataFrame) -> pd.DataFrame:
+    """``tidy`` with each lme4-side row's interval the one the side-by-side table shows: the profile
+    interval where one exists, Wald otherwise; the kind in column ``conf_method`` (``Wald``, ``profile``,
+    or ``ETI`` for the posterior's equal-tailed interval).
+
+    The side-by-side table is the one source of the lme4 interval of a parameter; figures and tidy.csv
+    take it from there, so the report shows one interval per number.
+    """
+    keys = ["model", "effect", "group", "term"]
+    lme4 = side[[*keys, "lme4_conf_low", "lme4_conf_high", "lme4_ci"]].copy()
+    lme4["group"] = lme4["group"].fillna("").astype(str)
+    out = tidy.copy()
+    out["_g"] = out["group"].fillna("").astype(str)
+    merged = out.merge(lme4.rename(columns={"group": "_g"}), on=["model", "effect", "_g", "term"], how="left")
+    # a model's REML and ML rows share its profile interval, which profiles the ML deviance (R's confint)
+    hit = (merged["method"] != "bayes") & merged["lme4_ci"].notna() & (merged["lme4_ci"] != "")
+    merged.loc[hit, "conf_low"] = merged.loc[hit, "lme4_conf_low"]
+    merged.loc[hit, "conf_high"] = merged.loc[hit, "lme4_conf_high"]
+    bayes = merged["method"] == "bayes"
+    merged["conf_method"] = np.where(bayes, "ETI", np.where(hit, merged["lme4_ci"],
+                                                            np.where(merged["conf_low"].notna(), "Wald", "")))
+    return merged.drop(columns=["_g", "lme4_conf_low", "lme4_conf_high", "lme4_ci"])

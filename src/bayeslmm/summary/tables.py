@@ -9,24 +9,27 @@ from bayeslmm.intervals import eti
 from bayeslmm.labels import (
     COR_PREFIX,
     INTERCEPT,
+    NB_SIZE_VARIABLE,
     RESIDUAL,
     RESIDUAL_TERM,
     SAMPLE_DIMS,
     SD_PREFIX,
     FixedColumn,
+    auxiliary_variables,
     classify,
     expr_dim,
     sd_term,
     sdcor_terms,
 )
 from bayeslmm.model.formula import fixed_design
+from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.numbers import DIGITS, format_number
 from bayeslmm.results import conform, latent_residual_variance
 
 
 def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
     """Mean, sd, equal-tailed interval, r_hat and ESS over (chain, draw) of ``draws``."""
-    import arviz as az
+    from bayeslmm import convergence
 
     flat = draws.reshape(-1, *draws.shape[2:])
     lo, hi = eti(flat, ci)
@@ -38,16 +41,17 @@ def _summarise(draws: np.ndarray, ci: float) -> dict[str, np.ndarray]:
         "std_error": flat.std(axis=0, ddof=1),
         "conf_low": lo,
         "conf_high": hi,
-        "r_hat": nan if single_chain else np.asarray(az.rhat(draws)),
-        "ess_bulk": nan if single_chain else np.asarray(az.ess(draws, method="bulk")),
-        "ess_tail": nan if single_chain else np.asarray(az.ess(draws, method="tail", prob=0.9)),
+        "r_hat": nan if single_chain else convergence.rhat(draws),
+        "ess_bulk": nan if single_chain else convergence.ess_bulk(draws),
+        "ess_tail": nan if single_chain else convergence.ess_tail(draws, 0.9),
     }
 
 
 def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False,
                    effects: tuple[str, ...] = ("fixed", "ran_pars", "ran_vals"),
                    fixed_terms: dict[tuple[str, str], str] | None = None,
-                   ran_pars: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+                   ran_pars: list[tuple[str, str]] | None = None,
+                   auxiliary: dict[str, tuple[str, str, str]] | None = None) -> pd.DataFrame:
     """Tidy summary of a posterior Dataset with Bambi's variable names.
 
     Parameters
@@ -68,6 +72,9 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         (:func:`fixed_terms`); needed when a fixed effect has levels (a factor).
     ran_pars : list of (group, term), optional
         The order of the ``ran_pars`` rows (:func:`ran_pars_order`); the posterior's order by default.
+    auxiliary : dict, optional
+        ``(effect, group, term)`` of the family's own variables (:func:`~bayeslmm.labels.auxiliary_variables`:
+        a negative binomial's ``alpha``), which their names alone do not tell.
 
     Returns
     -------
@@ -81,7 +88,7 @@ def tidy_posterior(posterior, model: str, ci: float = 0.95, median: bool = False
         da = posterior[var]
         if var in ("mu",) or not set(SAMPLE_DIMS) <= set(da.dims):
             continue
-        effect, group, term = classify(str(var))
+        effect, group, term = (auxiliary or {}).get(str(var)) or classify(str(var))
         if effect not in effects:
             continue
         extra = [d for d in da.dims if d not in SAMPLE_DIMS]
@@ -153,11 +160,13 @@ def ran_pars_order(formula) -> list[tuple[str, str]]:
 
     Grouping factors in formula order; within one, its random terms in formula order, each with
     its sds and correlations in broom.mixed's order (:func:`~bayeslmm.labels.sdcor_terms`: for
-    ``(1 + x|g)``, ``sd__(Intercept)``, ``cor__(Intercept).x``, ``sd__x``); the residual last.
+    ``(1 + x|g)``, ``sd__(Intercept)``, ``cor__(Intercept).x``, ``sd__x``); the residual last (and a
+    family's own parameters, :func:`~bayeslmm.labels.auxiliary_variables`: a negative binomial's theta).
     """
     out = [(g, term) for g in formula.grouping_factors for r in formula.random if r.group == g
            for term in sdcor_terms(r.coefs, r.correlated)]
-    return [*out, (RESIDUAL, RESIDUAL_TERM)]
+    aux = [(group, term) for _, group, term in auxiliary_variables(formula.family).values()]
+    return [*out, (RESIDUAL, RESIDUAL_TERM), *aux]
 
 
 def _label(value) -> str:
@@ -209,16 +218,24 @@ def variance_partition_draws(fit) -> dict[str, np.ndarray]:
     depends on the predictor's value; for one grouping factor the share is the intraclass
     correlation; correlations do not enter). The residual's share is under ``"Residual"``, last.
     A GLMM has no residual sd: its shares are on the latent scale, against
-    :func:`~bayeslmm.results.latent_residual_variance` (pi^2/3 for the logit link).
+    :func:`~bayeslmm.results.latent_residual_variance` (pi^2/3 for the logit link; a negative binomial's
+    depends on its theta, draw by draw).
     """
     keep = (sd_term(INTERCEPT), RESIDUAL_TERM)
     parts = {g: s**2 for (g, term), s in sd_draws(fit).items() if term in keep}
     if fit.formula.is_glmm:
-        mean = float(np.mean(fit.data[fit.formula.response])) if fit.formula.family == "poisson" else None
-        parts[RESIDUAL] = np.full(next(iter(parts.values())).shape if parts else (1,),
-                                  latent_residual_variance(fit.formula.family, mean))
+        family = fit.formula.family
+        mean = float(np.mean(fit.data[fit.formula.response])) if family in COUNT_FAMILIES else None
+        theta = nb_size_draws(fit) if family == "negbinomial" else None
+        parts[RESIDUAL] = np.broadcast_to(latent_residual_variance(family, mean, theta),
+                                          next(iter(parts.values())).shape if parts else (1,))
     total = sum(parts.values())
     return {g: v / total for g, v in parts.items()}
+
+
+def nb_size_draws(fit) -> np.ndarray:
+    """Posterior draws (chains pooled) of a negative binomial model's theta (Bambi's ``alpha``)."""
+    return np.asarray(fit.idata["posterior"][NB_SIZE_VARIABLE].values, dtype=float).reshape(-1)
 
 
 def diagnostics(fit, tidy: pd.DataFrame | None = None) -> dict[str, float]:
