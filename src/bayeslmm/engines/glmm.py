@@ -15,7 +15,7 @@ it fast:
   non-centred in between -- a change of variables per level, so the posterior is unchanged, but the
   funnel of the one and the ridge of the other are both avoided.
 
-The priors, the centred fixed-effect design and the random terms are read from the Bambi model
+The priors, the centred fixed-effect design and the random terms are read from the prior model
 by :func:`bayeslmm.engines.marginal.design`, the one reader both engines share (the negative
 binomial's prior on alpha by :func:`nb_alpha_prior`); the result is
 a ``DataTree`` with Bambi's variable names, dims and coords (:func:`marginal.assemble`), and a
@@ -64,23 +64,10 @@ ENGINE_GROUP_DESCRIPTION = ("bayeslmm's GLMM engine: coefficients of its interna
 CENTRE_ABOVE = 1.0
 
 
-@dataclass(frozen=True)
-class Spec:
-    """Everything the engine needs: :class:`marginal.Design`'s fields, the response and the layout."""
+@dataclass(frozen=True, kw_only=True)
+class Spec(marginal.Design):
+    """Everything the engine needs: a :class:`marginal.Design`, the response and the layout."""
 
-    response: str
-    offset: np.ndarray
-    X: np.ndarray
-    x_mean: np.ndarray
-    intercept: str | None
-    fixed: tuple
-    random: tuple
-    factors: tuple
-    bcode: np.ndarray
-    bpar: np.ndarray
-    scode: np.ndarray
-    spar: np.ndarray
-    blocks: tuple
     family: int
     y: np.ndarray  # successes or counts
     trials: np.ndarray  # trials (ones for a 0/1 response; ones, unused, for Poisson)
@@ -92,11 +79,6 @@ class Spec:
     acode: int = -1  # the negative binomial's prior on alpha (a marginal_lik scale-prior code; -1: no alpha)
     apar: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
     start: dict | None = dataclasses.field(default=None, repr=False, compare=False)  # what centring() saw
-
-    @property
-    def n_cor(self) -> int:
-        """Number of correlation parameters."""
-        return sum(len(b.variables) for b in self.blocks)
 
     @property
     def n_aux(self) -> int:
@@ -137,7 +119,7 @@ class Spec:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading the Bambi model
+# Reading the prior model
 # ---------------------------------------------------------------------------------------
 
 
@@ -177,7 +159,7 @@ def nb_alpha_prior(model) -> tuple[int, np.ndarray]:
 
 def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = None,
          centring_rule: str = "auto") -> Spec:
-    """Read the engine's inputs from the Bambi model, the model frame and the user's priors.
+    """Read the engine's inputs from the prior model, the model frame and the user's priors.
 
     ``centring_rule``: ``auto`` (:func:`centring`), ``binary`` (its weights rounded to 0 or 1), or
     ``centred`` / ``noncentred`` for every level (for measurements and tests).
@@ -200,9 +182,8 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     d = marginal.design(frame, pm, priors, parameter)
     y, trials = _response(pm, frame, pm.family)
     lay = ml.layout(list(d.factors), y.size, len(d.random))
-    fields = {f.name: getattr(d, f.name) for f in dataclasses.fields(marginal.Design)}
     acode, apar = nb_alpha_prior(model) if code == gl.NEGBIN_LOG else (-1, np.zeros(3))
-    sp = Spec(**fields, family=code, y=y, trials=trials, row_const=gl.constants(code, y, trials), layout=lay,
+    sp = Spec(**d.parts(), family=code, y=y, trials=trials, row_const=gl.constants(code, y, trials), layout=lay,
               weight=np.zeros(lay.icol.size), H=np.zeros((lay.q, d.X.shape[1])), acode=acode, apar=apar)
     if centring_rule not in ("auto", "binary", "centred", "noncentred"):
         raise ValueError(f"centring_rule must be auto, binary, centred or noncentred, not {centring_rule!r}")
@@ -497,8 +478,9 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
 
     Parameters
     ----------
-    model : bambi.Model
-        The Bambi model of the formula (priors, names and dims are read from it).
+    model : PriorModel
+        The formula's terms, names and priors (:mod:`bayeslmm.model.prior_model`; a built
+        ``bambi.Model`` is read the same way).
     frame : ModelFrame
         :func:`bayeslmm.model.formula.model_frame` of the same formula on the same data.
     options : SamplerOptions
@@ -594,8 +576,8 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
 
     Parameters
     ----------
-    model : bambi.Model
-        The Bambi model of the formula, as for :func:`sample`.
+    model : PriorModel
+        As for :func:`sample`.
     frame : ModelFrame
         The model frame of the same formula on the same data.
     tree : xarray.DataTree

@@ -8,7 +8,8 @@ well-conditioned dimensions, no funnel -- and the random effects are drawn after
 their exact conditional normal given each posterior draw.  The posterior is the Bambi
 model's posterior (for ``(x|g)``: Bambi's priors on the sds and fixed effects, and an LKJ
 prior on each correlation matrix, which Bambi lacks): the
-priors are read from the Bambi model object, and the fixed-effect design is centred and
+priors are read from the prior model (:mod:`bayeslmm.model.prior_model`: Bambi's defaults, computed
+without Bambi, and the user's), and the fixed-effect design is centred and
 the intercept reported exactly as Bambi does it.  The returned ``DataTree`` has Bambi's
 variable names, dims and coords, and a pointwise log-likelihood conditional on the random
 effects as ``bambi.Model.compute_log_likelihood`` gives it, so LOO compares across engines.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import xarray as xr
@@ -117,15 +118,19 @@ class CorBlock:
 
 
 @dataclass(frozen=True)
-class Spec:
-    """Everything the engine needs, read from the Bambi model and the model frame."""
+class Design:
+    """The linear predictor of one parameter of the prior model, read against the model frame.
+
+    What every engine shares (:func:`design`): the fixed-effect design as Bambi builds it
+    (``X = [1, centred columns]`` when there is an intercept), the random terms in lme4's layout
+    matched to Bambi's variables, and the priors (``bcode``/``bpar`` per internal coefficient, the
+    intercept's on the centred intercept; ``scode``/``spar`` per random component's sd).
+    """
 
     response: str
-    y: np.ndarray  # the observed response
-    offset: np.ndarray  # sum of the offsets: the engine models y - offset
-    X: np.ndarray  # internal design: [1, centred columns] (or as Bambi has it)
-    shift: float  # subtracted from y internally (mean of y when there is an intercept)
-    x_mean: np.ndarray  # column means removed from the non-intercept columns (zeros if none)
+    offset: np.ndarray  # sum of the offsets on the link scale
+    X: np.ndarray
+    x_mean: np.ndarray
     intercept: str | None
     fixed: tuple[_Fixed, ...]
     random: tuple[_Random, ...]
@@ -141,6 +146,23 @@ class Spec:
         """Number of correlation parameters."""
         return sum(len(b.variables) for b in self.blocks)
 
+    def parts(self) -> dict:
+        """Its fields by name (shallow): what an engine's Spec is built from."""
+        return {f.name: getattr(self, f.name) for f in fields(Design)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec(Design):
+    """Everything the marginal engine needs: a :class:`Design` and the Gaussian response.
+
+    ``offset`` is what the engine subtracts from ``y`` (it models y - offset), ``shift`` what it
+    subtracts internally (the mean of y when there is an intercept); ``scode``/``spar`` end with the
+    residual sd's prior.
+    """
+
+    y: np.ndarray  # the observed response
+    shift: float
+
     @property
     def n_dim(self) -> int:
         """Length of theta: coefficients, log sds, log sigma, correlations' unconstrained values."""
@@ -148,7 +170,7 @@ class Spec:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading the Bambi model
+# Reading the prior model
 # ---------------------------------------------------------------------------------------
 
 
@@ -284,7 +306,7 @@ def coding_mismatch(frame: ModelFrame, model) -> str | None:
 
 
 def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = None) -> Spec:
-    """Read the engine's inputs from the Bambi model, the model frame and the user's priors.
+    """Read the engine's inputs from the prior model, the model frame and the user's priors.
 
     Bambi fits ``(x|g)`` as ``(1|g) + (0 + x|g)``: its model gives the sds' and fixed
     effects' priors; the frame's random terms (resolved against the data) say which
@@ -318,52 +340,12 @@ def spec(formula: Formula, frame: ModelFrame, model, priors: Priors | None = Non
     if isinstance(sigma_prior, int | float):
         raise Unsupported("residual sigma fixed to a constant")
     code, par = _scale_prior(sigma_prior, RESIDUAL_VARIABLE)
-    return Spec(
-        response=d.response,
-        y=y,
-        offset=d.offset,
-        X=d.X,
-        shift=shift,
-        x_mean=d.x_mean,
-        intercept=d.intercept,
-        fixed=d.fixed,
-        random=d.random,
-        factors=d.factors,
-        bcode=d.bcode,
-        bpar=bpar,
-        scode=np.append(d.scode, code).astype(np.int64),
-        spar=np.ascontiguousarray(np.vstack([d.spar.reshape(-1, 3), par])),
-        blocks=d.blocks,
-    )
-
-
-@dataclass(frozen=True)
-class Design:
-    """The linear predictor of one parameter of a Bambi model, read against the model frame.
-
-    What every engine built on Bambi's model shares: the fixed-effect design as Bambi builds it
-    (``X = [1, centred columns]`` when there is an intercept), the random terms in lme4's layout
-    matched to Bambi's variables, and the priors (``bcode``/``bpar`` per internal coefficient, the
-    intercept's on the centred intercept; ``scode``/``spar`` per random component's sd).
-    """
-
-    response: str
-    offset: np.ndarray  # sum of the offsets on the link scale
-    X: np.ndarray
-    x_mean: np.ndarray
-    intercept: str | None
-    fixed: tuple[_Fixed, ...]
-    random: tuple[_Random, ...]
-    factors: tuple[ml.Factor, ...]
-    bcode: np.ndarray
-    bpar: np.ndarray
-    scode: np.ndarray
-    spar: np.ndarray
-    blocks: tuple[CorBlock, ...] = ()
+    return Spec(**{**d.parts(), "bpar": bpar, "scode": np.append(d.scode, code).astype(np.int64),
+                   "spar": np.ascontiguousarray(np.vstack([d.spar.reshape(-1, 3), par]))}, y=y, shift=shift)
 
 
 def design(frame: ModelFrame, model, priors: Priors | None, parameter: str) -> Design:
-    """Read the linear predictor of ``parameter`` (``mu``, ``p``) from the Bambi model: one source of
+    """Read the linear predictor of ``parameter`` (``mu``, ``p``) from the prior model: one source of
     truth for the design and the priors of the fixed effects, the random terms and their sds.
 
     Raises
@@ -670,8 +652,9 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
 
     Parameters
     ----------
-    model : bambi.Model
-        The Bambi model of the formula (priors, names and dims are read from it).
+    model : PriorModel
+        The formula's terms, names and priors (:mod:`bayeslmm.model.prior_model`; a built
+        ``bambi.Model`` is read the same way).
     frame : ModelFrame
         :func:`bayeslmm.model.formula.model_frame` of the same formula on the same data.
     options : SamplerOptions
@@ -1021,8 +1004,8 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
 
     Parameters
     ----------
-    model : bambi.Model
-        The Bambi model of the formula, as for :func:`sample`.
+    model : PriorModel
+        As for :func:`sample`.
     frame : ModelFrame
         The model frame of the same formula on the same data.
     tree : xarray.DataTree

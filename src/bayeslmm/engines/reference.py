@@ -173,8 +173,9 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
 
     Parameters
     ----------
-    model : bambi.Model
-        The Bambi model of the formula (priors, names and dims are read from it).
+    model : PriorModel
+        The formula's terms, names and priors (:mod:`bayeslmm.model.prior_model`; a built
+        ``bambi.Model`` is read the same way).
     frame : ModelFrame
         :func:`bayeslmm.model.formula.model_frame` of the same formula on the same data.
     options : SamplerOptions
