@@ -418,7 +418,6 @@ def prepare(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None =
     if mismatch:
         raise FormulaError(mismatch)
     user_priors.check_groups(formula.grouping_factors, tuple(r.group for r in formula.random if r.correlated))
-    table = prior_table(model, formula, user_priors)
     engine, engine_note = choose_engine(options.engine, formula, frame, model)
     if engine == "marginal":  # a large design gets fewer, cheaper draws unless the options were chosen
         from bayeslmm.engines.marginal import plan
