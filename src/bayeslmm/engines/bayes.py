@@ -567,7 +567,7 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
 
         return glmm.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
     whole = rows == slice(0, n, 1)
-    model = build_model(fit.formula, fit.data, marginal_prior_model(model))
+    model = build_model(fit.formula, fit.data, model)  # Bambi's model, given the priors its engine sampled
     tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -580,18 +580,13 @@ def prior_model_of(fit: BayesFit) -> PriorModel:
     """The terms and priors a fit's engine sampled: ``fit.model``, or rebuilt from its formula, data and
     the user's priors."""
     if fit.model is not None:
-        return marginal_prior_model(fit.model)
+        from bayeslmm.engines.marginal import prior_model
+
+        return prior_model(fit.model)  # a Bambi model a caller built is read as one
     from bayeslmm.model.formula import model_frame
     from bayeslmm.model.prior_model import apply_priors, default_model
 
     return apply_priors(default_model(model_frame(fit.formula, fit.data), fit.data), fit.user_priors)
-
-
-def marginal_prior_model(model) -> PriorModel:
-    """``model`` as a prior model (it may be a Bambi model a caller built)."""
-    from bayeslmm.engines.marginal import prior_model
-
-    return prior_model(model)
 
 
 def log_prior(fit: BayesFit) -> xr.DataArray:
