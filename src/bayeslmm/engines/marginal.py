@@ -694,8 +694,6 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         If :func:`supports` would return a reason.
     """
-    from threadpoolctl import threadpool_limits
-
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
@@ -703,7 +701,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     if options.target_ess is not None:
         def enough(theta):
             return good_enough(reported(sp, stats, theta), options.target_ess)
-    with threadpool_limits(limits=1, user_api="blas"):  # each chain's LAPACK calls on its own core
+    with _one_blas_thread(stats):
         trace, sampling_time = run_nutpie(compile_model(sp, stats), options, progress, enough)
         theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
         stats_ds = trace["sample_stats"].to_dataset()
@@ -711,6 +709,17 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     kept = int(tree["posterior"].sizes["draw"])
     extra = {"stopped_at_draw": kept} if kept < options.draws else {}
     return stamp(tree, "bayeslmm.engines.marginal", options, sampling_time, time.perf_counter() - start, **extra)
+
+
+def _one_blas_thread(stats: ml.Stats):
+    """One BLAS thread while the kernels call LAPACK (a dense block), so each chain keeps to its core."""
+    import contextlib
+
+    if ml.dense_start(stats.Lp, ml.DENSE_MIN) == stats.q:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def reported(sp: Spec, stats: ml.Stats, theta: np.ndarray) -> np.ndarray:
@@ -733,13 +742,13 @@ def reported(sp: Spec, stats: ml.Stats, theta: np.ndarray) -> np.ndarray:
 
 def good_enough(values: np.ndarray, target_ess: float, max_rhat: float = 1.01) -> bool:
     """Whether every quantity of ``values`` (chains, draws, quantities) has bulk and tail ESS >= ``target_ess``
-    and r_hat <= ``max_rhat``: ArviZ's estimates, computed as the fit's summary computes them
-    (:func:`bayeslmm.summary.tables`), so the fit then reports what was checked here."""
-    import arviz as az
+    and r_hat <= ``max_rhat``: the estimates the fit's summary computes (:mod:`bayeslmm.convergence`), so
+    the fit then reports what was checked here."""
+    from bayeslmm import convergence
 
-    return bool(np.all(az.ess(values, method="bulk") >= target_ess)
-                and np.all(az.ess(values, method="tail", prob=0.9) >= target_ess)
-                and np.all(az.rhat(values) <= max_rhat))
+    return bool(np.all(convergence.ess_bulk(values) >= target_ess)
+                and np.all(convergence.ess_tail(values, 0.9) >= target_ess)
+                and np.all(convergence.rhat(values) <= max_rhat))
 
 
 #: Cost of one gradient (:func:`marginal_lik.gradient_flops`) from which a design is large: its default run
