@@ -790,8 +790,8 @@ def plan(frame: ModelFrame, model, options, priors: Priors | None = None):
     planned = replace(options, **LARGE_PLAN)
     return planned, (f"; {size}: {planned.chains} chains after {planned.tune} tuning steps at target_accept "
                      f"{planned.target_accept}, stopped at the first {CHECK_EVERY} draws per chain where every "
-                     f"fixed effect, sd and correlation has bulk and tail ESS >= {planned.target_ess} and r_hat <= 1.01 (at most "
-                     f"{planned.draws}); set --draws, --tune, --chains or --target-accept to choose")
+                     f"fixed effect, sd and correlation has bulk and tail ESS >= {planned.target_ess} and r_hat "
+                     f"<= 1.01 (at most {planned.draws}); set --draws, --tune, --chains or --target-accept to choose")
 
 
 def run_nutpie(compiled, options, progress: bool, enough=None, **settings):
