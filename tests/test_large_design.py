@@ -54,6 +54,15 @@ def test_a_large_crossed_design_gets_the_plan(large):
     assert large.key == bayes.cache_key(large.formula, large.data, large.priors, replace(o, engine="marginal"))
 
 
+def test_the_report_says_how_a_planned_fit_was_sampled(large):
+    from bayeslmm.reporting.report import stopping_text
+
+    text = stopping_text(large.options)
+    assert text.startswith("Sampling (2 chains after 150 tuning steps, target_accept 0.8) stopped at the first 100")
+    assert "bulk and tail ESS >= 400 and r_hat <= 1.01 (at most 1000)" in text
+    assert stopping_text(SamplerOptions()) is None
+
+
 def test_options_the_user_chose_are_kept(large):
     chosen = SamplerOptions(draws=300)
     prep = bayes.prepare(parse(CROSSED), large.data, chosen)

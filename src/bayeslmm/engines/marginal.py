@@ -677,8 +677,6 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     Unsupported
         If :func:`supports` would return a reason.
     """
-    from threadpoolctl import threadpool_limits
-
     start = time.perf_counter()
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
@@ -686,7 +684,7 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     if options.target_ess is not None:
         def enough(theta):
             return good_enough(reported(sp, stats, theta), options.target_ess)
-    with threadpool_limits(limits=1, user_api="blas"):  # each chain's LAPACK calls on its own core
+    with _one_blas_thread(stats):
         trace, sampling_time = run_nutpie(compile_model(sp, stats), options, progress, enough)
         theta = np.asarray(trace["posterior"]["theta"].values, dtype=float)
         stats_ds = trace["sample_stats"].to_dataset()
@@ -694,6 +692,17 @@ def sample(model, frame: ModelFrame, options, progress: bool = True, log_likelih
     kept = int(tree["posterior"].sizes["draw"])
     extra = {"stopped_at_draw": kept} if kept < options.draws else {}
     return stamp(tree, "bayeslmm.engines.marginal", options, sampling_time, time.perf_counter() - start, **extra)
+
+
+def _one_blas_thread(stats: ml.Stats):
+    """One BLAS thread while the kernels call LAPACK (a dense block), so each chain keeps to its core."""
+    import contextlib
+
+    if ml.dense_start(stats.Lp, ml.DENSE_MIN) == stats.q:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def reported(sp: Spec, stats: ml.Stats, theta: np.ndarray) -> np.ndarray:
@@ -716,13 +725,13 @@ def reported(sp: Spec, stats: ml.Stats, theta: np.ndarray) -> np.ndarray:
 
 def good_enough(values: np.ndarray, target_ess: float, max_rhat: float = 1.01) -> bool:
     """Whether every quantity of ``values`` (chains, draws, quantities) has bulk and tail ESS >= ``target_ess``
-    and r_hat <= ``max_rhat``: ArviZ's estimates, computed as the fit's summary computes them
-    (:func:`bayeslmm.summary.tables`), so the fit then reports what was checked here."""
-    import arviz as az
+    and r_hat <= ``max_rhat``: the estimates the fit's summary computes (:mod:`bayeslmm.convergence`), so
+    the fit then reports what was checked here."""
+    from bayeslmm import convergence
 
-    return bool(np.all(az.ess(values, method="bulk") >= target_ess)
-                and np.all(az.ess(values, method="tail", prob=0.9) >= target_ess)
-                and np.all(az.rhat(values) <= max_rhat))
+    return bool(np.all(convergence.ess_bulk(values) >= target_ess)
+                and np.all(convergence.ess_tail(values, 0.9) >= target_ess)
+                and np.all(convergence.rhat(values) <= max_rhat))
 
 
 #: Cost of one gradient (:func:`marginal_lik.gradient_flops`) from which a design is large: its default run
@@ -764,8 +773,8 @@ def plan(frame: ModelFrame, model, options, priors: Priors | None = None):
     planned = replace(options, **LARGE_PLAN)
     return planned, (f"; {size}: {planned.chains} chains after {planned.tune} tuning steps at target_accept "
                      f"{planned.target_accept}, stopped at the first {CHECK_EVERY} draws per chain where every "
-                     f"fixed effect and sd has bulk and tail ESS >= {planned.target_ess} and r_hat <= 1.01 (at most "
-                     f"{planned.draws}); set --draws, --tune, --chains or --target-accept to choose")
+                     f"fixed effect, sd and correlation has bulk and tail ESS >= {planned.target_ess} and r_hat "
+                     f"<= 1.01 (at most {planned.draws}); set --draws, --tune, --chains or --target-accept to choose")
 
 
 def run_nutpie(compiled, options, progress: bool, enough=None, **settings):
@@ -799,15 +808,20 @@ CHECK_EVERY = 100
 
 
 def _sample_until(sampler, draws: int, enough, poll: float = 1.0):
-    """Wait for nutpie's background ``sampler``, asking ``enough`` at every :data:`CHECK_EVERY` draws per chain."""
+    """Wait for nutpie's background ``sampler``, asking ``enough`` at every :data:`CHECK_EVERY` draws per chain.
+
+    A look at the trace costs a core ~0.07 s, so the next is timed for when the slowest chain should reach
+    the next hundred draws (at least ``poll`` seconds apart; while tuning, 1, 2, 4, 8 x ``poll``).
+    """
     import warnings
 
-    checked = 0
+    checked, wait, last = 0, poll, None
     try:
         while True:
             with warnings.catch_warnings():  # ArviZ's "chain dimension longer than draw" while draws are few
                 warnings.simplefilter("ignore")
                 trace = sampler.inspect()
+            now = time.perf_counter()
             theta = np.asarray(trace["posterior"]["theta"].values, dtype=float) if "posterior" in trace else None
             done = int(np.isfinite(theta[..., 0]).sum(axis=1).min()) if theta is not None and theta.size else 0
             while checked + CHECK_EVERY <= min(done, draws - 1):
@@ -816,7 +830,15 @@ def _sample_until(sampler, draws: int, enough, poll: float = 1.0):
                     return sampler.abort().isel(draw=slice(0, checked))
             if done >= draws:
                 return sampler.wait()
-            time.sleep(poll)
+            if done == 0:
+                wait = min(2 * wait, 8 * poll)
+            elif last is not None and done > last[1]:
+                rate = (done - last[1]) / max(now - last[0], 1e-9)
+                wait = min(max((min(checked + CHECK_EVERY, draws) - done) / rate, poll), 30 * poll)
+            else:
+                wait = poll
+            last = (now, done)
+            time.sleep(wait)
     except BaseException:
         sampler.cancel()
         raise

@@ -84,8 +84,8 @@ class SamplerOptions:
     0.8 left divergences and nutpie's Intercept r_hat stayed above 1.01 at 1000 draws.
     ``sampler`` applies to the Bambi engine only. ``target_ess`` (the marginal engine only; set by
     its plan for large designs, :func:`bayeslmm.engines.marginal.plan`) stops sampling at the first
-    100 draws per chain where every fixed effect, sd and correlation has a bulk ESS of at least
-    ``target_ess`` and r_hat <= 1.01; ``draws`` is then the most each chain takes.
+    100 draws per chain where every fixed effect, sd and correlation has bulk and tail ESS of at
+    least ``target_ess`` and r_hat <= 1.01; ``draws`` is then the most each chain takes.
     """
 
     draws: int = 1000

@@ -122,11 +122,23 @@ def model_section(spec, fit, side: pd.DataFrame, parts: pd.DataFrame, diag: dict
         f"{diag['divergences']}; max r_hat {format_number(diag['max_r_hat'])}; "
         f"min bulk ESS {format_number(np.round(diag['min_ess_bulk']))}; "
         f"min tail ESS {format_number(np.round(diag['min_ess_tail']))}."))
+    if stopping_text(fit.options):  # a large design's plan (engines.marginal.plan): this run's own settings
+        blocks.append(Para(stopping_text(fit.options)))
     blocks.append(Para(priors_text(fit)))  # Bambi's engine drops (x|g)'s correlations: no LKJ prior there
     singular = freq[(spec.name, method)].singular_note() if (spec.name, method) in freq else None
     for note in (*fit.notes, *fit.sampler_notes, *([f"lme4: {singular}"] if singular else [])):
         blocks.append(Para(f"**Warning.** {note}"))
     return blocks
+
+
+def stopping_text(options) -> str | None:
+    """Where a run with a target ESS (a large design's plan) stopped sampling, in its own settings; else None."""
+    o = options
+    if o.target_ess is None:
+        return None
+    return (f"Sampling ({o.chains} chains after {o.tune} tuning steps, target_accept {o.target_accept}) stopped at "
+            f"the first 100 draws per chain where every fixed effect, sd and correlation had bulk and tail ESS >= "
+            f"{o.target_ess} and r_hat <= 1.01 (at most {o.draws}).")
 
 
 def agq_text(spec) -> str:
