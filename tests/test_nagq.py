@@ -17,6 +17,7 @@ from bayeslmm import cli
 from bayeslmm.errors import StudyError
 from bayeslmm.model.study import from_dict
 from bayeslmm.runner import prepared_data
+from bayeslmm.store import Store
 from bayeslmm.summary import analysis
 from conftest import BEYOND, ROOT
 
@@ -45,7 +46,7 @@ def test_the_study_key_reaches_lme4s_agq_fit():
     assert [analysis.lme4_method(s) for s in study.models] == ["agq", "laplace"]
     assert [analysis.lme4_label(s) for s in study.models] == ["AGQ, nAGQ = 25", "Laplace"]
     df = prepared_data(study)
-    stand_ins = {s.name: type("Fit", (), {"formula": s.formula, "data": df})() for s in study.models}
+    stand_ins = {s.name: type("Fit", (), {"formula": s.formula, "data": df, "store": Store()})() for s in study.models}
     freq = analysis.frequentist_fits(stand_ins, {s.name: s.nagq for s in study.models})
     assert set(freq) == {("agq", "agq"), ("laplace", "laplace")}
     for (name, _), entry in ((("agq", "agq"), ENTRIES["binomial_trials_agq"]),

@@ -30,6 +30,7 @@ from bayeslmm.model.prior_model import PriorModel, bambi_family
 from bayeslmm.model.priors import Priors
 from bayeslmm.numbers import format_number
 from bayeslmm.results import EFFECTS, fixef_table, memo, ranef_table, varcorr_table
+from bayeslmm.store import Store
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class BayesFit:
         The terms and priors the engine sampled (kept to recompute the log-likelihood; rebuilt when ``None``).
     user_priors : Priors
         The priors the user set (``model`` has them applied).
+    store : Store
+        Where results derived from the posterior (its LOO, its prior sensitivity) are kept for a
+        re-run: beside the cached posterior (:class:`bayeslmm.store.Store`; nowhere by default).
     """
 
     name: str
@@ -84,6 +88,7 @@ class BayesFit:
     engine_note: str = ""
     model: object = field(default=None, repr=False, compare=False)
     user_priors: Priors = field(default_factory=Priors, repr=False)
+    store: Store = field(default_factory=Store, repr=False, compare=False)
 
     _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -456,7 +461,7 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
     target = cache_path(Path(save_dir), key) if save_dir is not None else None
     made = dict(name=prep.name, formula=prep.formula, data=prep.data, options=options, priors=prep.priors,
                 engine=engine, key=key, notes=prep.notes, engine_note=prep.engine_note, model=prep.model,
-                user_priors=prep.user_priors)
+                user_priors=prep.user_priors, store=Store.beside(cache_dir, save_dir, refit))
     # save_dir first: another model of this run may have saved the same posterior there.
     # With refit, only posteriors saved by this same run (a staged save_dir) may be reused.
     folders = (save_dir, cache_dir) if not refit else ((save_dir,) if save_dir != cache_dir else ())

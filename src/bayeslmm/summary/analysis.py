@@ -10,6 +10,7 @@ import pandas as pd
 from bayeslmm.lme4 import frequentist
 from bayeslmm.model.formula import model_frame
 from bayeslmm.model.options import COUNT_FAMILIES
+from bayeslmm.store import data_hash
 from bayeslmm.summary.compare import compare_models
 from bayeslmm.summary.sensitivity import power_scaling
 from bayeslmm.summary.sidebyside import ratio_table, side_by_side, variance_partition_table
@@ -26,11 +27,20 @@ def frequentist_fits(fits: dict, nagq: dict[str, int] | None = None) -> dict[tup
     """
     out = {}
     for name, fit in fits.items():
-        frame = model_frame(fit.formula, fit.data)
         n = (nagq or {}).get(name, 1)
         for method in frequentist_methods(fit.formula, n):
-            out[(name, method)] = replace(frequentist.fit(frame, method, n if method == "agq" else None), name=name)
+            agq = n if method == "agq" else None
+            f = fit.store.get("lme4", lme4_inputs(fit, method, agq),  # kept beside a cached posterior
+                              lambda fit=fit, method=method, agq=agq: frequentist.fit(
+                                  model_frame(fit.formula, fit.data), method, agq))
+            out[(name, method)] = replace(f, name=name)
     return out
+
+
+def lme4_inputs(fit, method: str, nagq: int | None) -> tuple:
+    """What determines lme4's ``method`` fit of a Bayesian fit's model: its formula, family and data
+    (the key of the result kept in :attr:`fit.store <bayeslmm.engines.bayes.BayesFit.store>`)."""
+    return fit.formula.text, fit.formula.family, method, nagq, data_hash(fit.data)
 
 
 def frequentist_methods(formula, nagq: int = 1) -> tuple[str, ...]:
@@ -113,8 +123,10 @@ def profile_intervals(study, fits: dict, freq: dict, ci: float = 0.95) -> dict[s
     for spec in study.models:
         if not spec.formula.is_mixed or spec.formula.is_glmm:
             continue
-        fit = fits[spec.name]
-        prof = profile_ci(model_frame(fit.formula, fit.data), freq[(spec.name, lme4_method(spec))], ci)
+        fit, method = fits[spec.name], lme4_method(spec)
+        prof = fit.store.get("profile", (*lme4_inputs(fit, method, None), float(ci)),
+                             lambda fit=fit, f=freq[(spec.name, method)]: profile_ci(
+                                 model_frame(fit.formula, fit.data), f, ci))
         out[spec.name] = prof.assign(group=prof["group"].fillna(""))
     return out
 

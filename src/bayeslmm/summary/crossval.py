@@ -577,7 +577,8 @@ class CrossValidation:
         from bayeslmm.summary.compare import loo
 
         if fit.key not in self._loo:
-            result, info = reloo(fit, loo(fit), self.refitter(fit), max_refits=self.max_refits, echo=self.echo)
+            psis = fit.store.get("loo", (fit.key,), lambda: loo(fit))  # kept beside a cached posterior
+            result, info = reloo(fit, psis, self.refitter(fit), max_refits=self.max_refits, echo=self.echo)
             if info.refitted:
                 left = (f"; {len(info.left)} left at PSIS's estimate (--max-refits {self.max_refits})"
                         if info.left else "")

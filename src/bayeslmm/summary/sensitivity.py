@@ -73,8 +73,8 @@ def summed_log_likelihood(fit) -> np.ndarray:
 def power_scaling(fit) -> pd.DataFrame:
     """Prior and likelihood power-scaling sensitivity of every fixed effect, sd and correlation of a fit.
 
-    Computed once per fit and kept. A fit whose log prior cannot be computed (Bambi's engine) gets
-    no rows: :func:`unavailable` says why.
+    Computed once per fit and kept (on disk too, where its posterior is cached: ``fit.store``). A
+    fit whose log prior cannot be computed (Bambi's engine) gets no rows: :func:`unavailable` says why.
 
     Returns
     -------
@@ -84,7 +84,8 @@ def power_scaling(fit) -> pd.DataFrame:
     """
     if unavailable(fit):
         return pd.DataFrame(columns=COLUMNS)
-    return memo(fit._summaries, ("power_scaling",), lambda: _power_scaling(fit))
+    return memo(fit._summaries, ("power_scaling",),
+                lambda: fit.store.get("psense", (fit.key,), lambda: _power_scaling(fit)))
 
 
 def unavailable(fit) -> str | None:
