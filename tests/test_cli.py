@@ -70,6 +70,15 @@ def test_second_run_reuses_the_cache(report_dir, study, tmp_path, capsys):
     assert main(["run", "models/dragons.toml", "--out", str(out), *STUDY_RUN_FLAGS, "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert err.count("reused cached posterior") == len(study.models)
+    # lme4's side, LOO, the sensitivities and the figures were kept too (bayeslmm.store): the same numbers, files
+    assert "figures: the " in err and "drawn by the last run" in err
+    for name in ("tidy.csv", "sidebyside.csv", "comparison.csv", "r2.csv"):
+        assert (out / name).read_bytes() == (report_dir / name).read_bytes(), name
+    shown = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
+    assert shown == sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert all((out / "figures" / f).read_bytes() == (report_dir / "figures" / f).read_bytes() for f in shown)
+    kinds = {p.name.split("-")[0] for p in (out / "fits" / "derived").glob("*.pkl")}
+    assert kinds == {"lme4", "profile", "loo", "psense", "figures"}
 
 
 def test_fit_command_prints_a_table(builtin, tmp_path, capsys):

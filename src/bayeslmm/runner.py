@@ -18,6 +18,7 @@ from bayeslmm.model.options import RunOptions, SamplerOptions, check_nagq
 from bayeslmm.model.priors import Priors
 from bayeslmm.model.study import ModelSpec, Study
 from bayeslmm.notices import collected
+from bayeslmm.store import Store
 
 
 def _stderr(msg: str) -> None:
@@ -155,7 +156,7 @@ def run_study(
                                        run.refit, echo)
             written = report.write(Fitted(study, df, fits), stage, ci=run.ci,
                                    source=str(data) if data else study.source, pb=run.pb, echo=echo,
-                                   crossval=crossval)
+                                   crossval=crossval, store=Store.beside(out_dir / "fits", stage / "fits", run.refit))
     seconds = time.perf_counter() - start
     report_notes = (*written.report_notes, *stray)
     for note in (*written.notes, *report_notes):

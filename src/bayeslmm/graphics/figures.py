@@ -24,11 +24,13 @@ from bayeslmm.engines.prior_density import sd_priors
 from bayeslmm.errors import DataError
 from bayeslmm.graphics import plots, plots_checks, plots_glmm, plots_pooling, plots_priors
 from bayeslmm.graphics.plots import levels_of
+from bayeslmm.graphics.render import Renderer
 from bayeslmm.intervals import percent
 from bayeslmm.labels import INTERCEPT
 from bayeslmm.model.formula import materialize
 from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.reporting.document import Image
+from bayeslmm.store import Store, data_hash
 from bayeslmm.summary import pooling, predict, residuals
 from bayeslmm.summary.prior_predictive import prior_predictive
 from bayeslmm.summary.sidebyside import with_lme4_intervals
@@ -136,7 +138,8 @@ def _lme4_rows(tidy: pd.DataFrame, side: pd.DataFrame | None) -> pd.DataFrame:
 
 def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
                  side: pd.DataFrame | None = None, skipped: list[str] | None = None,
-                 echo: Callable[[str], None] | None = None, parts: pd.DataFrame | None = None) -> list[Image]:
+                 echo: Callable[[str], None] | None = None, parts: pd.DataFrame | None = None,
+                 workers: int | None = None) -> list[Image]:
     """Draw every figure of the report into ``root/figures`` and return them in reading order.
 
     ``ci`` is the mass of every interval and band drawn (``tidy``'s intervals are drawn as they are:
@@ -146,8 +149,53 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     the response scale; a figure that does not apply to them is left out, and ``skipped`` (a list,
     when given) receives one line per figure left out saying why. ``echo`` (optional) is told
     each figure's name as it is drawn (the progress of a long report); ``parts``, the variance
-    partition table, adds lme4's shares to the variance-partition figure.
+    partition table, adds lme4's shares to the variance-partition figure. ``workers`` save the PNG
+    files while the next figure is drawn (:class:`~bayeslmm.graphics.render.Renderer`; one per core
+    by default).
     """
+    with Renderer(workers) as render:
+        return _draw(result, root, tidy, ci, side, skipped, echo, parts, render)
+
+
+def stored_figures(store: Store, inputs: tuple, root: Path, skipped: list[str], draw: Callable[[], list[Image]],
+                   echo: Callable[[str], None] | None = None) -> list[Image]:
+    """The figures ``draw()`` makes in ``root/figures``, or, where ``store`` kept the set drawn from the same
+    ``inputs`` (everything the figures are drawn from), those files and captions again.
+
+    ``skipped`` receives the reasons for figures left out, as :func:`make_figures` gives them.
+    """
+    drawn = []
+
+    def compute() -> tuple[list[Image], list[str], dict[str, bytes]]:
+        images = draw()
+        drawn.append(True)
+        return images, list(skipped), {im.path: (root / im.path).read_bytes() for im in images}
+
+    images, reasons, files = store.get("figures", inputs, compute)
+    if not drawn:
+        if echo is not None:
+            echo(f"  figures: the {len(images)} drawn by the last run from the same fits and settings")
+        (root / "figures").mkdir(parents=True, exist_ok=True)
+        for path, content in files.items():
+            (root / path).write_bytes(content)
+        skipped.extend(r for r in reasons if r not in skipped)
+    return images
+
+
+def figure_inputs(result, ci: float, builtin: bool) -> tuple:
+    """What a report's figures are drawn from: the study, its data, every posterior (by content hash; lme4's
+    side follows from the formulas and data), the interval mass, whether the data is the built-in simulator's,
+    and matplotlib's version (:func:`stored_figures`' key, with bayeslmm's code)."""
+    import matplotlib
+
+    study = dataclasses.replace(result.study, path=None)  # where the study file lies draws nothing
+    return (repr(study), data_hash(result.data), tuple((n, f.key) for n, f in result.fits.items()),
+            float(ci), builtin, matplotlib.__version__)
+
+
+def _draw(result, root: Path, tidy: pd.DataFrame, ci: float, side: pd.DataFrame | None, skipped: list[str] | None,
+          echo: Callable[[str], None] | None, parts: pd.DataFrame | None,
+          render: Callable[[Figure, Path], None]) -> list[Image]:
     df, figures = result.data, []
     mass = percent(ci)
     for spec in result.study.models:  # the columns of R expressions (log(y), factor(x)) the figures name
@@ -157,8 +205,7 @@ def make_figures(result, root: Path, tidy: pd.DataFrame, ci: float = 0.95,
     def save(make: Callable[[], Figure], name: str, caption: str) -> None:
         if echo is not None:
             echo(f"  figure {len(figures) + 1}: {_safe(name)}")
-        fig = make()
-        fig.savefig(root / "figures" / f"{_safe(name)}.png")
+        render(make(), root / "figures" / f"{_safe(name)}.png")
         figures.append(Image(f"figures/{_safe(name)}.png", caption))
 
     def skip(reason: str) -> None:

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bayeslmm.graphics.figures import focus_term, make_figures
+from bayeslmm.graphics.figures import figure_inputs, focus_term, make_figures, stored_figures
 from bayeslmm.lme4.frequentist import METHOD_LABELS as _LME4_LABEL
 from bayeslmm.notices import collected
 from bayeslmm.numbers import format_interval, format_number
 from bayeslmm.reporting.conclusions import conclusions_section
 from bayeslmm.reporting.document import Block, Bullets, Code, Heading, Para, Table, to_html, to_markdown
 from bayeslmm.reporting.export import SUFFIX, compact_ratios, compact_side, render
+from bayeslmm.store import Store
 from bayeslmm.summary import analysis, residuals
 from bayeslmm.summary.compare import pareto_warnings
 from bayeslmm.summary.predict import scale_label
@@ -293,7 +294,7 @@ class Written:
 
 
 def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", profiles: dict | None = None,
-          pb: int = 0, echo=None, crossval=None) -> Written:
+          pb: int = 0, echo=None, crossval=None, store: Store | None = None) -> Written:
     """Write the report files into ``root``.
 
     Parameters
@@ -315,10 +316,13 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     crossval : CrossValidation, optional
         Exact refits where PSIS-LOO fails and leave-one-group-out for the comparisons
         (:class:`~bayeslmm.summary.crossval.CrossValidation`; its defaults, refits uncached, when ``None``).
+    store : Store, optional
+        Where the figures drawn from the same fits and settings are kept for a re-run (nowhere by default).
     """
     from bayeslmm.summary.crossval import CrossValidation
 
     crossval = crossval if crossval is not None else CrossValidation()
+    store = store if store is not None else Store()
     root.mkdir(parents=True, exist_ok=True)
     study, fits = result.study, result.fits
     freq, computed, report_notes = {}, {}, []
@@ -356,7 +360,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
         diags = {name: diagnostics(fit, fit.tidy(ci)) for name, fit in fits.items()}
         skipped: list[str] = []
         say("  figures ...")
-        figures = make_figures(result, root, tidy, ci, side, skipped=skipped, echo=echo, parts=parts)
+        figures = stored_figures(store, figure_inputs(result, ci, builtin), root, skipped, lambda: make_figures(
+            result, root, tidy, ci, side, skipped=skipped, echo=echo, parts=parts), say)
         checks = [f"{spec.name}: {note}" if len(study.models) > 1 else note for spec in study.models
                   for note in (*residuals.check_notes(fits[spec.name]),
                                *runaway_notes(side[side["model"] == spec.name], spec.formula))]
