@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 from matplotlib.text import Annotation
@@ -217,7 +217,13 @@ def test_residuals_qq_and_ppc_grids(fits, builtin):
     clipped = dataclasses.replace(fit, data=fit.data.assign(testScore=fit.data["testScore"].clip(30, 60)))
     assert plots_checks.piled_up(clipped.data["testScore"]) and not plots_checks.piled_up(fit.data["testScore"])
     (ax,) = _visible(plots_checks.ppc([clipped], n=20))
-    assert len(ax.patches) == 21 and len(ax.lines) == 2  # 21 histograms; the two bounds
+    # the observed histogram; the 20 replicates' outlines in one collection; the two bounds
+    assert len(ax.patches) == 1 and len(ax.lines) == 2
+    (reps,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(reps.get_segments()) == 20
+    heights = np.array([seg[1:-1:2, 1] for seg in reps.get_segments()])  # each outline's bar heights
+    width = np.diff(reps.get_segments()[0][::2, 0])
+    assert np.allclose(heights @ width, 1)  # densities: each replicate's histogram has area 1
     assert [ln.get_xdata()[0] for ln in ax.lines] == [30, 60]
     assert "% of replicated values outside the observed [30, 60]" in ax.texts[0].get_text()
 
@@ -263,6 +269,15 @@ def test_shrinkage_figure(fits):
     assert len(ax.get_yticklabels()) == RANGES and ax.get_ylabel() == "mountainRange"
     assert ax.get_xlabel().startswith("testScore at bodyLength2 = 0")
     assert len(_legend_texts(fig)) == 4 and "mountainRange" in ax.get_title()
+    # a top-level factor shrinks towards one value, the population intercept: one line, not a tick per level
+    population = plots_pooling.shrinkage_table(fits["mixed.lmer2"], "mountainRange")["population"].iloc[0]
+    solid = [ln for ln in ax.lines if ln.get_linestyle() == "-" and len(set(ln.get_xdata())) == 1]
+    assert [ln.get_xdata()[0] for ln in solid] == [pytest.approx(population)]
+    assert not [ln for ln in ax.lines if ln.get_marker() == "|"]
+    assert "population intercept" in _legend_texts(fig)[2]
+    sites = plots_pooling.shrinkage(fits["mixed.lmer2"], "sample").axes[0]  # nested: a tick at each site's range
+    (ticks,) = [ln for ln in sites.lines if ln.get_marker() == "|"]
+    assert len(ticks.get_xdata()) == SITES
     with pytest.raises(ValueError, match="no random term"):
         plots_pooling.shrinkage(fits["basic.lm"], "mountainRange")
 

@@ -296,7 +296,12 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     ax.axvline(t["complete_pooling"].iloc[0], color=COMPLETE, ls="--", lw=1.5, zorder=0)
     off = 0.16 if k <= 40 else 0.0
     ax.hlines(y - off, t["partial_low"], t["partial_high"], color=PARTIAL, lw=1.6, alpha=0.7)
-    ax.plot(t["target"], y, "|", color="black", ms=14, mew=2, zorder=2)
+    target = t["target"].to_numpy(dtype=float)
+    one_target = bool(np.allclose(target, target[0], rtol=1e-9, atol=0))  # a top-level factor: the population
+    if one_target:
+        ax.axvline(target[0], color="black", lw=1.5, zorder=1)
+    else:  # nested levels: each towards its parent's value
+        ax.plot(target, y, "|", color="black", ms=14, mew=2, zorder=2)
     ax.scatter(own[shown], y[shown] + off, s=size[shown], facecolor="white", edgecolor=NO_POOL, lw=1.6, zorder=3)
     ax.scatter(t["partial"], y - off, s=size, color=PARTIAL, edgecolor="white", lw=0.5, zorder=4)
     starts = own.copy()
@@ -330,13 +335,15 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     handles = [
         Line2D([], [], ls="", marker="o", mfc="white", mec=NO_POOL, mew=1.6, ms=8),
         Line2D([], [], color=PARTIAL, marker="o", lw=1.6, ms=8),
-        Line2D([], [], ls="", marker="|", color="black", ms=12, mew=2),
+        Line2D([], [], color="black", lw=1.5) if one_target else Line2D([], [], ls="", marker="|", color="black",
+                                                                        ms=12, mew=2),
         Line2D([], [], color=COMPLETE, ls="--", lw=1.5),
     ]
     how = "maximum-likelihood (GLM)" if fit.formula.is_glmm else "least-squares"
     labels = [f"no pooling: the level's own {how} intercept",
               f"partial pooling: posterior mean, {percent(ci)} interval",
-              "what the model shrinks the level towards",
+              "the model's population intercept (posterior mean): what every level shrinks towards" if one_target
+              else "what the model shrinks the level towards (its parent level's intercept)",
               f"complete pooling: one intercept for all ({'GLM' if fit.formula.is_glmm else 'least squares'})"]
     if lme4 is not None:
         handles.append(Line2D([], [], ls="", marker="x", color="black", ms=7, mew=1.3))
