@@ -342,8 +342,8 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     how = "maximum-likelihood (GLM)" if fit.formula.is_glmm else "least-squares"
     labels = [f"no pooling: the level's own {how} intercept",
               f"partial pooling: posterior mean, {percent(ci)} interval",
-              "the model's population intercept (posterior mean): what every level shrinks towards" if one_target
-              else "what the model shrinks the level towards (its parent level's intercept)",
+              "population intercept: what every level shrinks towards" if one_target
+              else "what the level shrinks towards (its parent's intercept)",
               f"complete pooling: one intercept for all ({'GLM' if fit.formula.is_glmm else 'least squares'})"]
     if lme4 is not None:
         handles.append(Line2D([], [], ls="", marker="x", color="black", ms=7, mew=1.3))
