@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--in-process", action="store_true", help="fit in this process, stages timed")
     ap.add_argument("--gradient", action="store_true", help="time one gradient only")
     ap.add_argument("--no-lme4", action="store_true", help="skip lme4's side")
-    ap.add_argument("--write-csv", metavar="FILE", help="write the simulated data to FILE (y to 6 significant digits) and stop")
+    ap.add_argument("--write-csv", metavar="FILE", help="write the simulated data (y to 6 digits) and stop")
     ap.add_argument("fit_args", nargs="*", help="passed on to bayeslmm fit (after --)")
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
