@@ -23,7 +23,7 @@ import pytest
 
 from bayeslmm.lme4 import frequentist
 from bayeslmm.lme4.lmer import LmerProblem
-from bayeslmm.lme4.profile import profile_ci
+from bayeslmm.lme4.profile import PROFILE_COLUMNS, PROFILE_MAX_CROSSED, profile_ci
 from bayeslmm.model.formula import model_frame, parse
 
 DATA = Path(__file__).parent / "data"
@@ -122,3 +122,12 @@ def test_profile_matches_lme4(frame, fits, reference):
         low, high = want[theirs]
         assert ci.at[ours, "conf_low"] == pytest.approx(low, rel=REL, abs=1e-12), ours
         assert ci.at[ours, "conf_high"] == pytest.approx(high, rel=REL), ours
+
+
+def test_profile_declines_beyond_the_crossed_limit(frame, fits):
+    """Beyond ``max_crossed`` no profile (it would take minutes): no rows, so the tables keep lme4's Wald
+    intervals of the fixed effects and none for the sds, and a warning says why."""
+    assert LmerProblem(frame, reml=False).crossed_q == 127 <= PROFILE_MAX_CROSSED
+    with pytest.warns(RuntimeWarning, match=r"127 random effects in a dense block \(more than 100\)"):
+        ci = profile_ci(frame, fits["reml"], max_crossed=100)
+    assert ci.empty and list(ci.columns) == list(PROFILE_COLUMNS)

@@ -422,6 +422,12 @@ class LmerProblem:
                 )
                 self.zw1, self.zwe = zw[:, : nl * k], zw[:, nl * k :]
 
+    @property
+    def crossed_q(self) -> int:
+        """Random effects in the dense Schur complement of the crossed terms (0 on the dense path and for
+        nested designs): what makes one evaluation of the criterion cost more than its rows."""
+        return 0 if self.dense else self.q - self.qe
+
     def _block_levels(self) -> tuple[int, int]:
         """How many leading terms the sparse path eliminates one by one, and their random effects.
 
