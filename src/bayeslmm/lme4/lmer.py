@@ -510,7 +510,6 @@ class LmerProblem:
             s = lamr.T @ (lamr.T @ self.zrtzr).T
         if isinstance(first, _BlockDiag):
             c = sparse.csr_matrix(first.B @ aer)
-            c.sort_indices()
             _downdate(aer.indptr, aer.indices, aer.data, c.indptr, c.indices, c.data, s)
         else:
             c = first.solve(aer.toarray())
