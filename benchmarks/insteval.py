@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/insteval.py --in-process    # in-process fit with the stages timed
     .venv/bin/python benchmarks/insteval.py --gradient      # one log-density gradient, timed
     .venv/bin/python benchmarks/insteval.py --data FILE     # lme4's own InstEval, exported by the user
+    .venv/bin/python benchmarks/insteval.py --scale 0.1 --write-csv FILE   # the simulated data only
 
 lme4's ``InstEval`` (GPL) is not shipped: :func:`simulate` draws a data set of the same shape.
 Its numbers come from lme4's data and its REML fit, measured here with lme4 1.1-31
@@ -277,6 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--in-process", action="store_true", help="fit in this process, stages timed")
     ap.add_argument("--gradient", action="store_true", help="time one gradient only")
     ap.add_argument("--no-lme4", action="store_true", help="skip lme4's side")
+    ap.add_argument("--write-csv", metavar="FILE", help="write the simulated data (y to 6 digits) and stop")
     ap.add_argument("fit_args", nargs="*", help="passed on to bayeslmm fit (after --)")
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
@@ -287,6 +289,9 @@ def main(argv=None) -> int:
         else:
             df = simulate(args.seed, args.scale)
         print(describe(df), flush=True)
+        if args.write_csv:
+            df.to_csv(args.write_csv, index=False, float_format="%.6g")
+            return 0
         if args.gradient:
             gradient_times(df)
             return 0

@@ -57,6 +57,17 @@ _XTOL = 1e-9
 _MAX_BRACKET = 40
 #: Deviance added per unit by which a term's correlations fall short of a valid correlation matrix.
 _INVALID_PENALTY = 1e4
+#: Absolute tolerance on the deviance of each profiled point (the nuisance optimiser's ``ftol`` times
+#: the deviance): a zeta near 1.96 then moves by 3e-9, its root by less than 1e-8 of the interval's width.
+#: A relative ``ftol`` of 1e-15 asked for less than the deviance's rounding noise at 7,000 rows (the
+#: optimiser ended on failed line searches): InstEval-shaped test, 3,248 evaluations -> 2,064, the
+#: same ends to 1e-9 relative.
+_DEV_TOL = 1e-8
+#: Largest dense Schur complement of crossed terms (:attr:`~bayeslmm.lme4.lmer.LmerProblem.crossed_q`)
+#: profiled by default. A profile takes about 2,500 evaluations of the criterion; on InstEval's design
+#: (1,142) one costs 0.045 s and the profile 174 s, at half its size (578) 0.012 s, a tenth (127) 0.002 s
+#: (2 cores, load 4). Beyond it lme4's users take ``confint(method = "Wald")``: so does :func:`profile_ci`.
+PROFILE_MAX_CROSSED = 600
 
 
 class _Profiler:
@@ -70,10 +81,13 @@ class _Profiler:
     reml : bool
         Profile the REML criterion instead of the ML deviance (variance parameters only). lme4
         does not (it refits by ML); kept so the test suite can show that R's numbers are not these.
+    problem : LmerProblem, optional
+        The frame's problem with criterion ``reml``, if already built.
     """
 
-    def __init__(self, frame: ModelFrame, theta_start: np.ndarray, reml: bool = False) -> None:
-        self.m = m = LmerProblem(frame, reml=reml)
+    def __init__(self, frame: ModelFrame, theta_start: np.ndarray, reml: bool = False,
+                 problem: LmerProblem | None = None) -> None:
+        self.m = m = problem if problem is not None else LmerProblem(frame, reml=reml)
         self.reml = reml
         self.blocks = []  # (theta offset, k, tri) per term
         off = 0
@@ -220,17 +234,18 @@ class _Profiler:
                 return lambda z: self.deviance_beta(z * self.tscale, j, x)
 
         visited: list[tuple[float, np.ndarray]] = [(x_hat, nuisance_hat)]
+        ftol = _DEV_TOL / max(abs(self.base), 1.0)  # L-BFGS-B's ftol is relative to the deviance
 
         def zeta(x: float) -> float:
             start = min(visited, key=lambda item: abs(item[0] - x))[1]
             f = objective(x)
             res = optimize.minimize(
                 f, start, method="L-BFGS-B", jac="2-point", bounds=bounds,
-                options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000},
+                options={"ftol": ftol, "gtol": 1e-9, "maxiter": 1000},
             )
             best, fval = res.x, float(res.fun)
-            if not np.isfinite(fval) or f(start) < fval:
-                best, fval = start, f(start)
+            if not np.isfinite(fval) or (f0 := f(start)) < fval:
+                best, fval = start, f0
             if fval < self.base - 1e-6:
                 warnings.warn(
                     f"profiling found a deviance {self.base - fval:.3g} below the optimum's: the fit had "
@@ -325,7 +340,8 @@ def _correlation_factor(cor: np.ndarray) -> tuple[np.ndarray, float]:
     return low, shortfall
 
 
-def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
+def profile_ci(frame: ModelFrame, fit, level: float = 0.95,
+               max_crossed: int | None = PROFILE_MAX_CROSSED) -> pd.DataFrame:
     """Profile-likelihood intervals of every parameter, as lme4's ``confint(fit, method = "profile")``.
 
     Parameters
@@ -337,12 +353,18 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
         is of the ML deviance about the ML estimates, as lme4 does (see the module docstring).
     level : float
         Confidence level.
+    max_crossed : int or None
+        Profile only designs whose crossed terms leave at most this many random effects in a dense
+        block (:data:`PROFILE_MAX_CROSSED`; ``None``: always). Beyond it the profile would take
+        minutes: no rows are returned, with a warning, and the tables keep lme4's Wald intervals of
+        the fixed effects and none for the sds, as R's ``confint(method = "Wald")``, labelled so.
 
     Returns
     -------
     DataFrame
-        Columns :data:`PROFILE_COLUMNS`, rows in lme4's order: each random term's sds (and its
-        correlation), group ``Residual`` term ``sd__Observation``, then the fixed effects.
+        Columns :data:`PROFILE_COLUMNS` (no rows beyond ``max_crossed``), rows in lme4's order: each
+        random term's sds (and its correlation), group ``Residual`` term ``sd__Observation``, then the
+        fixed effects.
         ``effect`` is ``ran_pars`` or ``fixed``; ``term`` is ``sd__<coef>``, ``cor__<a>.<b>``,
         ``sd__Observation`` or the fixed effect's name; ``lme4_name`` is lme4's ``.sig01``, ...,
         ``.sigma`` or the fixed effect's name. An sd whose profile stays below the cutoff on the
@@ -364,12 +386,21 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95) -> pd.DataFrame:
     nth = sum(b.values.shape[1] * (b.values.shape[1] + 1) // 2 for b in frame.blocks)
     if list(fit.fixef.index) != list(frame.x_names) or len(fit.theta) != nth:
         raise OptionsError(f"the fit ({fit.formula}) was not made from this frame ({frame.formula.text})")
+    m = LmerProblem(frame, reml=False)
+    if max_crossed is not None and m.crossed_q > max_crossed:
+        warnings.warn(
+            f"no profile intervals: the crossed terms leave {m.crossed_q:,} random effects in a dense block "
+            f"(more than {max_crossed:,}), where profiling takes minutes; lme4's intervals are Wald for the fixed "
+            "effects and none for the sds, as R's confint(method = 'Wald')",
+            RuntimeWarning, stacklevel=2,
+        )
+        return pd.DataFrame(columns=list(PROFILE_COLUMNS))
     with blas_threads(frame):
-        return _profile_ci(frame, fit, level)
+        return _profile_ci(frame, fit, level, m)
 
 
-def _profile_ci(frame: ModelFrame, fit, level: float) -> pd.DataFrame:
-    prof = _Profiler(frame, fit.theta.to_numpy())
+def _profile_ci(frame: ModelFrame, fit, level: float, m: LmerProblem) -> pd.DataFrame:
+    prof = _Profiler(frame, fit.theta.to_numpy(), problem=m)
     z = float(stats.norm.ppf((1 + level) / 2))
     steps = prof.wald_steps(z)
     rows = []

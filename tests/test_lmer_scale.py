@@ -1,0 +1,133 @@
+"""lme4's side on InstEval's crossed design, ``y ~ service + (1|s) + (1|d) + (1|dept)``, at a tenth of its size.
+
+Data: tests/data/insteval_small.csv, ``benchmarks/insteval.py --scale 0.1 --seed 1 --write-csv`` (297
+students x 113 lecturers x 14 departments, 7,295 rows, InstEval's crossing pattern). Reference:
+tests/data/insteval_lme4.json, written by tests/data/r/insteval.R (R 4.2.2, lme4 1.1-31; provenance in its
+``info``). The design takes the blockwise path with a dense Schur complement of the crossed terms (127
+rows), the path InstEval itself takes with 1,142.
+
+Tolerances: 1e-4 relative for estimates, SEs, theta and the log-likelihood (as tests/test_frequentist.py);
+the criterion at lme4's own theta to 1e-9 (no optimiser between the two: one evaluation of the same
+formula); profile ends to 1e-4 (lme4 reads them off a spline: the largest difference, 6.1e-5, is the lower
+end of sd(d); tests/test_profile.py says why the spline is the one off).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslmm.lme4 import frequentist
+from bayeslmm.lme4.lmer import LmerProblem
+from bayeslmm.lme4.profile import PROFILE_COLUMNS, PROFILE_MAX_CROSSED, profile_ci
+from bayeslmm.model.formula import model_frame, parse
+
+DATA = Path(__file__).parent / "data"
+FORMULA = "y ~ service + (1|s) + (1|d) + (1|dept)"
+REL = 1e-4
+GROUPS = ("s", "d", "dept")
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads((DATA / "insteval_lme4.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return pd.read_csv(DATA / "insteval_small.csv", dtype={"service": str, "s": str, "d": str, "dept": str})
+
+
+@pytest.fixture(scope="module")
+def frame(data):
+    return model_frame(parse(FORMULA), data)
+
+
+@pytest.fixture(scope="module")
+def fits(frame) -> dict:
+    return {method: frequentist.fit_lmm(frame, method) for method in ("reml", "ml")}
+
+
+def test_takes_the_crossed_blockwise_path(frame, reference):
+    m = LmerProblem(frame, reml=True)
+    assert [len(b.levels) for b in m.blocks] == [reference["info"]["ngroups"][g] for g in GROUPS]
+    assert not m.dense and m.block_levels == 1  # students' blocks, then the crossed rest dense
+    assert m.q - m.qe == 113 + 14 and m.rest_diagonal
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_matches_lme4(fits, reference, method):
+    f, r = fits[method], reference[method]
+    assert f.converged and not f.singular and not r["singular"]
+    assert f.loglik == pytest.approx(r["logLik"], rel=REL)
+    for name in r["fixef"]:
+        assert f.fixef[name] == pytest.approx(r["fixef"][name], rel=REL), name
+        assert f.se[name] == pytest.approx(r["se"][name], rel=REL), name
+    assert f.theta.to_numpy() == pytest.approx(list(r["theta"].values()), rel=REL)
+    sd = dict(zip(f.varcorr["group"], f.varcorr["sd"], strict=True))
+    for group, want in r["sdcor"].items():
+        assert sd[group] == pytest.approx(want, rel=REL), group
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_criterion_at_lme4s_theta(frame, reference, method):
+    r = reference[method]
+    m = LmerProblem(frame, reml=method == "reml")
+    assert m.objective(np.array(list(r["theta"].values()))) == pytest.approx(r["criterion"], rel=1e-9)
+
+
+@pytest.mark.parametrize("formula", [FORMULA, "y ~ service + (1|s) + (service|d)"])
+def test_blockwise_equals_dense(data, formula):
+    """The blockwise factor (students' blocks, the crossed rest's downdated Schur complement, diagonal
+    Lambda or a slope's 2 x 2 blocks) gives the dense path's criterion and solution."""
+    frame = model_frame(parse(formula), data)
+    sparse_m, dense_m = LmerProblem(frame, reml=True, dense=False), LmerProblem(frame, reml=True, dense=True)
+    assert sparse_m.rest_diagonal == (formula == FORMULA)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        theta = np.where(sparse_m.diag_theta, rng.uniform(0.05, 2.0, sparse_m.diag_theta.size),
+                         rng.uniform(-0.5, 0.5, sparse_m.diag_theta.size))
+        a, b = sparse_m.solve(theta), dense_m.solve(theta)
+        assert sparse_m.criterion(a) == pytest.approx(dense_m.criterion(b), rel=1e-10)
+        assert a.beta == pytest.approx(b.beta, rel=1e-8)
+        assert a.u == pytest.approx(b.u, rel=1e-6, abs=1e-9)
+
+
+def test_summary_is_remembered(frame):
+    """lmerTest's derivatives revisit thetas: the criterion's pieces are computed once per theta."""
+    m = LmerProblem(frame, reml=True)
+    calls = []
+    solve = m.solve
+    m.solve = lambda theta: calls.append(1) or solve(theta)
+    theta = np.array([0.25, 0.43, 0.1])
+    first = m.devfun_vp(np.append(theta, 1.2))
+    assert m.devfun_vp(np.append(theta, 1.3)) != first
+    m.covbeta(np.append(theta, 1.1))
+    assert len(calls) == 1
+    m.devfun_vp(np.append(theta * 1.01, 1.2))
+    assert len(calls) == 2
+
+
+def test_profile_matches_lme4(frame, fits, reference):
+    ci = profile_ci(frame, fits["reml"]).set_index("lme4_name")
+    want = reference["profile_ci95"]
+    names = {".sig01": "sd_(Intercept)|s", ".sig02": "sd_(Intercept)|d", ".sig03": "sd_(Intercept)|dept",
+             ".sigma": "sigma", "(Intercept)": "(Intercept)", "service1": "service1"}
+    assert list(ci.index) == list(names)
+    for ours, theirs in names.items():
+        low, high = want[theirs]
+        assert ci.at[ours, "conf_low"] == pytest.approx(low, rel=REL, abs=1e-12), ours
+        assert ci.at[ours, "conf_high"] == pytest.approx(high, rel=REL), ours
+
+
+def test_profile_declines_beyond_the_crossed_limit(frame, fits):
+    """Beyond ``max_crossed`` no profile (it would take minutes): no rows, so the tables keep lme4's Wald
+    intervals of the fixed effects and none for the sds, and a warning says why."""
+    assert LmerProblem(frame, reml=False).crossed_q == 127 <= PROFILE_MAX_CROSSED
+    with pytest.warns(RuntimeWarning, match=r"127 random effects in a dense block \(more than 100\)"):
+        ci = profile_ci(frame, fits["reml"], max_crossed=100)
+    assert ci.empty and list(ci.columns) == list(PROFILE_COLUMNS)
