@@ -131,3 +131,25 @@ def test_profile_declines_beyond_the_crossed_limit(frame, fits):
     with pytest.warns(RuntimeWarning, match=r"127 random effects in a dense block \(more than 100\)"):
         ci = profile_ci(frame, fits["reml"], max_crossed=100)
     assert ci.empty and list(ci.columns) == list(PROFILE_COLUMNS)
+
+
+def test_a_report_beyond_the_profile_limit_shows_wald_and_says_why(tmp_path, monkeypatch):
+    """The whole `fit --out` path with the limit lowered below this design's 127: the tables carry lme4's
+    Wald intervals of the fixed effects labelled Wald, none for the sds, and the report says why."""
+    import functools
+
+    from bayeslmm.lme4 import profile
+    from bayeslmm.model.options import RunOptions, SamplerOptions
+    from bayeslmm.runner import fit_formula
+
+    monkeypatch.setattr(profile, "profile_ci", functools.partial(profile.profile_ci, max_crossed=100))
+    out = tmp_path / "report"
+    result = fit_formula(DATA / "insteval_small.csv", FORMULA, out=out, echo=lambda _: None,
+                         options=SamplerOptions(draws=100, tune=150, chains=2), run=RunOptions(progress=False))
+    side = pd.read_csv(out / "sidebyside.csv")
+    fixed, sds = side[side["effect"] == "fixed"], side[side["effect"] == "ran_pars"]
+    assert (fixed["lme4_ci"] == "Wald").all() and fixed["lme4_conf_low"].notna().all()
+    assert sds["lme4_conf_low"].isna().all() and sds["lme4_ci"].isna().all()
+    assert any("no profile intervals" in n and "127 random effects" in n for n in result.report_notes)
+    md = (out / "report.md").read_text()
+    assert "model: Wald, none for the sds (its crossed design is too large to profile" in md

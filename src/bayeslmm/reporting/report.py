@@ -413,7 +413,9 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
                  "random terms), negative binomial ones glmer.nb's (glm.nb), with Wald intervals (R's "
                  "confint(method = 'Wald'): none for an sd, nor for the negative binomial's theta, Bambi's alpha)"
                  + "".join(f"; {spec.name}: glmer's adaptive Gauss-Hermite fit, nAGQ = {spec.nagq}"
-                           for spec in study.models if analysis.lme4_method(spec) == "agq"),
+                           for spec in study.models if analysis.lme4_method(spec) == "agq")
+                 + "".join(f"; {name}: Wald, none for the sds (its crossed design is too large to profile in "
+                           "seconds: see the warnings)" for name, prof in profiles.items() if prof.empty),
                  *(["binomial and count models: every estimate, sd and interval in the tables and tidy.csv is on "
                     "the link scale (log-odds, log of the mean), as lme4 and broom.mixed give them; ratios.csv and "
                     "each model's second table give exp of the fixed effects (odds ratios, rate ratios) and "
