@@ -988,8 +988,9 @@ def _block_type(stats: ml.Stats, block: CorBlock) -> int:
     return int(np.flatnonzero(stats.tcor == block.cor.start)[0])
 
 
-def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice) -> np.ndarray:
-    """Log-likelihood (draws, rows) of ``rows``: one kernel for the fit and the recomputation."""
+def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice | np.ndarray) -> np.ndarray:
+    """Log-likelihood (draws, rows) of ``rows`` (a slice or row numbers): one kernel for the fit and the
+    recomputation."""
     y = (sp.y - sp.offset - sp.shift)[rows]
     return ml.pointwise_loglik(y, sp.X[rows], beta, stats.cols[rows], stats.vals[rows], u, sigma)
 
@@ -1016,7 +1017,7 @@ def effects_from_posterior(random: tuple[_Random, ...], columns: tuple[np.ndarra
     return u
 
 
-def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None),
+def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice | np.ndarray = slice(None),
                    priors: Priors | None = None) -> xr.DataArray:
     """The pointwise log-likelihood of ``rows`` of the data, recomputed from a saved posterior.
 
@@ -1032,14 +1033,19 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
         The model frame of the same formula on the same data.
     tree : xarray.DataTree
         What :func:`sample` returned (or its saved copy).
-    rows : slice
-        Which rows (a contiguous range; all by default).
+    rows : slice or ndarray of int
+        Which rows (all by default).
 
     Returns
     -------
     xarray.DataArray
         Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of the data.
     """
+    return next(log_likelihood_blocks(model, frame, tree, [rows], priors))
+
+
+def log_likelihood_blocks(model, frame: ModelFrame, tree: xr.DataTree, blocks, priors: Priors | None = None):
+    """:func:`log_likelihood` of each of ``blocks`` of rows in turn, the posterior and the data read once."""
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     post = tree["posterior"]
@@ -1050,8 +1056,9 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
     u = effects_from_posterior(sp.random, stats.columns, stats.q, post)
     if beta.shape[1] != sp.X.shape[1]:
         raise ValueError("the saved posterior does not match the model: refit it")
-    index = np.arange(sp.y.size)[rows]
-    ll = _pointwise(sp, stats, beta, u, sigma, rows)
-    return xr.DataArray(ll.reshape(chains, draws, index.size), dims=("chain", "draw", "__obs__"),
-                        coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
-                        name=sp.response)
+    for rows in blocks:
+        index = np.arange(sp.y.size)[rows]
+        ll = _pointwise(sp, stats, beta, u, sigma, rows)
+        yield xr.DataArray(ll.reshape(chains, draws, index.size), dims=("chain", "draw", "__obs__"),
+                           coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
+                           name=sp.response)

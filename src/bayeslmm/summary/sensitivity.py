@@ -58,15 +58,15 @@ def draws_by_row(fit) -> dict[tuple[str, str, str], np.ndarray]:
 
 def summed_log_likelihood(fit) -> np.ndarray:
     """Each draw's log-likelihood of all rows (chain, draw), summed a block of rows at a time."""
-    from bayeslmm.engines.bayes import log_likelihood
+    from bayeslmm.engines.bayes import log_likelihood_blocks
 
     post = fit.idata["posterior"]
     S = post.sizes["chain"] * post.sizes["draw"]
     n = len(fit.data)
     step = max(1, _CHUNK_CELLS // max(S, 1))
     total = np.zeros((post.sizes["chain"], post.sizes["draw"]))
-    for start in range(0, n, step):
-        total += log_likelihood(fit, slice(start, min(n, start + step))).sum("__obs__").values
+    for block in log_likelihood_blocks(fit, (slice(start, min(n, start + step)) for start in range(0, n, step))):
+        total += block.sum("__obs__").values
     return total
 
 
