@@ -16,11 +16,14 @@ def _cases():
         ar[:, t] = 0.9 * ar[:, t - 1] + rng.normal(size=(4, 3))
     ar[0] += 1.5
     ties = rng.integers(0, 4, size=(2, 301, 2)).astype(float)  # discrete draws: ties in the ranks
+    anti = np.zeros((4, 11, 40))  # short antithetic chains: Geyer's pairs stop early, late or at the last lag
+    for t in range(1, 11):
+        anti[:, t] = np.linspace(-0.9, 0.9, 40) * anti[:, t - 1] + rng.normal(size=(4, 40))
     return {"iid": rng.normal(size=(4, 1000, 5)), "autocorrelated": ar, "ties": ties,
-            "odd": rng.gamma(2.0, size=(3, 7)), "constant": np.ones((2, 50, 1))}
+            "odd": rng.gamma(2.0, size=(3, 7)), "constant": np.ones((2, 50, 1)), "antithetic": anti}
 
 
-@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant"])
+@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant", "antithetic"])
 def test_rhat_and_ess_are_arviz_stats(name):
     import arviz as az
 
