@@ -148,3 +148,16 @@ def test_the_comparison_states_a_subsampled_loo(study_run, monkeypatch):
     assert "**LOO from a subsample.** The elpd is estimated from 200 rows drawn at random (seed 0)" in text
     assert "loo_subsample" in text and "elpd_subsampling_se" in text
     assert "LOO from a subsample" not in (study_run.out / "report.md").read_text()  # 480 rows: every row
+
+
+@pytest.mark.parametrize("model", ["mixed.lmer2", "mixed.WRONG", "slopes.lmer", "basic.lm"])
+def test_summed_log_likelihood_is_the_sum_of_the_pointwise_one(fits, model):
+    """Power-scaling's log-likelihood per draw: from the data's cross-products (marginal engine), the
+    same numbers as summing the pointwise log-likelihood over the rows."""
+    from bayeslmm.engines import bayes
+
+    fit = fits[model]
+    by_rows = bayes.log_likelihood(fit).sum("__obs__").values
+    summed = bayes.summed_log_likelihood(fit)
+    assert summed.shape == by_rows.shape
+    np.testing.assert_allclose(summed, by_rows, rtol=1e-10)

@@ -586,6 +586,26 @@ def log_likelihood_blocks(fit: BayesFit, blocks):
         yield ll.assign_coords(__obs__=np.arange(n)[rows])
 
 
+def summed_log_likelihood(fit: BayesFit, block_cells: int = 2**24) -> np.ndarray:
+    """Each draw's log-likelihood of all rows, shape ``(chain, draw)`` (what power-scaling scales).
+
+    The marginal engine's from the data's cross-products (:func:`bayeslmm.engines.marginal.summed_log_likelihood`);
+    other engines' a block of rows at a time, at most ``block_cells`` draws x rows at once.
+    """
+    from bayeslmm.model.formula import model_frame
+
+    if fit.engine in ("marginal", "pymc"):
+        from bayeslmm.engines import marginal
+
+        return marginal.summed_log_likelihood(prior_model_of(fit), model_frame(fit.formula, fit.data), fit.idata)
+    post = fit.idata["posterior"]
+    n, step = len(fit.data), max(1, block_cells // max(post.sizes["chain"] * post.sizes["draw"], 1))
+    total = np.zeros((post.sizes["chain"], post.sizes["draw"]))
+    for block in log_likelihood_blocks(fit, (slice(start, min(n, start + step)) for start in range(0, n, step))):
+        total += block.sum("__obs__").values
+    return total
+
+
 def prior_model_of(fit: BayesFit) -> PriorModel:
     """The terms and priors a fit's engine sampled: ``fit.model``, or rebuilt from its formula, data and
     the user's priors."""

@@ -1044,18 +1044,51 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice | np
     return next(log_likelihood_blocks(model, frame, tree, [rows], priors))
 
 
-def log_likelihood_blocks(model, frame: ModelFrame, tree: xr.DataTree, blocks, priors: Priors | None = None):
-    """:func:`log_likelihood` of each of ``blocks`` of rows in turn, the posterior and the data read once."""
+def _saved_draws(model, frame: ModelFrame, tree: xr.DataTree, priors: Priors | None):
+    """The spec, the data's statistics and a saved posterior's draws ``beta (S, p)``, ``sigma (S,)``, ``u (S, q)``."""
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     post = tree["posterior"]
-    chains, draws = post.sizes["chain"], post.sizes["draw"]
-    S = chains * draws
+    S = post.sizes["chain"] * post.sizes["draw"]
     beta = np.ascontiguousarray(tree[ENGINE_GROUP]["beta"].values.reshape(S, -1), dtype=float)
     sigma = np.ascontiguousarray(post[RESIDUAL_VARIABLE].values.reshape(S), dtype=float)
     u = effects_from_posterior(sp.random, stats.columns, stats.q, post)
     if beta.shape[1] != sp.X.shape[1]:
         raise ValueError("the saved posterior does not match the model: refit it")
+    return sp, stats, beta, sigma, u
+
+
+def summed_log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, priors: Priors | None = None,
+                          block: int = 256) -> np.ndarray:
+    """Each draw's log-likelihood of all the rows, shape ``(chain, draw)``: :func:`log_likelihood` summed over rows.
+
+    From the data's cross-products instead of a draws x rows pass: with ``r`` the response less the
+    offsets and the engine's shift and ``W = [X Z]``, a draw's residual sum of squares is
+    ``r'r - 2 theta'W'r + theta'W'W theta`` for its ``theta = (beta, u)``, so the cost grows with the
+    random effects, not the rows (480,000 rows: 35 s before). ``block`` draws are taken at a time.
+    """
+    import scipy.sparse as sparse
+
+    _, stats, beta, sigma, u = _saved_draws(model, frame, tree, priors)
+    n, K = stats.cols.shape
+    Z = sparse.csr_matrix((stats.vals.ravel(), (np.repeat(np.arange(n), K), stats.cols.ravel())), shape=(n, stats.q))
+    ZtZ = (Z.T @ Z).tocsr()
+    rss = np.empty(beta.shape[0])
+    for a in range(0, beta.shape[0], block):
+        b, v = beta[a:a + block], u[a:a + block]
+        rss[a:a + block] = (stats.yy - 2 * (b @ stats.Xty + v @ stats.Zty) + np.einsum("sp,sp->s", b @ stats.XtX, b)
+                            + 2 * np.einsum("sq,sq->s", b @ stats.ZtX.T, v)
+                            + np.einsum("qs,sq->s", ZtZ @ v.T, v))  # fmt: skip
+    post = tree["posterior"]
+    ll = -n * (np.log(sigma) + 0.5 * np.log(2 * np.pi)) - 0.5 * rss / sigma**2
+    return ll.reshape(post.sizes["chain"], post.sizes["draw"])
+
+
+def log_likelihood_blocks(model, frame: ModelFrame, tree: xr.DataTree, blocks, priors: Priors | None = None):
+    """:func:`log_likelihood` of each of ``blocks`` of rows in turn, the posterior and the data read once."""
+    sp, stats, beta, sigma, u = _saved_draws(model, frame, tree, priors)
+    post = tree["posterior"]
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
     for rows in blocks:
         index = np.arange(sp.y.size)[rows]
         ll = _pointwise(sp, stats, beta, u, sigma, rows)
