@@ -161,3 +161,30 @@ def test_summed_log_likelihood_is_the_sum_of_the_pointwise_one(fits, model):
     summed = bayes.summed_log_likelihood(fit)
     assert summed.shape == by_rows.shape
     np.testing.assert_allclose(summed, by_rows, rtol=1e-10)
+
+
+def _scatter_points(ax) -> int:
+    from matplotlib.collections import PathCollection
+
+    return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+
+
+def test_point_clouds_draw_a_sample_of_rows_when_rows_are_many(fits, builtin, monkeypatch):
+    from bayeslmm.summary import predict
+
+    mask, note = plots.point_rows(480, max_points=100)
+    assert mask.sum() == 100 and note == "100 of 480 rows drawn at random (seed 0)"
+    np.testing.assert_array_equal(mask, plots.point_rows(480, max_points=100)[0])  # seeded
+    assert plots.point_rows(480)[0].all() and plots.point_rows(480)[1] == ""  # the dragons: every row
+    monkeypatch.setattr(plots, "MAX_POINTS", 100)
+    (ax,) = plots.pooled_regression(builtin, "bodyLength2", "testScore").axes
+    assert _scatter_points(ax) == 100
+    assert "observations (100 of 480 rows drawn at random (seed 0))" in ax.get_legend_handles_labels()[1]
+    fit = fits["mixed.lmer2"]
+    (ax,) = plots_checks.residuals_vs_fitted([fit]).axes
+    assert _scatter_points(ax) == 100
+    (ax,) = plots_checks.qq_residuals([fit]).axes
+    res = np.sort(predict.residuals(fit))
+    ys = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
+    assert ys.size == 100 and ys.min() == res[0] and ys.max() == res[-1]  # both extremes kept
+    assert any("100 of 480 sorted residuals" in t.get_text() for t in ax.texts)

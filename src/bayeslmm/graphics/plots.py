@@ -136,6 +136,31 @@ def sample_note(n: int, ends: tuple[str, str], max_levels: int | None = None, se
             f"drawn at random (seed {seed})")
 
 
+#: Most observations a scatter of the data draws; above it, a seeded random sample of rows (:func:`point_rows`).
+MAX_POINTS = 20_000
+
+
+def point_rows(n: int, max_points: int | None = None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray, str]:
+    """Which of ``n`` rows a scatter draws: a boolean mask, all of them up to ``max_points``
+    (:data:`MAX_POINTS` by default), else that many drawn at random (seeded); and ``""`` or what to say
+    ("20,000 of 480,000 rows drawn at random (seed 0)"). Lines and smooths drawn over the points are
+    computed from every row; the points only show the cloud, which a sample shows as well."""
+    max_points = MAX_POINTS if max_points is None else max_points
+    mask = np.ones(n, dtype=bool)
+    if n <= max_points:
+        return mask, ""
+    mask[:] = False
+    mask[np.random.default_rng(seed).choice(n, size=max_points, replace=False)] = True
+    return mask, f"{max_points:,} of {n:,} rows drawn at random (seed {seed})"
+
+
+def spaced_rows(n: int, max_points: int | None = None) -> np.ndarray:
+    """Positions 0 ... n - 1, or :data:`MAX_POINTS` of them evenly spaced, first and last kept (sorted values
+    thinned for a QQ plot)."""
+    max_points = MAX_POINTS if max_points is None else max_points
+    return np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+
+
 def panel_grid(n: int, ncol: int, panel: tuple[float, float], *, sharex: bool = False, sharey: bool = False,
                extra_width: float = 0.6, extra_height: float = 0.9) -> tuple[Figure, list]:
     """A figure with ``n`` panels in rows of ``ncol``; unused cells are hidden."""
@@ -246,7 +271,9 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
     fig = new_figure(8.5, 5.5)
     ax = fig.subplots()
     y, binary = jitter_binary(df[response].to_numpy(dtype=float), family)
-    ax.scatter(df[x], y, s=14, alpha=0.3 if binary else 0.45, color=NEUTRAL, edgecolor="none", label="observations")
+    drawn, note = point_rows(len(df))
+    ax.scatter(df[x].to_numpy()[drawn], y[drawn], s=14, alpha=0.3 if binary else 0.45, color=NEUTRAL,
+               edgecolor="none", label="observations" + (f" ({note})" if note else ""))
     if binary:  # the share of 1s in ten bins of x: what the curve should follow
         xs, ys = df[x].to_numpy(dtype=float), df[response].to_numpy(dtype=float)
         edges = np.unique(np.quantile(xs, np.linspace(0, 1, 11)))
@@ -306,6 +333,8 @@ def group_scatter(df: pd.DataFrame, x: str, response: str, group: str) -> Figure
     """Response against a predictor, points coloured by the level of a grouping factor."""
     levels = levels_of(df, group)
     cols = level_colours(levels)
+    drawn, note = point_rows(len(df))
+    df = df[drawn]
     fig = new_figure(10, 6)
     ax = fig.subplots()
     markers = "osD^vphX"
@@ -313,7 +342,8 @@ def group_scatter(df: pd.DataFrame, x: str, response: str, group: str) -> Figure
         sub = df[df[group].astype(str) == lv]
         ax.scatter(sub[x], sub[response], s=26, alpha=0.8, color=cols[lv], marker=markers[i % len(markers)],
                    edgecolor="#333333", linewidths=0.3, label=lv)
-    ax.set(title=f"{response} against {x}, coloured by {group}", xlabel=x, ylabel=response)
+    ax.set(title=f"{response} against {x}, coloured by {group}" + (f"\n({note})" if note else ""), xlabel=x,
+           ylabel=response)
     ax.legend(title=group, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=1.6, alignment="left")
     return fig
 
@@ -322,10 +352,13 @@ def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
     """One panel per group level, each with its own least-squares line (no pooling)."""
     levels = levels_of(df, group)
     fig, axes = panel_grid(len(levels), 4, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.2)
+    drawn, note = point_rows(len(df))
+    labels = df[group].astype(str).to_numpy()
     for i, (ax, lv) in enumerate(zip(axes, levels, strict=True)):
-        sub = df[df[group].astype(str) == lv]
+        sub = df[labels == lv]
         xs, ys = sub[x].to_numpy(dtype=float), sub[response].to_numpy(dtype=float)
-        ax.scatter(xs, ys, s=12, alpha=0.6, color=colour(i), edgecolor="none")
+        pts = drawn[labels == lv]
+        ax.scatter(xs[pts], ys[pts], s=12, alpha=0.6, color=colour(i), edgecolor="none")
         if len(sub) > 2 and np.ptp(xs) > 0:
             b1, b0 = np.polyfit(xs, ys, 1)
             g = np.linspace(xs.min(), xs.max(), 20)
@@ -334,7 +367,8 @@ def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
                     bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
         ax.set_title(f"{lv} (n = {len(sub)})", fontsize=11)
     label_outer(axes, 4, x, response)
-    fig.suptitle(f"{response} against {x}: a separate regression in each {group} (no pooling)")
+    fig.suptitle(f"{response} against {x}: a separate regression in each {group} (no pooling)"
+                 + (f"\n(points: {note}; lines from every row)" if note else ""))
     return fig
 
 

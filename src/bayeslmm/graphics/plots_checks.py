@@ -27,6 +27,8 @@ from bayeslmm.graphics.plots import (
     levels_of,
     new_figure,
     panel_grid,
+    point_rows,
+    spaced_rows,
 )
 from bayeslmm.intervals import eti, percent
 from bayeslmm.summary import predict
@@ -118,11 +120,14 @@ def residuals_vs_fitted(fits, colour_by: str | None = None, data: pd.DataFrame |
     for ax, fit in zip(axes, fits, strict=True):
         fv = predict.fitted(fit)
         res = predict.response(fit) - fv
+        drawn, note = point_rows(res.size)
         if colour_by is not None:
-            lab = _labels(fit, colour_by, data)
-            ax.scatter(fv, res, s=9, alpha=0.6, c=[cols[v] for v in lab], edgecolor="none")
+            lab = _labels(fit, colour_by, data)[drawn]
+            ax.scatter(fv[drawn], res[drawn], s=9, alpha=0.6, c=[cols[v] for v in lab], edgecolor="none")
         else:
-            ax.scatter(fv, res, s=9, alpha=0.5, color=NEUTRAL, edgecolor="none")
+            ax.scatter(fv[drawn], res[drawn], s=9, alpha=0.5, color=NEUTRAL, edgecolor="none")
+        if note:
+            ax.text(0.02, 0.02, f"points: {note}", transform=ax.transAxes, fontsize=8, color=NEUTRAL)
         ax.axhline(0, color=NEUTRAL, lw=1.2, ls="--")
         some = _smoothed_rows(res.size)
         smooth = lowess(res[some], fv[some], frac=0.6, return_sorted=True)
@@ -150,8 +155,12 @@ def qq_residuals(fits, ncol: int = 3) -> Figure:
     for ax, fit in zip(axes, fits, strict=True):
         res = np.sort(predict.residuals(fit))
         n = res.size
-        theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)  # R's ppoints for n > 10
-        ax.scatter(theo, res, s=9, alpha=0.6, color=BAYES, edgecolor="none")
+        at = spaced_rows(n)  # every one, or evenly spaced
+        theo = stats.norm.ppf((at + 0.5) / n)  # R's ppoints for n > 10
+        ax.scatter(theo, res[at], s=9, alpha=0.6, color=BAYES, edgecolor="none")
+        if at.size < n:
+            ax.text(0.98, 0.02, f"{at.size:,} of {n:,} sorted residuals, evenly spaced (both extremes kept)",
+                    transform=ax.transAxes, ha="right", fontsize=8, color=NEUTRAL)
         q1, q3 = np.quantile(res, [0.25, 0.75])
         t1, t3 = stats.norm.ppf([0.25, 0.75])
         slope = (q3 - q1) / (t3 - t1)
@@ -290,8 +299,9 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
     lo, hi = eti(eta, ci)
     xs = new[x].to_numpy(dtype=float)
     fig, axes = panel_grid(len(facets), ncol, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.4)
+    drawn, note = point_rows(len(data))
     for ax, lv in zip(axes, facets, strict=True):
-        sub = (data[facet].astype(str) == lv).to_numpy()
+        sub = (data[facet].astype(str) == lv).to_numpy() & drawn
         for c in colours or [None]:
             pts = sub if c is None else sub & (data[colour_by].astype(str) == c).to_numpy()
             col = cols.get(c, BAYES)
@@ -308,7 +318,8 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
         fig.legend(handles, colours, title=colour_by, loc="outside lower center", ncols=min(len(colours), 8),
                    fontsize=10)
     what = f"each {colour_by} in each {facet}" if colour_by else f"each {facet}"
-    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {percent(ci)} band)")
+    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {percent(ci)} band)"
+                 + (f"\n(points: {note})" if note else ""))
     return fig
 
 
