@@ -43,3 +43,12 @@ def test_shapes_and_the_autocorrelated_case_is_flagged():
     assert convergence.rhat(draws).shape == (3,) and convergence.ess_bulk(draws[..., 0]).shape == ()
     assert np.all(convergence.rhat(draws) > 1.05) and np.all(convergence.ess_bulk(draws) < 400)
     assert np.isnan(convergence.rhat(draws[:1])).all()  # one chain: no R-hat
+
+
+@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant", "antithetic"])
+def test_diagnostics_at_once_are_the_three_estimators(name):
+    draws = _cases()[name]
+    r_hat, bulk, tail = convergence.diagnostics(draws, 0.9)
+    np.testing.assert_array_equal(r_hat, convergence.rhat(draws))
+    np.testing.assert_array_equal(bulk, convergence.ess_bulk(draws))
+    np.testing.assert_array_equal(tail, convergence.ess_tail(draws, 0.9))

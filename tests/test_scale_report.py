@@ -188,3 +188,17 @@ def test_point_clouds_draw_a_sample_of_rows_when_rows_are_many(fits, builtin, mo
     ys = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
     assert ys.size == 100 and ys.min() == res[0] and ys.max() == res[-1]  # both extremes kept
     assert any("100 of 480 sorted residuals" in t.get_text() for t in ax.texts)
+
+
+def test_posterior_summaries_in_blocks_of_parameters_are_the_whole_arrays(fits):
+    """Thousands of levels are summarised a block at a time: every number is the same as all at once."""
+    from bayeslmm.summary import predict, tables
+
+    levels, u = predict.group_effect_draws(fits["mixed.lmer2"], "sample")
+    draws = u.reshape(2, -1, len(levels))  # conftest's STUDY_RUN: 2 chains
+    whole = tables._summarise(draws, 0.9, block_bytes=2**40)
+    blocks = tables._summarise(draws, 0.9, block_bytes=5 * 8 * draws.shape[0] * draws.shape[1])  # 5 levels a block
+    assert set(whole) == set(blocks)
+    for key in whole:
+        assert whole[key].shape == (len(levels),)
+        np.testing.assert_array_equal(blocks[key], whole[key], err_msg=key)

@@ -148,3 +148,24 @@ def ess_tail(draws: np.ndarray, prob: float = 0.9) -> np.ndarray:
         q = np.quantile(flat, p, axis=1)[:, None, None]
         out = np.minimum(out, _ess(_split((x <= q).astype(float))))
     return _valid(out, x).reshape(shape)
+
+
+def diagnostics(draws: np.ndarray, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rhat`, :func:`ess_bulk` and :func:`ess_tail` (``prob``) of every parameter of ``draws`` at once:
+    the same numbers, with the rank normalisation of the split chains computed once for the bulk R-hat and
+    the bulk ESS (each such sort is most of the time at tens of thousands of group levels)."""
+    x, shape = _columns(draws)
+    cols, k, n = x.shape
+    nan = np.full(cols, np.nan)
+    if n < 4:
+        return nan.reshape(shape), nan.reshape(shape), nan.reshape(shape)
+    split = _split(x)
+    z = _z_scale(split)
+    bulk_ess = _valid(_ess(z), x)
+    if k < 2:
+        r = nan
+    else:
+        med = np.median(split.reshape(cols, -1), axis=1)[:, None, None]
+        r = _valid(np.maximum(_rhat(z), _rhat(_z_scale(np.abs(split - med)))), x)
+    del z
+    return r.reshape(shape), bulk_ess.reshape(shape), ess_tail(draws, prob)
