@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
             df.to_csv(data, index=False)
             for with_out in modes:
                 out = Path(args.keep or tmp) / f"out_{design}" if with_out else None
+                if out is not None:  # a cold run: no fit cached in the report folder of an earlier run
+                    shutil.rmtree(out, ignore_errors=True)
                 r = whole_process(data, formula, out, tuple(args.fit_args))
                 size = folder_size(out) if out is not None and out.is_dir() else (0, [])
                 what = "--out" if with_out else "no --out"
