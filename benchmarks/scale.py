@@ -11,8 +11,9 @@ Designs ``RxSxN`` are ``y ~ x + (1|range/site)`` with R ranges x S sites x N row
 (range sd 1, site sd 0.5, residual sd 1: ``benchmarks/profile_scale.py``'s :func:`simulate`).
 For each it prints the wall time, the peak resident memory of the process (``/usr/bin/time``'s
 maximum RSS) and, with ``--out``, the report folder's size and its largest files, and how long
-each stage of the report took (from the time stamps of the progress lines on stderr). The
-targets (issue 15): every design below under 60 s and 4 GB with ``--out``.
+each stage of the report took (from the time stamps of the progress lines on stderr). Every run
+is cold (a report folder's cached fit is removed first). The targets (issue 15): every design
+below under 60 s and 4 GB with ``--out``.
 """
 
 from __future__ import annotations
