@@ -202,3 +202,12 @@ def test_posterior_summaries_in_blocks_of_parameters_are_the_whole_arrays(fits):
     for key in whole:
         assert whole[key].shape == (len(levels),)
         np.testing.assert_array_equal(blocks[key], whole[key], err_msg=key)
+
+
+def test_shrinkage_table_in_blocks_of_levels_is_the_whole_table(fits, monkeypatch):
+    fit = fits["mixed.lmer2"]
+    whole = plots_pooling.shrinkage_table(fit, "sample")
+    monkeypatch.setattr(plots_pooling, "_BLOCK_BYTES", 5 * 8 * 300)  # 5 levels of 300 draws at a time
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(plots_pooling.shrinkage_table(fit, "sample"), whole)

@@ -996,8 +996,9 @@ def _pointwise(sp: Spec, stats: ml.Stats, beta, u, sigma, rows: slice | np.ndarr
 
 
 def effects_from_posterior(random: tuple[_Random, ...], columns: tuple[np.ndarray, ...], q: int,
-                           post: xr.Dataset) -> np.ndarray:
-    """The random effects (draws, q) in the engine's column layout, read from Bambi's posterior variables.
+                           post: xr.Dataset, draws: slice = slice(None)) -> np.ndarray:
+    """The random effects (draws, q) in the engine's column layout, read from Bambi's posterior variables
+    (``draws``: a range of the chains' draws one after another, all by default).
 
     Raises
     ------
@@ -1005,12 +1006,12 @@ def effects_from_posterior(random: tuple[_Random, ...], columns: tuple[np.ndarra
         When the posterior lacks some of the model's effects.
     """
     S = post.sizes["chain"] * post.sizes["draw"]
-    u = np.empty((S, q))
+    u = np.empty((len(range(*draws.indices(S))), q))
     filled = np.zeros(q, dtype=bool)
     for r in random:
         cols = columns[r.factor][r.order, r.slot]
         da = post[r.name] if r.level_dim is None else post[r.name].sel({r.level_dim: r.level})
-        u[:, cols] = da.transpose("chain", "draw", r.dim).values.reshape(S, -1)
+        u[:, cols] = da.transpose("chain", "draw", r.dim).values.reshape(S, -1)[draws]
         filled[cols] = True
     if not filled.all():
         raise ValueError("the saved posterior does not match the model: refit it")
@@ -1044,15 +1045,16 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice | np
     return next(log_likelihood_blocks(model, frame, tree, [rows], priors))
 
 
-def _saved_draws(model, frame: ModelFrame, tree: xr.DataTree, priors: Priors | None):
-    """The spec, the data's statistics and a saved posterior's draws ``beta (S, p)``, ``sigma (S,)``, ``u (S, q)``."""
+def _saved_draws(model, frame: ModelFrame, tree: xr.DataTree, priors: Priors | None, effects: bool = True):
+    """The spec, the data's statistics and a saved posterior's draws ``beta (S, p)``, ``sigma (S,)``, ``u (S, q)``
+    (``None`` without ``effects``)."""
     sp = spec(frame.formula, frame, model, priors)
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     post = tree["posterior"]
     S = post.sizes["chain"] * post.sizes["draw"]
     beta = np.ascontiguousarray(tree[ENGINE_GROUP]["beta"].values.reshape(S, -1), dtype=float)
     sigma = np.ascontiguousarray(post[RESIDUAL_VARIABLE].values.reshape(S), dtype=float)
-    u = effects_from_posterior(sp.random, stats.columns, stats.q, post)
+    u = effects_from_posterior(sp.random, stats.columns, stats.q, post) if effects else None
     if beta.shape[1] != sp.X.shape[1]:
         raise ValueError("the saved posterior does not match the model: refit it")
     return sp, stats, beta, sigma, u
@@ -1069,13 +1071,14 @@ def summed_log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, priors: P
     """
     import scipy.sparse as sparse
 
-    _, stats, beta, sigma, u = _saved_draws(model, frame, tree, priors)
+    sp, stats, beta, sigma, _ = _saved_draws(model, frame, tree, priors, effects=False)
     n, K = stats.cols.shape
     Z = sparse.csr_matrix((stats.vals.ravel(), (np.repeat(np.arange(n), K), stats.cols.ravel())), shape=(n, stats.q))
     ZtZ = (Z.T @ Z).tocsr()
     rss = np.empty(beta.shape[0])
-    for a in range(0, beta.shape[0], block):
-        b, v = beta[a:a + block], u[a:a + block]
+    for a in range(0, beta.shape[0], block):  # the effects a block of draws at a time: (draws, q) is 1 GB at 32,000
+        b = beta[a:a + block]
+        v = effects_from_posterior(sp.random, stats.columns, stats.q, tree["posterior"], slice(a, a + block))
         rss[a:a + block] = (stats.yy - 2 * (b @ stats.Xty + v @ stats.Zty) + np.einsum("sp,sp->s", b @ stats.XtX, b)
                             + 2 * np.einsum("sq,sq->s", b @ stats.ZtX.T, v)
                             + np.einsum("qs,sq->s", ZtZ @ v.T, v))  # fmt: skip

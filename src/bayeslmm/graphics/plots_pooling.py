@@ -47,6 +47,8 @@ from bayeslmm.summary import pooling, predict
 from bayeslmm.summary.tables import cor_draws, fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
+#: Largest block of draws x levels a shrinkage table holds at once.
+_BLOCK_BYTES = 2**27
 #: What the samples of a shrinkage plot and a caterpillar plot keep at their ends (:func:`level_sample`).
 SHRUNK_ENDS, EFFECT_ENDS = ("most shrunk", "least shrunk"), ("highest", "lowest")
 
@@ -93,10 +95,17 @@ def _level_intercepts(fit, group: str,
     x 20 rows x 4000 draws stays small). With ``lme4`` (tidy rows of one lme4 fit of the same model)
     the same from lme4's fixed intercept and conditional modes: one "draw".
     """
+    levels, n, parts = _intercept_parts(fit, group, lme4)
+    return levels, n, *_intercept_draws(parts, slice(None))
+
+
+def _intercept_parts(fit, group: str, lme4: pd.DataFrame | None = None):
+    """What :func:`_level_intercepts` adds up, before adding it: levels, rows per level, and ``(fixed intercept
+    draws, the level's effects (draws, levels), [(levels x other levels shares, the other factor's effects)])``."""
     levels, u = _effects(fit, group, lme4=lme4)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     n = np.bincount(pos, minlength=len(levels))
-    target = np.repeat(_fixed(fit, INTERCEPT, lme4)[:, None], len(levels), axis=1)
+    others = []
     for term in fit.formula.random:
         if term.group != group and term.intercept:
             lv, uh = _effects(fit, term.group, lme4=lme4)
@@ -104,8 +113,18 @@ def _level_intercepts(fit, group: str,
             if _nested_in(other, pos):  # a child (sites of a range): its effects are not what the range shrinks to
                 continue
             share = sparse.csr_matrix((1.0 / n[pos], (pos, other)), shape=(len(levels), len(lv)))  # rows sum to 1
-            target += np.asarray(share @ uh.T).T
-    return levels, n, target + u, target
+            others.append((share, uh))
+    return levels, n, (_fixed(fit, INTERCEPT, lme4), u, others)
+
+
+def _intercept_draws(parts, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of the intercepts (partial pooling) and targets of the levels ``cols`` from :func:`_intercept_parts`."""
+    fixed, u, others = parts
+    u = u[:, cols]
+    target = np.repeat(fixed[:, None], u.shape[1], axis=1)
+    for share, uh in others:
+        target += np.asarray(share[cols] @ uh.T).T
+    return target + u, target
 
 
 def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
@@ -195,15 +214,20 @@ def shrinkage_table(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None
     x, names = design.X, design.names
     if INTERCEPT not in names:
         raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
-    levels, n, partial, target = _level_intercepts(fit, group)
+    levels, n, parts = _intercept_parts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     covs = x[:, [j for j, nm in enumerate(names) if nm != INTERCEPT]]
     own, _, why, pooled = _own_and_pooled(fit, x, covs, np.ones((pos.size, 1)), pos, len(levels))
-    lo, hi = eti(partial, ci)
+    step = max(1, _BLOCK_BYTES // (8 * parts[1].shape[0]))  # levels at a time: 24,000 levels x 4,000 draws is 768 MB
+    summary = []
+    for a in range(0, len(levels), step):
+        partial, target = _intercept_draws(parts, slice(a, a + step))
+        summary.append(np.vstack([partial.mean(axis=0), *eti(partial, ci), target.mean(axis=0)]))
+    mean, lo, hi, target = np.hstack(summary) if summary else np.zeros((4, 0))
     out = pd.DataFrame({
         "level": levels, "n": n, "no_pooling": own[:, 0], "complete_pooling": pooled[names.index(INTERCEPT)],
-        "partial": partial.mean(axis=0), "partial_low": lo, "partial_high": hi,
-        "target": target.mean(axis=0), "population": fixed_draws(fit, INTERCEPT).mean(), "separation": why,
+        "partial": mean, "partial_low": lo, "partial_high": hi,
+        "target": target, "population": fixed_draws(fit, INTERCEPT).mean(), "separation": why,
     })
     if lme4 is not None:
         out["lme4"] = _level_intercepts(fit, group, lme4)[2][0]
