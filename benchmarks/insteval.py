@@ -172,7 +172,8 @@ def parse_table(stdout: str) -> pd.DataFrame:
 
 
 def whole_process(data: Path, extra: tuple[str, ...] = ()) -> tuple[float, float, pd.DataFrame, str]:
-    """Wall seconds, peak RSS (GB) and printed table of ``python -m bayeslmm.cli fit DATA FORMULA`` (no ``--out``)."""
+    """Wall seconds, peak RSS (GB) and printed table of ``python -m bayeslmm.cli fit DATA FORMULA`` (``extra``:
+    more of its options, e.g. ``--out DIR``)."""
     cmd = [sys.executable, "-m", "bayeslmm.cli", "fit", str(data), FORMULA, "--no-progress", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     timer = ["/usr/bin/time", "-f", "MAXRSS_KB %M"] if Path("/usr/bin/time").exists() else []
@@ -309,7 +310,8 @@ def main(argv=None) -> int:
                 for k, v in times.items()))
         else:
             seconds, rss, tidy, notes = whole_process(data, tuple(args.fit_args))
-            print(f"bayeslmm fit (whole process, no --out): {seconds:.1f} s, peak RSS {rss:.2f} GB")
+            what = "with --out" if "--out" in args.fit_args else "no --out"
+            print(f"bayeslmm fit (whole process, {what}): {seconds:.1f} s, peak RSS {rss:.2f} GB")
             print("\n".join(f"  {line}" for line in notes.splitlines()))
         for line in check(tidy, lme4):
             print(line)

@@ -136,8 +136,13 @@ def test_chunked_loo_is_arviz_loo_of_the_samplers_log_likelihood(builtin, engine
     fit = bayes.BayesFit("m", FORMULA, data, without, options, bayes.prior_table(model), engine, 0.0, False, "",
                          model=model)
     asked = []
-    recompute = bayes.log_likelihood
-    monkeypatch.setattr(bayes, "log_likelihood", lambda f, rows: asked.append(rows) or recompute(f, rows))
+    recompute = bayes.log_likelihood_blocks
+
+    def spy(f, blocks):
+        asked.extend(blocks := list(blocks))
+        return recompute(f, blocks)
+
+    monkeypatch.setattr(bayes, "log_likelihood_blocks", spy)
     draws = options.chains * options.draws
     ours = compare.loo(fit, chunk_bytes=rows * draws * 8)
     assert max(r.stop - r.start for r in asked) == rows and len(asked) == -(-len(data) // rows)

@@ -16,11 +16,14 @@ def _cases():
         ar[:, t] = 0.9 * ar[:, t - 1] + rng.normal(size=(4, 3))
     ar[0] += 1.5
     ties = rng.integers(0, 4, size=(2, 301, 2)).astype(float)  # discrete draws: ties in the ranks
+    anti = np.zeros((4, 11, 40))  # short antithetic chains: Geyer's pairs stop early, late or at the last lag
+    for t in range(1, 11):
+        anti[:, t] = np.linspace(-0.9, 0.9, 40) * anti[:, t - 1] + rng.normal(size=(4, 40))
     return {"iid": rng.normal(size=(4, 1000, 5)), "autocorrelated": ar, "ties": ties,
-            "odd": rng.gamma(2.0, size=(3, 7)), "constant": np.ones((2, 50, 1))}
+            "odd": rng.gamma(2.0, size=(3, 7)), "constant": np.ones((2, 50, 1)), "antithetic": anti}
 
 
-@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant"])
+@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant", "antithetic"])
 def test_rhat_and_ess_are_arviz_stats(name):
     import arviz as az
 
@@ -40,3 +43,12 @@ def test_shapes_and_the_autocorrelated_case_is_flagged():
     assert convergence.rhat(draws).shape == (3,) and convergence.ess_bulk(draws[..., 0]).shape == ()
     assert np.all(convergence.rhat(draws) > 1.05) and np.all(convergence.ess_bulk(draws) < 400)
     assert np.isnan(convergence.rhat(draws[:1])).all()  # one chain: no R-hat
+
+
+@pytest.mark.parametrize("name", ["iid", "autocorrelated", "ties", "odd", "constant", "antithetic"])
+def test_diagnostics_at_once_are_the_three_estimators(name):
+    draws = _cases()[name]
+    r_hat, bulk, tail = convergence.diagnostics(draws, 0.9)
+    np.testing.assert_array_equal(r_hat, convergence.rhat(draws))
+    np.testing.assert_array_equal(bulk, convergence.ess_bulk(draws))
+    np.testing.assert_array_equal(tail, convergence.ess_tail(draws, 0.9))

@@ -31,7 +31,7 @@ def _split(x: np.ndarray) -> np.ndarray:
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks (1-based, ties averaged) of each row of ``x`` (cols, m), as scipy's ``rankdata``."""
-    order = np.argsort(x, axis=1, kind="mergesort")
+    order = np.argsort(x, axis=1)  # not stable, 4x faster than mergesort: ties get their mean rank either way
     s = np.take_along_axis(x, order, axis=1)
     cols, m = x.shape
     ranks = np.empty_like(x)
@@ -90,29 +90,35 @@ def _ess(x: np.ndarray) -> np.ndarray:
     if k > 1:
         var_plus = var_plus + np.var(x.mean(axis=2), axis=1, ddof=1)
     macov = acov.mean(axis=1)  # (cols, lags)
-    for c in np.flatnonzero(~flat):
-        rho = np.zeros(n)
-        even, odd = 1.0, 1.0 - (mean_var[c] - macov[c, 1]) / var_plus[c]
-        rho[0], rho[1] = even, odd
-        t = 1
-        while t < n - 3 and even + odd > 0.0:
-            even = 1.0 - (mean_var[c] - macov[c, t + 1]) / var_plus[c]
-            odd = 1.0 - (mean_var[c] - macov[c, t + 2]) / var_plus[c]
-            if even + odd >= 0:
-                rho[t + 1], rho[t + 2] = even, odd
-            t += 2
-        max_t = t - 2
-        if even > 0:
-            rho[max_t + 1] = even
-        t = 1
-        while t <= max_t - 2:
-            if rho[t + 1] + rho[t + 2] > rho[t - 1] + rho[t]:
-                rho[t + 1] = rho[t + 2] = (rho[t - 1] + rho[t]) / 2.0
-            t += 2
-        tau = -1.0 + 2.0 * np.sum(rho[: max_t + 1]) + np.sum(rho[max_t + 1: max_t + 2])
-        tau = max(tau, 1 / np.log10(k * n))
-        out[c] = np.nan if np.isnan(rho).any() else k * n / tau
+    live = np.flatnonzero(~flat)
+    if live.size:
+        out[live] = _geyer(mean_var[live], var_plus[live], macov[live], k * n)
     return out
+
+
+def _geyer(mean_var: np.ndarray, var_plus: np.ndarray, macov: np.ndarray, total: int) -> np.ndarray:
+    """ESS from each column's autocovariances by Geyer's initial monotone sequence, all columns at once.
+
+    arviz-stats' loop, column by column: sum the autocorrelations in pairs (lags 0-1, 2-3, ...)
+    while a pair's sum stays positive (up to lag ``n - 3``), make the pairs' sums non-increasing,
+    and add the first element of the pair that stopped it when positive (or when that pair was kept
+    at a sum of exactly 0). Here as array operations: the pairs' running minimum and a mask.
+    """
+    n = macov.shape[1]
+    rho = 1.0 - (mean_var[:, None] - macov) / var_plus[:, None]
+    rho[:, 0] = 1.0
+    most = len(range(1, n - 3, 2))  # pairs after the first that the loop may look at
+    pairs = rho[:, 0:2 * most + 1:2] + rho[:, 1:2 * most + 2:2]  # (cols, most + 1): sums of lags 2j and 2j + 1
+    positive = np.column_stack([pairs[:, :most] > 0, np.zeros(len(pairs), dtype=bool)])
+    steps = np.argmin(positive, axis=1)  # pairs summed after the first: up to the first sum <= 0, at most `most`
+    kept = np.arange(most + 1)[None, :] < steps[:, None]
+    head = np.where(kept, np.minimum.accumulate(pairs, axis=1), 0.0).sum(axis=1)
+    rows = np.arange(rho.shape[0])
+    even = rho[rows, 2 * steps]
+    stopped_at_zero = (steps > 0) & (pairs[rows, steps] >= 0)
+    tau = -1.0 + 2.0 * head + np.where((even > 0) | stopped_at_zero, even, 0.0)
+    tau = np.maximum(tau, 1 / np.log10(total))
+    return np.where(np.isnan(rho).any(axis=1), np.nan, total / tau)
 
 
 def _valid(values: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -142,3 +148,24 @@ def ess_tail(draws: np.ndarray, prob: float = 0.9) -> np.ndarray:
         q = np.quantile(flat, p, axis=1)[:, None, None]
         out = np.minimum(out, _ess(_split((x <= q).astype(float))))
     return _valid(out, x).reshape(shape)
+
+
+def diagnostics(draws: np.ndarray, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rhat`, :func:`ess_bulk` and :func:`ess_tail` (``prob``) of every parameter of ``draws`` at once:
+    the same numbers, with the rank normalisation of the split chains computed once for the bulk R-hat and
+    the bulk ESS (each such sort is most of the time at tens of thousands of group levels)."""
+    x, shape = _columns(draws)
+    cols, k, n = x.shape
+    nan = np.full(cols, np.nan)
+    if n < 4:
+        return nan.reshape(shape), nan.reshape(shape), nan.reshape(shape)
+    split = _split(x)
+    z = _z_scale(split)
+    bulk_ess = _valid(_ess(z), x)
+    if k < 2:
+        r = nan
+    else:
+        med = np.median(split.reshape(cols, -1), axis=1)[:, None, None]
+        r = _valid(np.maximum(_rhat(z), _rhat(_z_scale(np.abs(split - med)))), x)
+    del z
+    return r.reshape(shape), bulk_ess.reshape(shape), ess_tail(draws, prob)

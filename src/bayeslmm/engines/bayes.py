@@ -539,7 +539,7 @@ def fit(formula: Formula, df: pd.DataFrame, options: SamplerOptions | None = Non
     return sample_prepared(prep, cache_dir=cache_dir, save_dir=save_dir, refit=run.refit, progress=run.progress)
 
 
-def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
+def log_likelihood(fit: BayesFit, rows: slice | np.ndarray | None = None) -> xr.DataArray:
     """The pointwise log-likelihood of a fit, recomputed from its posterior and data.
 
     Exactly what the engine computes after sampling (the marginal engine's kernel on the
@@ -549,36 +549,66 @@ def log_likelihood(fit: BayesFit, rows: slice | None = None) -> xr.DataArray:
     Parameters
     ----------
     fit : BayesFit
-    rows : slice, optional
-        A contiguous range of rows of ``fit.data`` (all by default): memory is draws x rows x
-        8 bytes, so large data is best taken in chunks (:func:`bayeslmm.summary.compare.loo` does).
+    rows : slice or ndarray of int, optional
+        Rows of ``fit.data`` (all by default): memory is draws x rows x 8 bytes, so large data is
+        best taken in blocks (:func:`log_likelihood_blocks`).
 
     Returns
     -------
     xarray.DataArray
         Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of ``fit.data``.
     """
+    return next(log_likelihood_blocks(fit, [rows]))
+
+
+def log_likelihood_blocks(fit: BayesFit, blocks):
+    """:func:`log_likelihood` of each of ``blocks`` (slices or arrays of row numbers, ``None`` for all rows) in
+    turn: the posterior and the data are read once, so the whole data set goes through in bounded memory."""
     from bayeslmm.model.formula import model_frame
 
     n = len(fit.data)
-    rows = slice(*(slice(None) if rows is None else rows).indices(n))
+    blocks = (slice(*(slice(None) if b is None else b).indices(n)) if b is None or isinstance(b, slice)
+              else np.asarray(b, dtype=np.int64) for b in blocks)
     model = prior_model_of(fit)
     if fit.engine in ("marginal", "pymc"):
         from bayeslmm.engines import marginal
 
-        return marginal.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
+        yield from marginal.log_likelihood_blocks(model, model_frame(fit.formula, fit.data), fit.idata, blocks)
+        return
     if fit.engine == "glmm":
         from bayeslmm.engines import glmm
 
-        return glmm.log_likelihood(model, model_frame(fit.formula, fit.data), fit.idata, rows)
-    whole = rows == slice(0, n, 1)
+        yield from glmm.log_likelihood_blocks(model, model_frame(fit.formula, fit.data), fit.idata, blocks)
+        return
     model = build_model(fit.formula, fit.data, model)  # Bambi's model, given the priors its engine sampled
-    tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model.compute_log_likelihood(tree, data=None if whole else fit.data.iloc[rows])
-    ll = next(iter(tree["log_likelihood"].to_dataset().data_vars.values()))
-    return ll.assign_coords(__obs__=np.arange(n)[rows])
+    for rows in blocks:
+        whole = rows == slice(0, n, 1) if isinstance(rows, slice) else False
+        tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.compute_log_likelihood(tree, data=None if whole else fit.data.iloc[rows])
+        ll = next(iter(tree["log_likelihood"].to_dataset().data_vars.values()))
+        yield ll.assign_coords(__obs__=np.arange(n)[rows])
+
+
+def summed_log_likelihood(fit: BayesFit, block_cells: int = 2**24) -> np.ndarray:
+    """Each draw's log-likelihood of all rows, shape ``(chain, draw)`` (what power-scaling scales).
+
+    The marginal engine's from the data's cross-products (:func:`bayeslmm.engines.marginal.summed_log_likelihood`);
+    other engines' a block of rows at a time, at most ``block_cells`` draws x rows at once.
+    """
+    from bayeslmm.model.formula import model_frame
+
+    if fit.engine in ("marginal", "pymc"):
+        from bayeslmm.engines import marginal
+
+        return marginal.summed_log_likelihood(prior_model_of(fit), model_frame(fit.formula, fit.data), fit.idata)
+    post = fit.idata["posterior"]
+    n, step = len(fit.data), max(1, block_cells // max(post.sizes["chain"] * post.sizes["draw"], 1))
+    total = np.zeros((post.sizes["chain"], post.sizes["draw"]))
+    for block in log_likelihood_blocks(fit, (slice(start, min(n, start + step)) for start in range(0, n, step))):
+        total += block.sum("__obs__").values
+    return total
 
 
 def prior_model_of(fit: BayesFit) -> PriorModel:

@@ -556,18 +556,27 @@ def _to_datatree(sp: Spec, theta: np.ndarray, stats_ds, with_loglik: bool) -> xr
     return tree
 
 
-def _pointwise(sp: Spec, beta: np.ndarray, u: np.ndarray, alpha: np.ndarray | None, rows: slice) -> np.ndarray:
-    """Log-likelihood (draws, rows) of the contiguous ``rows``: one kernel for the fit and the recomputation."""
+def _pointwise(sp: Spec, beta: np.ndarray, u: np.ndarray, alpha: np.ndarray | None,
+               rows: slice | np.ndarray) -> np.ndarray:
+    """Log-likelihood (draws, rows) of ``rows`` (a contiguous slice, or row numbers): one kernel for the fit
+    and the recomputation."""
     lay = sp.layout
+    alpha = np.ones(beta.shape[0]) if alpha is None else np.ascontiguousarray(alpha, dtype=float)
+    beta, u = np.ascontiguousarray(beta), np.ascontiguousarray(u)
+    if not isinstance(rows, slice):  # row numbers: the kernel runs on those rows' copies, from row 0
+        r = np.asarray(rows, dtype=np.int64)
+        out = np.empty((beta.shape[0], r.size))
+        gl.pointwise_loglik(sp.family, sp.X[r], sp.y[r], sp.trials[r], sp.offset[r], lay.cols[r], lay.vals[r],
+                            sp.row_const[r], beta, u, alpha, 0, out)  # fmt: skip
+        return out
     start, stop, _ = rows.indices(sp.y.size)
     out = np.empty((beta.shape[0], max(stop - start, 0)))
-    alpha = np.ones(beta.shape[0]) if alpha is None else np.ascontiguousarray(alpha, dtype=float)
     gl.pointwise_loglik(sp.family, sp.X, sp.y, sp.trials, sp.offset, lay.cols, lay.vals, sp.row_const,
-                        np.ascontiguousarray(beta), np.ascontiguousarray(u), alpha, start, out)  # fmt: skip
+                        beta, u, alpha, start, out)  # fmt: skip
     return out
 
 
-def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = slice(None),
+def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice | np.ndarray = slice(None),
                    priors: Priors | None = None) -> xr.DataArray:
     """The pointwise log-likelihood of ``rows`` of the data, recomputed from a saved posterior.
 
@@ -582,14 +591,19 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
         The model frame of the same formula on the same data.
     tree : xarray.DataTree
         What :func:`sample` returned (or its saved copy).
-    rows : slice
-        Which rows (a contiguous range; all by default).
+    rows : slice or ndarray of int
+        Which rows (all by default).
 
     Returns
     -------
     xarray.DataArray
         Dims ``(chain, draw, __obs__)``, ``__obs__`` numbered as the rows of the data.
     """
+    return next(log_likelihood_blocks(model, frame, tree, [rows], priors))
+
+
+def log_likelihood_blocks(model, frame: ModelFrame, tree: xr.DataTree, blocks, priors: Priors | None = None):
+    """:func:`log_likelihood` of each of ``blocks`` of rows in turn, the posterior and the data read once."""
     sp = spec(frame.formula, frame, model, priors, centring_rule="noncentred")
     post = tree["posterior"]
     chains, n_draws = post.sizes["chain"], post.sizes["draw"]
@@ -599,8 +613,9 @@ def log_likelihood(model, frame: ModelFrame, tree: xr.DataTree, rows: slice = sl
         raise ValueError("the saved posterior does not match the model: refit it")
     u = marginal.effects_from_posterior(sp.random, sp.layout.columns, sp.layout.q, post)
     alpha = post[NB_SIZE_VARIABLE].values.reshape(S) if sp.n_aux else None
-    index = np.arange(sp.y.size)[rows]
-    ll = _pointwise(sp, beta, u, alpha, rows)
-    return xr.DataArray(ll.reshape(chains, n_draws, index.size), dims=("chain", "draw", "__obs__"),
-                        coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
-                        name=sp.response)
+    for rows in blocks:
+        index = np.arange(sp.y.size)[rows]
+        ll = _pointwise(sp, beta, u, alpha, rows)
+        yield xr.DataArray(ll.reshape(chains, n_draws, index.size), dims=("chain", "draw", "__obs__"),
+                           coords={"chain": post["chain"].values, "draw": post["draw"].values, "__obs__": index},
+                           name=sp.response)

@@ -246,7 +246,8 @@ def _draw(result, root: Path, tidy: pd.DataFrame, ci: float, side: pd.DataFrame 
                  f"the per-{group} predictive check shows each {group}'s proportion.")
         else:
             save(lambda: plots.group_boxplot(df, shown, group), f"boxplot_{group}",
-                 f"{shown} by {group}: the levels differ in their typical {shown}.")
+                 f"{shown} by {group}: the levels differ in their typical {shown}."
+                 + _sampled(n_levels, plots.BOX_ENDS, group))
         if x is not None and n_levels <= MAX_COLOURS and not binary:
             save(lambda: plots.group_scatter(df, x, shown, group), f"scatter_{group}",
                  f"{shown} against {x}, coloured by {group}: each {group} occupies its own region, so "
@@ -322,11 +323,16 @@ def _draw(result, root: Path, tidy: pd.DataFrame, ci: float, side: pd.DataFrame 
                           f"Shrinkage in {called}: each {term.group}'s own intercept (no pooling) moves towards what "
                           "the model expects of it (the population, or for a nested level its parent) in the mixed "
                           f"model (partial pooling, with its {mass} interval); levels with little data or far from the "
-                          "rest move most." + (_GLM_POOLING.format(scale=predict.scale_label(main_fit.formula),
+                          "rest move most." + _sampled(_n_levels(main_fit, term), plots_pooling.SHRUNK_ENDS, term.group)
+                          + (_GLM_POOLING.format(scale=predict.scale_label(main_fit.formula),
                                                                   what="intercept") if glm else ""),
                           save, skip)
+        many = [t for t in main_fit.formula.random if _n_levels(main_fit, t) > plots.MAX_LEVELS]
         save(lambda: plots_pooling.caterpillar(main_fit, ci=ci), f"caterpillar_{main}",
-             f"Every group effect of {called}, sorted, with 50% and {mass} intervals.")
+             f"Every group effect of {called}, sorted, with 50% and {mass} intervals."
+             + "".join(_sampled(_n_levels(main_fit, t), plots_pooling.EFFECT_ENDS, t.group,
+                                " (every level's effect is in tidy.csv)")
+                       for t in dict((t.group, t) for t in many).values()))
     for fit in fits:  # correlated terms with an intercept, (1 + x|g): one figure per numeric slope
         for term in fit.formula.random:
             # a factor's columns ((1 + f|g): fB, fC) are contrasts between levels, not slopes of a line
@@ -393,6 +399,18 @@ def _draw(result, root: Path, tidy: pd.DataFrame, ci: float, side: pd.DataFrame 
              f"correlation), with the posterior mean and {mass} interval, and lme4's estimate with its {mass} "
              "profile-likelihood interval where lme4 has one.")
     return figures
+
+
+def _n_levels(fit, term) -> int:
+    """How many levels ``term``'s grouping factor has in ``fit``'s data."""
+    return fit.data.groupby(list(term.group_columns), observed=True).ngroups
+
+
+def _sampled(n: int, ends: tuple[str, str], group: str = "", where: str = "") -> str:
+    """What a caption adds when a per-level figure draws a sample of ``n`` levels of ``group``
+    (:func:`~bayeslmm.graphics.plots.level_sample`), and ``where`` the rest are; ``""`` when it draws them all."""
+    note = plots.sample_note(n, ends)
+    return f" Of {group or 'the levels'}, it draws {note}{where}." if note else ""
 
 
 #: What a binomial or Poisson model's shrinkage figure adds to its caption.

@@ -77,6 +77,90 @@ def levels_of(df: pd.DataFrame, column: str) -> list[str]:
     return sorted(s.astype(str).unique())
 
 
+#: Most levels a per-level figure (caterpillar, shrinkage, boxplot) draws; above it, a labelled sample.
+MAX_LEVELS = 60
+#: Seed of that sample (the same levels in every run).
+SAMPLE_SEED = 0
+#: What a boxplot's sample keeps at its ends (:func:`level_sample`).
+BOX_ENDS = ("highest medians", "lowest medians")
+
+
+def level_sample(key: np.ndarray, ends: tuple[str, str], max_levels: int | None = None,
+                 seed: int = SAMPLE_SEED) -> tuple[np.ndarray, str]:
+    """Which levels a per-level figure draws, and how to say so.
+
+    All of them when there are at most ``max_levels``; else the ``max_levels // 6`` with the
+    largest ``key``, as many with the smallest, and the rest of ``max_levels`` drawn at random
+    (seeded) from the levels in between, so the figure stays readable with thousands of levels.
+
+    Parameters
+    ----------
+    key : ndarray
+        One number per level (e.g. how far it is shrunk, its posterior mean); NaN sorts as smallest.
+    ends : (str, str)
+        What the largest and smallest ``key`` are called (``("most shrunk", "least shrunk")``).
+    max_levels : int, optional
+        :data:`MAX_LEVELS` by default.
+
+    Returns
+    -------
+    positions : ndarray of int
+        Sorted positions of the levels to draw.
+    note : str
+        ``""`` when all are drawn, else e.g. "60 of 2,400 levels: the 10 most shrunk, the 10 least
+        shrunk and 40 drawn at random (seed 0)".
+    """
+    max_levels = MAX_LEVELS if max_levels is None else max_levels
+    key = np.asarray(key, dtype=float)
+    n = key.size
+    if n <= max_levels:
+        return np.arange(n), ""
+    k = _ends(max_levels)
+    order = np.argsort(np.nan_to_num(key, nan=-np.inf), kind="stable")  # smallest first
+    low, high, middle = order[:k], order[n - k:], order[k:n - k]
+    rest = np.random.default_rng(seed).choice(middle, size=max_levels - 2 * k, replace=False)
+    return np.sort(np.concatenate([low, high, rest])), sample_note(n, ends, max_levels, seed)
+
+
+def _ends(max_levels: int) -> int:
+    return max(1, max_levels // 6)
+
+
+def sample_note(n: int, ends: tuple[str, str], max_levels: int | None = None, seed: int = SAMPLE_SEED) -> str:
+    """How :func:`level_sample` picks the levels drawn out of ``n`` (``""`` when it draws them all)."""
+    max_levels = MAX_LEVELS if max_levels is None else max_levels
+    if n <= max_levels:
+        return ""
+    k = _ends(max_levels)
+    return (f"{max_levels:,} of {n:,} levels: the {k} {ends[0]}, the {k} {ends[1]} and {max_levels - 2 * k} "
+            f"drawn at random (seed {seed})")
+
+
+#: Most observations a scatter of the data draws; above it, a seeded random sample of rows (:func:`point_rows`).
+MAX_POINTS = 20_000
+
+
+def point_rows(n: int, max_points: int | None = None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray, str]:
+    """Which of ``n`` rows a scatter draws: a boolean mask, all of them up to ``max_points``
+    (:data:`MAX_POINTS` by default), else that many drawn at random (seeded); and ``""`` or what to say
+    ("20,000 of 480,000 rows drawn at random (seed 0)"). Lines and smooths drawn over the points are
+    computed from every row; the points only show the cloud, which a sample shows as well."""
+    max_points = MAX_POINTS if max_points is None else max_points
+    mask = np.ones(n, dtype=bool)
+    if n <= max_points:
+        return mask, ""
+    mask[:] = False
+    mask[np.random.default_rng(seed).choice(n, size=max_points, replace=False)] = True
+    return mask, f"{max_points:,} of {n:,} rows drawn at random (seed {seed})"
+
+
+def spaced_rows(n: int, max_points: int | None = None) -> np.ndarray:
+    """Positions 0 ... n - 1, or :data:`MAX_POINTS` of them evenly spaced, first and last kept (sorted values
+    thinned for a QQ plot)."""
+    max_points = MAX_POINTS if max_points is None else max_points
+    return np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+
+
 def panel_grid(n: int, ncol: int, panel: tuple[float, float], *, sharex: bool = False, sharey: bool = False,
                extra_width: float = 0.6, extra_height: float = 0.9) -> tuple[Figure, list]:
     """A figure with ``n`` panels in rows of ``ncol``; unused cells are hidden."""
@@ -187,7 +271,9 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
     fig = new_figure(8.5, 5.5)
     ax = fig.subplots()
     y, binary = jitter_binary(df[response].to_numpy(dtype=float), family)
-    ax.scatter(df[x], y, s=14, alpha=0.3 if binary else 0.45, color=NEUTRAL, edgecolor="none", label="observations")
+    drawn, note = point_rows(len(df))
+    ax.scatter(df[x].to_numpy()[drawn], y[drawn], s=14, alpha=0.3 if binary else 0.45, color=NEUTRAL,
+               edgecolor="none", label="observations" + (f" ({note})" if note else ""))
     if binary:  # the share of 1s in ten bins of x: what the curve should follow
         xs, ys = df[x].to_numpy(dtype=float), df[response].to_numpy(dtype=float)
         edges = np.unique(np.quantile(xs, np.linspace(0, 1, 11)))
@@ -214,19 +300,27 @@ def pooled_regression(df: pd.DataFrame, x: str, response: str, draws: dict[str, 
     return fig
 
 
-def group_boxplot(df: pd.DataFrame, response: str, group: str) -> Figure:
-    """Boxplot of the response per level of a grouping factor."""
+def group_boxplot(df: pd.DataFrame, response: str, group: str, max_levels: int | None = None) -> Figure:
+    """Boxplot of the response per level of a grouping factor.
+
+    With more than ``max_levels`` levels (:data:`MAX_LEVELS` by default), a labelled sample of them
+    (:func:`level_sample`: the highest and lowest medians and a seeded random sample), in the same
+    order; the title says which.
+    """
     levels = levels_of(df, group)
-    fig = new_figure(max(8.5, 0.8 * len(levels) + 3), 5.5)
+    by_level = dict(iter(df[response].astype(float).groupby(df[group].astype(str).to_numpy(), sort=False)))
+    data = [by_level[lv].to_numpy() for lv in levels]
+    shown, sampled = level_sample(np.array([np.median(d) for d in data]), BOX_ENDS, max_levels)
+    levels, data = [levels[i] for i in shown], [data[i] for i in shown]
+    fig = new_figure(min(24.0, max(8.5, 0.8 * len(levels) + 3)), 5.5)
     ax = fig.subplots()
-    data = [df.loc[df[group].astype(str) == lv, response].to_numpy(dtype=float) for lv in levels]
     bp = ax.boxplot(data, patch_artist=True, widths=0.6)
     ax.set_xticks(range(1, len(levels) + 1), levels)
     for i, box in enumerate(bp["boxes"]):
         box.set(facecolor=colour(i), alpha=0.6)
     for med in bp["medians"]:
         med.set(color="black", lw=1.5)
-    ax.set(title=f"{response} by {group}", xlabel=group, ylabel=response)
+    ax.set(title=f"{response} by {group}" + (f"\n({sampled})" if sampled else ""), xlabel=group, ylabel=response)
     ax.grid(axis="x", visible=False)
     if len(levels) > 8 or max(map(len, levels)) * len(levels) > 90:
         ax.tick_params(axis="x", labelrotation=45)
@@ -239,6 +333,8 @@ def group_scatter(df: pd.DataFrame, x: str, response: str, group: str) -> Figure
     """Response against a predictor, points coloured by the level of a grouping factor."""
     levels = levels_of(df, group)
     cols = level_colours(levels)
+    drawn, note = point_rows(len(df))
+    df = df[drawn]
     fig = new_figure(10, 6)
     ax = fig.subplots()
     markers = "osD^vphX"
@@ -246,7 +342,8 @@ def group_scatter(df: pd.DataFrame, x: str, response: str, group: str) -> Figure
         sub = df[df[group].astype(str) == lv]
         ax.scatter(sub[x], sub[response], s=26, alpha=0.8, color=cols[lv], marker=markers[i % len(markers)],
                    edgecolor="#333333", linewidths=0.3, label=lv)
-    ax.set(title=f"{response} against {x}, coloured by {group}", xlabel=x, ylabel=response)
+    ax.set(title=f"{response} against {x}, coloured by {group}" + (f"\n({note})" if note else ""), xlabel=x,
+           ylabel=response)
     ax.legend(title=group, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=1.6, alignment="left")
     return fig
 
@@ -255,10 +352,13 @@ def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
     """One panel per group level, each with its own least-squares line (no pooling)."""
     levels = levels_of(df, group)
     fig, axes = panel_grid(len(levels), 4, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.2)
+    drawn, note = point_rows(len(df))
+    labels = df[group].astype(str).to_numpy()
     for i, (ax, lv) in enumerate(zip(axes, levels, strict=True)):
-        sub = df[df[group].astype(str) == lv]
+        sub = df[labels == lv]
         xs, ys = sub[x].to_numpy(dtype=float), sub[response].to_numpy(dtype=float)
-        ax.scatter(xs, ys, s=12, alpha=0.6, color=colour(i), edgecolor="none")
+        pts = drawn[labels == lv]
+        ax.scatter(xs[pts], ys[pts], s=12, alpha=0.6, color=colour(i), edgecolor="none")
         if len(sub) > 2 and np.ptp(xs) > 0:
             b1, b0 = np.polyfit(xs, ys, 1)
             g = np.linspace(xs.min(), xs.max(), 20)
@@ -267,7 +367,8 @@ def group_facets(df: pd.DataFrame, x: str, response: str, group: str) -> Figure:
                     bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
         ax.set_title(f"{lv} (n = {len(sub)})", fontsize=11)
     label_outer(axes, 4, x, response)
-    fig.suptitle(f"{response} against {x}: a separate regression in each {group} (no pooling)")
+    fig.suptitle(f"{response} against {x}: a separate regression in each {group} (no pooling)"
+                 + (f"\n(points: {note}; lines from every row)" if note else ""))
     return fig
 
 

@@ -28,6 +28,8 @@ from bayeslmm.graphics.plots import (
     levels_of,
     new_figure,
     panel_grid,
+    point_rows,
+    spaced_rows,
 )
 from bayeslmm.intervals import eti, percent
 from bayeslmm.summary import predict
@@ -81,6 +83,17 @@ def _labels(fit, column: str, data: pd.DataFrame | None) -> np.ndarray:
     return data[column].astype(str).to_numpy()
 
 
+#: Most rows the lowess smooth of a residual plot goes through (its cost grows as rows squared: 90 s at 48,000).
+LOWESS_ROWS = 5000
+
+
+def _smoothed_rows(n: int) -> np.ndarray:
+    """The rows a lowess smooth goes through: all, or :data:`LOWESS_ROWS` of them drawn at random (seed 0)."""
+    if n <= LOWESS_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=LOWESS_ROWS, replace=False))
+
+
 def residuals_vs_fitted(fits, colour_by: str | None = None, data: pd.DataFrame | None = None,
                         ncol: int = 3) -> Figure:
     """Residuals against posterior-mean fitted values, one panel per fit (lme4's ``plot(model)``).
@@ -108,20 +121,26 @@ def residuals_vs_fitted(fits, colour_by: str | None = None, data: pd.DataFrame |
     for ax, fit in zip(axes, fits, strict=True):
         fv = predict.fitted(fit)
         res = predict.response(fit) - fv
+        drawn, note = point_rows(res.size)
         if colour_by is not None:
-            lab = _labels(fit, colour_by, data)
-            ax.scatter(fv, res, s=9, alpha=0.6, c=[cols[v] for v in lab], edgecolor="none")
+            lab = _labels(fit, colour_by, data)[drawn]
+            ax.scatter(fv[drawn], res[drawn], s=9, alpha=0.6, c=[cols[v] for v in lab], edgecolor="none")
         else:
-            ax.scatter(fv, res, s=9, alpha=0.5, color=NEUTRAL, edgecolor="none")
+            ax.scatter(fv[drawn], res[drawn], s=9, alpha=0.5, color=NEUTRAL, edgecolor="none")
+        if note:
+            ax.text(0.02, 0.02, f"points: {note}", transform=ax.transAxes, fontsize=8, color=NEUTRAL)
         ax.axhline(0, color=NEUTRAL, lw=1.2, ls="--")
-        smooth = lowess(res, fv, frac=0.6, return_sorted=True)
+        some = _smoothed_rows(res.size)
+        smooth = lowess(res[some], fv[some], frac=0.6, return_sorted=True)
         ax.plot(smooth[:, 0], smooth[:, 1], color="black", lw=2.2, path_effects=_HALO)
         ax.set_title(fit.name, fontsize=11)
         ax.set_xlabel("fitted value (posterior mean)")
     for ax in axes[:: min(ncol, len(fits))]:
         ax.set_ylabel("residual")
     handles = [Line2D([], [], color=NEUTRAL, ls="--", lw=1.2), Line2D([], [], color="black", lw=2.2)]
-    labels = ["zero", "lowess smooth of the residuals"]
+    most = max(f.data.shape[0] for f in fits)
+    labels = ["zero", "lowess smooth of the residuals" + (f" (of {LOWESS_ROWS:,} rows drawn at random, seed 0)"
+                                                          if most > LOWESS_ROWS else "")]
     handles += [Line2D([], [], ls="", marker="o", color=cols[v]) for v in levels]
     labels += levels
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=10)
@@ -137,8 +156,12 @@ def qq_residuals(fits, ncol: int = 3) -> Figure:
     for ax, fit in zip(axes, fits, strict=True):
         res = np.sort(predict.residuals(fit))
         n = res.size
-        theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)  # R's ppoints for n > 10
-        ax.scatter(theo, res, s=9, alpha=0.6, color=BAYES, edgecolor="none")
+        at = spaced_rows(n)  # every one, or evenly spaced
+        theo = stats.norm.ppf((at + 0.5) / n)  # R's ppoints for n > 10
+        ax.scatter(theo, res[at], s=9, alpha=0.6, color=BAYES, edgecolor="none")
+        if at.size < n:
+            ax.text(0.98, 0.02, f"{at.size:,} of {n:,} sorted residuals, evenly spaced (both extremes kept)",
+                    transform=ax.transAxes, ha="right", fontsize=8, color=NEUTRAL)
         q1, q3 = np.quantile(res, [0.25, 0.75])
         t1, t3 = stats.norm.ppf([0.25, 0.75])
         slope = (q3 - q1) / (t3 - t1)
@@ -286,8 +309,9 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
     lo, hi = eti(eta, ci)
     xs = new[x].to_numpy(dtype=float)
     fig, axes = panel_grid(len(facets), ncol, (3.3, 2.9), sharex=True, sharey=True, extra_height=1.4)
+    drawn, note = point_rows(len(data))
     for ax, lv in zip(axes, facets, strict=True):
-        sub = (data[facet].astype(str) == lv).to_numpy()
+        sub = (data[facet].astype(str) == lv).to_numpy() & drawn
         for c in colours or [None]:
             pts = sub if c is None else sub & (data[colour_by].astype(str) == c).to_numpy()
             col = cols.get(c, BAYES)
@@ -304,7 +328,8 @@ def group_lines(fit, data: pd.DataFrame, x: str, facet: str, colour_by: str | No
         fig.legend(handles, colours, title=colour_by, loc="outside lower center", ncols=min(len(colours), 8),
                    fontsize=10)
     what = f"each {colour_by} in each {facet}" if colour_by else f"each {facet}"
-    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {percent(ci)} band)")
+    fig.suptitle(f"{fit.name}: fitted line of {what} (posterior mean, {percent(ci)} band)"
+                 + (f"\n(points: {note})" if note else ""))
     return fig
 
 

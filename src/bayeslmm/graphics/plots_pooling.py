@@ -18,7 +18,17 @@ from matplotlib.ticker import PercentFormatter
 from scipy import sparse, stats
 
 from bayeslmm.errors import OptionsError
-from bayeslmm.graphics.plots import BAYES, FREQ, METHODS, NEUTRAL, colour, new_figure, panel_grid, place_labels
+from bayeslmm.graphics.plots import (
+    BAYES,
+    FREQ,
+    METHODS,
+    NEUTRAL,
+    colour,
+    level_sample,
+    new_figure,
+    panel_grid,
+    place_labels,
+)
 from bayeslmm.graphics.plots_checks import as_fits, kde
 from bayeslmm.intervals import eti, percent
 from bayeslmm.labels import (
@@ -37,6 +47,10 @@ from bayeslmm.summary import pooling, predict
 from bayeslmm.summary.tables import cor_draws, fixed_draws, sd_draws, variance_partition_draws
 
 NO_POOL, PARTIAL, COMPLETE = FREQ, BAYES, NEUTRAL
+#: Largest block of draws x levels a shrinkage table holds at once.
+_BLOCK_BYTES = 2**27
+#: What the samples of a shrinkage plot and a caterpillar plot keep at their ends (:func:`level_sample`).
+SHRUNK_ENDS, EFFECT_ENDS = ("most shrunk", "least shrunk"), ("highest", "lowest")
 
 
 def _term(fit, group: str, slope: str | None = None):
@@ -81,10 +95,17 @@ def _level_intercepts(fit, group: str,
     x 20 rows x 4000 draws stays small). With ``lme4`` (tidy rows of one lme4 fit of the same model)
     the same from lme4's fixed intercept and conditional modes: one "draw".
     """
+    levels, n, parts = _intercept_parts(fit, group, lme4)
+    return levels, n, *_intercept_draws(parts, slice(None))
+
+
+def _intercept_parts(fit, group: str, lme4: pd.DataFrame | None = None):
+    """What :func:`_level_intercepts` adds up, before adding it: levels, rows per level, and ``(fixed intercept
+    draws, the level's effects (draws, levels), [(levels x other levels shares, the other factor's effects)])``."""
     levels, u = _effects(fit, group, lme4=lme4)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     n = np.bincount(pos, minlength=len(levels))
-    target = np.repeat(_fixed(fit, INTERCEPT, lme4)[:, None], len(levels), axis=1)
+    others = []
     for term in fit.formula.random:
         if term.group != group and term.intercept:
             lv, uh = _effects(fit, term.group, lme4=lme4)
@@ -92,8 +113,18 @@ def _level_intercepts(fit, group: str,
             if _nested_in(other, pos):  # a child (sites of a range): its effects are not what the range shrinks to
                 continue
             share = sparse.csr_matrix((1.0 / n[pos], (pos, other)), shape=(len(levels), len(lv)))  # rows sum to 1
-            target += np.asarray(share @ uh.T).T
-    return levels, n, target + u, target
+            others.append((share, uh))
+    return levels, n, (_fixed(fit, INTERCEPT, lme4), u, others)
+
+
+def _intercept_draws(parts, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of the intercepts (partial pooling) and targets of the levels ``cols`` from :func:`_intercept_parts`."""
+    fixed, u, others = parts
+    u = u[:, cols]
+    target = np.repeat(fixed[:, None], u.shape[1], axis=1)
+    for share, uh in others:
+        target += np.asarray(share[cols] @ uh.T).T
+    return target + u, target
 
 
 def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
@@ -183,15 +214,20 @@ def shrinkage_table(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None
     x, names = design.X, design.names
     if INTERCEPT not in names:
         raise ValueError(f"{fit.name!r} has no fixed intercept; a shrinkage plot compares intercepts")
-    levels, n, partial, target = _level_intercepts(fit, group)
+    levels, n, parts = _intercept_parts(fit, group)
     pos = predict.level_positions(levels, predict.row_labels(fit.data, group), group)
     covs = x[:, [j for j, nm in enumerate(names) if nm != INTERCEPT]]
     own, _, why, pooled = _own_and_pooled(fit, x, covs, np.ones((pos.size, 1)), pos, len(levels))
-    lo, hi = eti(partial, ci)
+    step = max(1, _BLOCK_BYTES // (8 * parts[1].shape[0]))  # levels at a time: 24,000 levels x 4,000 draws is 768 MB
+    summary = []
+    for a in range(0, len(levels), step):
+        partial, target = _intercept_draws(parts, slice(a, a + step))
+        summary.append(np.vstack([partial.mean(axis=0), *eti(partial, ci), target.mean(axis=0)]))
+    mean, lo, hi, target = np.hstack(summary) if summary else np.zeros((4, 0))
     out = pd.DataFrame({
         "level": levels, "n": n, "no_pooling": own[:, 0], "complete_pooling": pooled[names.index(INTERCEPT)],
-        "partial": partial.mean(axis=0), "partial_low": lo, "partial_high": hi,
-        "target": target.mean(axis=0), "population": fixed_draws(fit, INTERCEPT).mean(), "separation": why,
+        "partial": mean, "partial_low": lo, "partial_high": hi,
+        "target": target, "population": fixed_draws(fit, INTERCEPT).mean(), "separation": why,
     })
     if lme4 is not None:
         out["lme4"] = _level_intercepts(fit, group, lme4)[2][0]
@@ -263,7 +299,8 @@ def _lme4_label(lme4: pd.DataFrame) -> str:
     return METHODS[method][1].split(":")[0] if method in METHODS else f"lme4 ({method})"
 
 
-def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = None) -> Figure:
+def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = None,
+              max_levels: int | None = None) -> Figure:
     """Shrinkage of each level's intercept from its own estimate towards what the model expects.
 
     One row per level, sorted by the no-pooling estimate (largest on top): the no-pooling
@@ -277,9 +314,14 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     the axis edge, pointing to its infinity, and a legend entry saying why; one whose finite estimate
     lies beyond Tukey's far-out fences (:func:`_far_out`) and beyond everything else drawn, a filled
     triangle there. ``lme4`` (tidy rows of lme4's fit of the model) adds lme4's partial pooling, its
-    intercept plus conditional modes (x).
+    intercept plus conditional modes (x). With more than ``max_levels`` levels
+    (:data:`~bayeslmm.graphics.plots.MAX_LEVELS` by default) it draws a labelled sample of them
+    (:func:`~bayeslmm.graphics.plots.level_sample`: the most and least shrunk and a seeded random
+    sample), and its title says which.
     """
     t = shrinkage_table(fit, group, ci, lme4)
+    shown_levels, sampled = level_sample(np.abs(t["no_pooling"] - t["partial"]), SHRUNK_ENDS, max_levels)
+    t = t.iloc[shown_levels].reset_index(drop=True)
     k = len(t)
     fig = new_figure(10, 0.36 * k + 2.6 + (0.3 if lme4 is not None else 0.0))
     ax = fig.subplots()
@@ -331,7 +373,8 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     ax.grid(axis="y", visible=False)
     sizes_note = f"{t['n'].iloc[0]} rows each" if t["n"].nunique() == 1 else "point area: rows per level"
     ax.set(xlabel=_x_label(fit), ylabel=group,
-           title=f"Partial pooling of the {group} intercepts in {fit.name} ({k} levels, {sizes_note})")
+           title=f"Partial pooling of the {group} intercepts in {fit.name} "
+                 + (f"({k} levels, {sizes_note})" if not sampled else f"\n({sampled}; {sizes_note})"))
     handles = [
         Line2D([], [], ls="", marker="o", mfc="white", mec=NO_POOL, mew=1.6, ms=8),
         Line2D([], [], color=PARTIAL, marker="o", lw=1.6, ms=8),
@@ -604,11 +647,15 @@ def shrinkage_2d(fit, group: str, slope: str | None = None, ci: float = 0.95,
     return fig
 
 
-def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: float = 0.5) -> Figure:
+def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: float = 0.5,
+                max_levels: int | None = None) -> Figure:
     """Every level's effect (deviation from the fixed part) with intervals, sorted, one panel per term.
 
     Thick bars hold ``inner`` of the posterior, thin ones ``ci``; levels are sorted by posterior
-    mean. Panels are stacked, their heights proportional to the number of levels.
+    mean. Panels are stacked, their heights proportional to the number of levels. A term with more
+    than ``max_levels`` levels (:data:`~bayeslmm.graphics.plots.MAX_LEVELS` by default) shows a
+    labelled sample of them (:func:`~bayeslmm.graphics.plots.level_sample`: the highest and lowest
+    and a seeded random sample), and its panel's title says which.
     """
     coefs = [(t, c) for t, c in predict.random_coefs(fit) if groups is None or t.group in groups]
     if not coefs:
@@ -616,12 +663,14 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
     data = []
     for term, coef in coefs:
         levels, u = predict.group_effect_draws(fit, term.group, coef)
-        order = np.argsort(u.mean(axis=0))
-        data.append((term.group, coef, np.asarray(levels)[order], u[:, order]))
-    heights = [0.24 * len(d[2]) + 0.9 for d in data]
+        means = u.mean(axis=0)
+        shown, sampled = level_sample(means, EFFECT_ENDS, max_levels)
+        order = shown[np.argsort(means[shown], kind="stable")]
+        data.append((term.group, coef, np.asarray(levels)[order], u[:, order], sampled))
+    heights = [0.24 * len(d[2]) + 0.9 + (0.3 if d[4] else 0.0) for d in data]
     fig = new_figure(9.5, sum(heights) + 1.4)
     axes = fig.subplots(len(data), 1, height_ratios=heights, squeeze=False).ravel()
-    for ax, (group, coef, levels, u) in zip(axes, data, strict=True):
+    for ax, (group, coef, levels, u, sampled) in zip(axes, data, strict=True):
         y = np.arange(len(levels))
         lo, hi = eti(u, ci)
         ilo, ihi = eti(u, inner)
@@ -633,7 +682,8 @@ def caterpillar(fit, groups: list[str] | None = None, ci: float = 0.95, inner: f
         ax.set_ylim(-0.7, len(levels) - 0.3)
         ax.grid(axis="y", visible=False)
         what = "intercept" if coef == INTERCEPT else f"slope of {coef}"
-        ax.set_title(f"{group}: {what} effects ({len(levels)} levels)", fontsize=11, loc="left")
+        ax.set_title(f"{group}: {what} effects ({len(levels)} levels)" if not sampled else
+                     f"{group}: {what} effects\n({sampled})", fontsize=11, loc="left")
         ax.set_ylabel(group)
     axes[-1].set_xlabel(f"effect on {predict.scale_label(fit.formula)} (deviation from the fixed part)")
     fig.suptitle(f"Group effects in {fit.name}: posterior mean, {percent(inner)} and {percent(ci)} intervals")

@@ -255,6 +255,7 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
         t = table[table["comparison"] == comp.name]
         cols = ["model", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo"]
         cols += ["pareto_k_bad", "loo_refits"] if t["pareto_k_bad"].sum() > 0 else []
+        cols += ["loo_subsample", "elpd_subsampling_se"] if t["loo_subsample"].sum() > 0 else []
         cols += ["stacking_weight", "aic", "aicc", "bic", "lrt_chisq", "lrt_df", "lrt_p"]
         cols += ["pb_p"] if "pb_p" in t else []
         if t["logo_group"].fillna("").astype(bool).any():
@@ -264,7 +265,25 @@ def comparison_section(study, table: pd.DataFrame) -> list[Block]:
         if comp.question:
             blocks.append(Para(f"**Question.** {comp.question}"))
         blocks += [Table(show), Para(reading(t))]
+        if t["loo_subsample"].sum() > 0:
+            blocks.append(Para(subsample_text(t)))
     return blocks
+
+
+def subsample_text(table: pd.DataFrame) -> str:
+    """What a comparison says when its LOO was estimated from a subsample of rows
+    (:func:`bayeslmm.summary.compare.loo_subsample`)."""
+    from bayeslmm.summary.compare import LOO_APPROX_DRAWS
+
+    sub = table[table["loo_subsample"] > 0]
+    ses = ", ".join(f"{r['model']} {format_number(r['elpd_subsampling_se'])}" for _, r in sub.iterrows())
+    return (f"**LOO from a subsample.** The elpd is estimated from {int(sub['loo_subsample'].iloc[0]):,} rows drawn "
+            "at random (seed 0) instead of all of them: PSIS-LOO on those rows corrects an approximation of every "
+            f"row's elpd (its log predictive density over {LOO_APPROX_DRAWS} evenly spaced draws), the difference "
+            "estimator of Magnusson et al. (2019) that arviz-stats' `loo_subsample` computes. `elpd_se` includes "
+            f"the subsampling error, `elpd_subsampling_se` is that part alone ({ses}); Pareto k is checked on the "
+            "subsample only, and the stacking weights rest on the approximation outside it. The likelihood-ratio "
+            "test uses every row.")
 
 
 def write_tables(root: Path, side: pd.DataFrame, study) -> None:

@@ -21,10 +21,13 @@ def aicc(fit: FreqFit) -> float:
 
 
 #: ``pareto_k_bad`` counts PSIS's observations with k > 0.7, ``loo_refits`` those of them refitted (their
-#: elpd in ``elpd_loo`` is exact); the ``logo_`` columns are leave-one-group-out by ``logo_group``.
+#: elpd in ``elpd_loo`` is exact); ``loo_subsample`` is the number of rows of a subsampled LOO (0: every row;
+#: :func:`loo_subsample`) and ``elpd_subsampling_se`` the part of ``elpd_se`` due to subsampling; the
+#: ``logo_`` columns are leave-one-group-out by ``logo_group``.
 COMPARISON_COLUMNS = [
     "comparison", "model", "rank", "elpd_loo", "elpd_se", "elpd_diff", "elpd_diff_se", "p_loo",
-    "pareto_k_bad", "loo_refits", "stacking_weight", "n_par", "ml_loglik", "aic", "aicc", "bic",
+    "pareto_k_bad", "loo_refits", "loo_subsample", "elpd_subsampling_se", "stacking_weight", "n_par", "ml_loglik",
+    "aic", "aicc", "bic",
     "lrt_against", "lrt_chisq", "lrt_df", "lrt_p", "pair_elpd_diff", "pair_elpd_diff_se",
     "logo_group", "elpd_logo", "elpd_logo_se", "elpd_logo_diff", "elpd_logo_diff_se", "logo_refits",
 ]
@@ -32,45 +35,143 @@ COMPARISON_COLUMNS = [
 
 #: Largest block of pointwise log-likelihood held at once by :func:`loo` (draws x rows x 8 bytes).
 LOO_CHUNK_BYTES = 2**27
+#: Rows above which :func:`loo` estimates from a subsample. Full PSIS-LOO costs about 2 ms per row at 4,000
+#: draws on this project's 2-core machine (13 s at 4,800 rows, 83 s at 48,000; measured with
+#: benchmarks/scale.py's designs, load ~4): above 10,000 rows (~20 s per model) a subsample of
+#: :data:`LOO_SUBSAMPLE` rows costs a fifth or less, with a subsampling SE reported beside the elpd.
+LOO_SUBSAMPLE_ROWS = 10_000
+#: Rows of that subsample (simple random sample without replacement, seeded).
+LOO_SUBSAMPLE = 2_000
+#: Draws (evenly spaced) of the cheap approximation of every row's elpd that the subsample corrects.
+LOO_APPROX_DRAWS = 100
 
 
-def loo(fit, chunk_bytes: int = LOO_CHUNK_BYTES) -> object:
+def loo(fit, chunk_bytes: int = LOO_CHUNK_BYTES, subsample_rows: int | None = None,
+        subsample: int | None = None, seed: int = 0) -> object:
     """PSIS-LOO of one fit (ArviZ's ``ELPDDataLOO``, pointwise), in bounded memory.
 
-    The pointwise log-likelihood is recomputed (:func:`bayeslmm.engines.bayes.log_likelihood`) a
-    block of rows at a time, at most ``chunk_bytes`` of it at once. PSIS smooths each
+    The pointwise log-likelihood is recomputed (:func:`bayeslmm.engines.bayes.log_likelihood_blocks`)
+    a block of rows at a time, at most ``chunk_bytes`` of it at once. PSIS smooths each
     observation's weights on its own, so every pointwise value is exactly what ArviZ's
     ``loo`` gives on the whole array; the relative efficiency is ArviZ's (mean ESS of the
     posterior over the number of draws), the totals are ArviZ's sums of the pointwise values.
+
+    Above ``subsample_rows`` rows (:data:`LOO_SUBSAMPLE_ROWS` by default) it is :func:`loo_subsample` of
+    ``subsample`` rows (:data:`LOO_SUBSAMPLE`; seeded by ``seed``).
     """
     import arviz as az
     import xarray as xr
 
-    from bayeslmm.engines.bayes import log_likelihood
+    from bayeslmm.engines.bayes import log_likelihood_blocks
 
+    subsample_rows = LOO_SUBSAMPLE_ROWS if subsample_rows is None else subsample_rows
+    if len(fit.data) > subsample_rows:
+        return loo_subsample(fit, min(LOO_SUBSAMPLE if subsample is None else subsample, len(fit.data)), seed,
+                             chunk_bytes)
     post = fit.idata["posterior"]
-    chains, draws = post.sizes["chain"], post.sizes["draw"]
-    S, n = chains * draws, len(fit.data)
+    S, n = post.sizes["chain"] * post.sizes["draw"], len(fit.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if chains == 1:
-            reff = 1.0
-        else:
-            ess = post.to_dataset().azstats.ess(method="mean")
-            reff = np.hstack([ess[v].values.flatten() for v in ess.data_vars]).mean() / S
+        reff = _reff(post)
         step = max(1, chunk_bytes // (8 * S))
-        parts = [log_likelihood(fit, slice(i, i + step)).azstats.loo(sample_dims=["chain", "draw"], r_eff=reff)
-                 for i in range(0, n, step)]
+        parts = [block.azstats.loo(sample_dims=["chain", "draw"], r_eff=reff)
+                 for block in log_likelihood_blocks(fit, (slice(i, i + step) for i in range(0, n, step)))]
         elpd_i, pareto_k, p_loo_i = (xr.concat([p[j] for p in parts], "__obs__") for j in range(3))
         elpd, se, p_loo, _ = elpd_i.azstats.loo_summary(p_loo_i)
-    good_k = min(1 - 1 / np.log10(S), 0.7) if S > 1 else 0.7  # ArviZ's sample-size-dependent threshold
     return az.ELPDDataLOO(elpd=elpd, se=se, p=p_loo, n_samples=S, n_data_points=n, scale="log",
-                          warning=bool(np.any(pareto_k.values > good_k)), good_k=good_k, elpd_i=elpd_i,
+                          warning=bool(np.any(pareto_k.values > _good_k(S))), good_k=_good_k(S), elpd_i=elpd_i,
                           pareto_k=pareto_k, approx_posterior=False, p_loo_i=p_loo_i)
 
 
+def _reff(post) -> float:
+    """ArviZ's relative efficiency of a posterior: the mean ESS of its variables over the number of draws."""
+    if post.sizes["chain"] == 1:
+        return 1.0
+    ess = post.to_dataset().azstats.ess(method="mean")
+    return float(np.hstack([ess[v].values.flatten() for v in ess.data_vars]).mean()
+                 / (post.sizes["chain"] * post.sizes["draw"]))
+
+
+def _good_k(S: int) -> float:
+    """ArviZ's sample-size-dependent Pareto k threshold."""
+    return min(1 - 1 / np.log10(S), 0.7) if S > 1 else 0.7
+
+
+def loo_subsample(fit, size: int = LOO_SUBSAMPLE, seed: int = 0, chunk_bytes: int = LOO_CHUNK_BYTES) -> object:
+    """PSIS-LOO of a large fit estimated from a subsample of its rows (arviz-stats' ``loo_subsample``).
+
+    Magnusson et al. (2019)'s difference estimator, as arviz-stats' ``loo_subsample`` computes it
+    (its ``diff_srs_estimator`` and ``srs_estimator``): every row's elpd is approximated by its log
+    predictive density over :data:`LOO_APPROX_DRAWS` evenly spaced draws (the ``lpd`` approximation
+    on a thinned posterior), and PSIS-LOO with every draw on ``size`` rows drawn at random (seeded)
+    corrects the approximation's total. arviz-stats' own function wants the whole pointwise
+    log-likelihood in memory (draws x rows: 15 GB at 480,000 rows); here it is recomputed a block
+    at a time and never stored.
+
+    Returns
+    -------
+    ELPDDataLOOSubsample
+        ``elpd``, ``se`` (approximation and subsampling), ``subsampling_se``, ``subsample_size``,
+        ``loo_subsample_observations``; ``elpd_i`` is PSIS's on the subsample and the approximation
+        elsewhere, ``pareto_k`` NaN outside the subsample (what ``arviz.compare`` reads).
+    """
+    from dataclasses import replace
+
+    import xarray as xr
+    from arviz_stats.base import array_stats
+    from arviz_stats.utils import ELPDDataLOOSubsample
+    from scipy.special import logsumexp
+
+    from bayeslmm.engines.bayes import log_likelihood_blocks
+
+    post = fit.idata["posterior"]
+    S, n = post.sizes["chain"] * post.sizes["draw"], len(fit.data)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    thinned = replace(fit, idata=fit.idata.isel(draw=slice(None, None, max(1, S // LOO_APPROX_DRAWS))))
+    s_thin = thinned.idata["posterior"].sizes["chain"] * thinned.idata["posterior"].sizes["draw"]
+    step = max(1, chunk_bytes // (8 * s_thin))
+    approx = np.concatenate([logsumexp(b.values.reshape(s_thin, -1), axis=0) - np.log(s_thin) for b in
+                             log_likelihood_blocks(thinned, (slice(i, i + step) for i in range(0, n, step)))])
+    step = max(1, chunk_bytes // (8 * S))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reff = _reff(post)
+        blocks = list(log_likelihood_blocks(fit, (rows[i:i + step] for i in range(0, size, step))))
+        parts = [b.azstats.loo(sample_dims=["chain", "draw"], r_eff=reff) for b in blocks]
+        lpd = np.concatenate([logsumexp(b.values.reshape(S, -1), axis=0) - np.log(S) for b in blocks])
+    del blocks
+    elpd_s, k_s = (np.concatenate([np.asarray(p[j]).ravel() for p in parts]) for j in range(2))
+    elpd, subsampling_se, se = array_stats.diff_srs_estimator(elpd_s, approx[rows], approx, n)
+    p_loo, _, _ = array_stats.srs_estimator(lpd - elpd_s, n)
+    obs = {"__obs__": np.arange(n)}
+    elpd_i, pareto_k = approx.copy(), np.full(n, np.nan)
+    elpd_i[rows], pareto_k[rows] = elpd_s, k_s
+    return ELPDDataLOOSubsample(
+        elpd=float(elpd), se=float(se), p=float(p_loo), n_samples=S, n_data_points=n, scale="log",
+        warning=bool(np.any(k_s > _good_k(S))), good_k=_good_k(S), approx_posterior=False,
+        subsampling_se=float(subsampling_se), subsample_size=size, log_p=None, log_q=None, thin_factor=None,
+        log_weights=None, loo_subsample_observations=rows,
+        elpd_loo_approx=xr.DataArray(approx, dims="__obs__", coords=obs),
+        elpd_i=xr.DataArray(elpd_i, dims="__obs__", coords=obs, name="elpd_i"),
+        pareto_k=xr.DataArray(pareto_k, dims="__obs__", coords=obs, name="pareto_k"), log_jacobian=None)
+
+
 def pair_difference(a, b) -> tuple[float, float]:
-    """elpd_loo(a) - elpd_loo(b) and its standard error from the pointwise values (ELPDData)."""
+    """elpd_loo(a) - elpd_loo(b) and its standard error from the pointwise values (ELPDData).
+
+    Two LOOs from the same subsample of rows (:func:`loo_subsample` on the same data) give the
+    difference estimator's answer on the pointwise differences, as arviz-stats' ``compare`` does.
+    """
+    sub_a, sub_b = (getattr(x, "loo_subsample_observations", None) for x in (a, b))
+    if sub_a is not None or sub_b is not None:
+        if sub_a is None or sub_b is None or not np.array_equal(sub_a, sub_b):
+            raise ValueError("LOO differences need both models' LOO from the same subsample of rows")
+        from arviz_stats.base import array_stats
+
+        d = np.asarray(a.elpd_i).ravel() - np.asarray(b.elpd_i).ravel()
+        approx = np.asarray(a.elpd_loo_approx).ravel() - np.asarray(b.elpd_loo_approx).ravel()
+        diff, _, se = array_stats.diff_srs_estimator(d[sub_a], approx[sub_a], approx, d.size)
+        return float(diff), float(se)
     d = np.asarray(a.elpd_i).ravel() - np.asarray(b.elpd_i).ravel()
     return float(d.sum()), float(np.sqrt(d.size * d.var(ddof=1)))
 
@@ -92,6 +193,8 @@ def _compare_loos(loos: dict) -> pd.DataFrame:
             "elpd_diff_se": table["dse"].astype(float),
             "p_loo": table["p"].astype(float),
             "pareto_k_bad": [int(np.sum(np.asarray(loos[m].pareto_k) > PARETO_K_BAD)) for m in table.index],
+            "loo_subsample": [int(getattr(loos[m], "subsample_size", 0) or 0) for m in table.index],
+            "elpd_subsampling_se": [float(getattr(loos[m], "subsampling_se", 0.0) or 0.0) for m in table.index],
             "stacking_weight": table["weight"].astype(float),
         },
         index=table.index,
@@ -147,7 +250,7 @@ def compare_models(name: str, models: tuple[str, ...], bayes_fits: dict, ml_fits
                            pair_elpd_diff=d, pair_elpd_diff_se=se)
         rows.append(row)
     out = pd.DataFrame(rows)
-    out = out.astype({"rank": int, "pareto_k_bad": int, "loo_refits": int})
+    out = out.astype({"rank": int, "pareto_k_bad": int, "loo_refits": int, "loo_subsample": int})
     out = out.assign(**_logo_columns(models, bayes_fits, crossval, logo))
     return out[COMPARISON_COLUMNS]
 

@@ -404,6 +404,9 @@ def reloo(fit, psis, refitter: Callable, *, max_refits: int = MAX_REFITS, thresh
     obstacle = refit_obstacle(fit.formula)
     if not bad or max_refits < 1:
         return psis, Reloo(bad)
+    if getattr(psis, "subsample_size", None):  # a refit's exact elpd replaces a row's PSIS, not a subsample's total
+        return psis, Reloo(bad, notes=(f"{fit.name}: {len(bad)} observation(s) of the LOO subsample with Pareto k > "
+                                       f"{threshold} not refitted: the elpd is estimated from a subsample of rows",))
     if obstacle is not None:
         return psis, Reloo(bad, notes=(f"{fit.name}: observations with Pareto k > {threshold} not refitted: "
                                        f"{obstacle}",))

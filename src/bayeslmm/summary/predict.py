@@ -31,9 +31,6 @@ from bayeslmm.model.formula import (
 from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.summary.tables import column_draws, cor_draws, nb_size_draws, sd_draws
 
-#: Largest block of draws x rows that :func:`fitted` holds at once.
-BLOCK_BYTES = 2**27
-
 
 def n_draws(fit) -> int:
     """Number of posterior draws of a fit (chains times draws per chain)."""
@@ -116,7 +113,17 @@ def group_effect_draws(fit, group: str, coef: str = INTERCEPT,
     (dim,) = [d for d in da.dims if d not in SAMPLE_DIMS]
     levels = tuple(str(v) for v in da[dim].values)
     arr = np.asarray(da.transpose(*SAMPLE_DIMS, dim).values, dtype=float)
-    return levels, arr.reshape(-1, arr.shape[-1])[draw_index(fit, max_draws)]
+    return levels, _rows(arr.reshape(-1, arr.shape[-1]), draw_index(fit, max_draws))
+
+
+def _rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``values[idx]``; when ``idx`` is every row in order, a read-only view instead of a copy (draws of
+    24,000 group effects are 768 MB)."""
+    if idx.size == values.shape[0] and (idx.size == 0 or (idx[0] == 0 and idx[-1] == idx.size - 1)):
+        view = values.view()
+        view.flags.writeable = False
+        return view
+    return values[idx]
 
 
 def row_labels(df: pd.DataFrame, group: str) -> np.ndarray:
@@ -146,14 +153,21 @@ def level_positions(levels: tuple[str, ...], labels: np.ndarray, group: str) -> 
 
 
 def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
-         groups: Iterable[str] | None, rows: slice = slice(None)) -> np.ndarray:
-    """Linear predictor of the draws ``idx`` at ``rows`` of ``df`` (the fit's data or ``newdata``)."""
+         groups: Iterable[str] | None, rows: slice = slice(None), mean: bool = False) -> np.ndarray:
+    """Linear predictor of the draws ``idx`` at ``rows`` of ``df`` (the fit's data or ``newdata``).
+
+    With ``mean``, its posterior mean over those draws, shape ``(1, rows)``: the predictor is
+    linear in the effects, so that is the predictor at the effects' means (no draws x rows array).
+    """
+    def draws(values: np.ndarray) -> np.ndarray:
+        return _rows(values, idx).mean(axis=0, keepdims=True) if mean else _rows(values, idx)
+
     design = fixed_design(fit.formula, fit.data)
     x = (design.X if newdata is None else design.evaluate(newdata))[rows]
-    eta = np.zeros((idx.size, x.shape[0])) + offset_values(fit.formula, df)[rows][None, :]
+    eta = np.zeros((1 if mean else idx.size, x.shape[0])) + offset_values(fit.formula, df)[rows][None, :]
     post = fit.idata["posterior"]
     for j, column in enumerate(design.columns):
-        eta += column_draws(post, column)[idx][:, None] * x[None, :, j]
+        eta += draws(column_draws(post, column))[:, None] * x[None, :, j]
     keep = None if groups is None else set(groups)
     for term in random_terms(fit):
         if keep is not None and term.group not in keep:
@@ -162,7 +176,7 @@ def _eta(fit, df: pd.DataFrame, newdata: pd.DataFrame | None, idx: np.ndarray,
         for j, coef in enumerate(term.coefs):
             levels, u = group_effect_draws(fit, term.group, coef)
             pos = level_positions(levels, row_labels(df, term.group)[rows], term.group)
-            eta += u[idx][:, pos] * values[None, :, j]
+            eta += draws(u)[:, pos] * values[None, :, j]
     return eta
 
 
@@ -199,14 +213,11 @@ def fitted(fit, newdata: pd.DataFrame | None = None, *, groups: Iterable[str] | 
            max_draws: int | None = None) -> np.ndarray:
     """Posterior mean of the linear predictor per row (lme4's ``fitted``/``predict``).
 
-    Computed a block of rows at a time (at most ``BLOCK_BYTES`` of draws x rows, not draws x
-    all rows: 1.5 GB at 48,000 rows); each row's mean is the same either way.
+    The linear predictor at the effects' posterior means (it is linear in them): no draws x
+    rows array, which is 1.5 GB at 48,000 rows.
     """
     df = fit.data if newdata is None else newdata
-    idx = draw_index(fit, max_draws)
-    step = max(1, BLOCK_BYTES // (8 * idx.size))
-    blocks = [_eta(fit, df, newdata, idx, groups, slice(i, i + step)).mean(axis=0) for i in range(0, len(df), step)]
-    return np.concatenate(blocks) if blocks else np.zeros(0)
+    return _eta(fit, df, newdata, draw_index(fit, max_draws), groups, mean=True)[0]
 
 
 def residuals(fit, max_draws: int | None = None) -> np.ndarray:

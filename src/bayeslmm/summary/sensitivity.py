@@ -57,17 +57,11 @@ def draws_by_row(fit) -> dict[tuple[str, str, str], np.ndarray]:
 
 
 def summed_log_likelihood(fit) -> np.ndarray:
-    """Each draw's log-likelihood of all rows (chain, draw), summed a block of rows at a time."""
-    from bayeslmm.engines.bayes import log_likelihood
+    """Each draw's log-likelihood of all rows (chain, draw): :func:`bayeslmm.engines.bayes.summed_log_likelihood`,
+    a block of at most :data:`_CHUNK_CELLS` draws x rows at a time where it is summed row by row."""
+    from bayeslmm.engines.bayes import summed_log_likelihood
 
-    post = fit.idata["posterior"]
-    S = post.sizes["chain"] * post.sizes["draw"]
-    n = len(fit.data)
-    step = max(1, _CHUNK_CELLS // max(S, 1))
-    total = np.zeros((post.sizes["chain"], post.sizes["draw"]))
-    for start in range(0, n, step):
-        total += log_likelihood(fit, slice(start, min(n, start + step))).sum("__obs__").values
-    return total
+    return summed_log_likelihood(fit, _CHUNK_CELLS)
 
 
 def power_scaling(fit) -> pd.DataFrame:
