@@ -84,9 +84,9 @@ def main_model(result, x: str | None = None) -> str | None:
         f = spec.formula
         if not f.random or spec.name not in result.fits or (x is not None and x not in f.fixed):
             continue
-        data = result.fits[spec.name].data
-        levels = [data.groupby(list(r.group_columns), observed=True).ngroups for r in f.random]
-        n = sum(k for k in levels if k < len(data))  # an observation-level effect (1|obs) adds no structure
+        fit = result.fits[spec.name]
+        levels = [_n_levels(fit, r) for r in f.random]
+        n = sum(k for k in levels if k < len(fit.data))  # an observation-level effect (1|obs) adds no structure
         if n > score:
             best, score = spec.name, n
     if best is None and x is not None:
@@ -303,9 +303,7 @@ def _draw(result, root: Path, tidy: pd.DataFrame, ci: float, side: pd.DataFrame 
     # Partial pooling in the main mixed model.
     if main_fit is not None:
         if x is not None and x in main_fit.formula.fixed:
-            data = main_fit.data
-            finest = max(main_fit.formula.random,
-                         key=lambda t: data.groupby(list(t.group_columns), observed=True).ngroups)
+            finest = max(main_fit.formula.random, key=lambda t: _n_levels(main_fit, t))
             facet, colour_by = _nesting(result, finest.group)
             if facet in df.columns and len(levels_of(df, facet)) <= MAX_FACETS and (
                     colour_by is None or len(levels_of(df, colour_by)) <= MAX_COLOURS):
@@ -433,7 +431,7 @@ def _glm_pooling(fit, term, skip: Callable[[str], None]) -> bool:
         skip(f"No shrinkage plot of {fit.name}: no pooling by maximum likelihood is fitted here for the "
              f"{fit.formula.family} family.")
         return False
-    levels = fit.data.groupby(list(term.group_columns), observed=True).ngroups
+    levels = _n_levels(fit, term)
     if levels >= len(fit.data):
         skip(f"No shrinkage plot of {term.group} in {fit.name}: a level per row (an observation-level effect) has "
              "no estimate of its own to shrink.")

@@ -56,14 +56,6 @@ def draws_by_row(fit) -> dict[tuple[str, str, str], np.ndarray]:
     return out
 
 
-def summed_log_likelihood(fit) -> np.ndarray:
-    """Each draw's log-likelihood of all rows (chain, draw): :func:`bayeslmm.engines.bayes.summed_log_likelihood`,
-    a block of at most :data:`_CHUNK_CELLS` draws x rows at a time where it is summed row by row."""
-    from bayeslmm.engines.bayes import summed_log_likelihood
-
-    return summed_log_likelihood(fit, _CHUNK_CELLS)
-
-
 def power_scaling(fit) -> pd.DataFrame:
     """Prior and likelihood power-scaling sensitivity of every fixed effect, sd and correlation of a fit.
 
@@ -96,7 +88,7 @@ def unavailable(fit) -> str | None:
 def _power_scaling(fit) -> pd.DataFrame:
     from arviz_stats import psense_summary
 
-    from bayeslmm.engines.bayes import log_prior
+    from bayeslmm.engines.bayes import log_prior, summed_log_likelihood
 
     draws = draws_by_row(fit)
     keys = list(draws)
@@ -105,7 +97,7 @@ def _power_scaling(fit) -> pd.DataFrame:
     tree = xr.DataTree.from_dict({
         "posterior": xr.Dataset({f"v{i}": (SAMPLE_DIMS, draws[k]) for i, k in enumerate(keys)}, coords=coords),
         "log_prior": xr.Dataset({"prior": log_prior(fit)}),
-        "log_likelihood": xr.Dataset({"y": (SAMPLE_DIMS, summed_log_likelihood(fit))}, coords=coords),
+        "log_likelihood": xr.Dataset({"y": (SAMPLE_DIMS, summed_log_likelihood(fit, _CHUNK_CELLS))}, coords=coords),
     })  # fmt: skip
     log = logging.getLogger("arviz_stats.psense")
     level = log.level
