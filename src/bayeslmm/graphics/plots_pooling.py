@@ -373,8 +373,8 @@ def shrinkage(fit, group: str, ci: float = 0.95, lme4: pd.DataFrame | None = Non
     ax.grid(axis="y", visible=False)
     sizes_note = f"{t['n'].iloc[0]} rows each" if t["n"].nunique() == 1 else "point area: rows per level"
     ax.set(xlabel=_x_label(fit), ylabel=group,
-           title=f"Partial pooling of the {group} intercepts in {fit.name} "
-                 + (f"({k} levels, {sizes_note})" if not sampled else f"\n({sampled}; {sizes_note})"))
+           title=f"Partial pooling of the {group} intercepts in {fit.name} "  # the sample on a line of its own
+                 + (f"({k} levels, {sizes_note})" if not sampled else f"({sizes_note})\n({sampled})"))
     handles = [
         Line2D([], [], ls="", marker="o", mfc="white", mec=NO_POOL, mew=1.6, ms=8),
         Line2D([], [], color=PARTIAL, marker="o", lw=1.6, ms=8),
