@@ -97,6 +97,25 @@ def test_blockwise_equals_dense(data, formula):
         assert a.u == pytest.approx(b.u, rel=1e-6, abs=1e-9)
 
 
+def test_repeated_rows_are_compressed_to_the_same_criterion():
+    """Rows sharing a row of Z (20 per site) enter the sparse path's QR as one weighted row and the R of their
+    deviations from its mean: the dense path's criterion and solution at any theta."""
+    rng = np.random.default_rng(8)
+    r = np.repeat(np.arange(30), 3 * 20)
+    s = np.tile(np.repeat(np.arange(3), 20), 30)
+    x = rng.normal(size=r.size)
+    y = 2 + 0.5 * x + rng.normal(size=30)[r] + 0.5 * rng.normal(size=90)[3 * r + s] + rng.normal(size=r.size)
+    df = pd.DataFrame({"y": y, "x": x, "range": r.astype(str), "site": s.astype(str)})
+    frame = model_frame(parse("y ~ x + (1|range/site)"), df)
+    sparse_m, dense_m = LmerProblem(frame, reml=False, dense=False), LmerProblem(frame, reml=False, dense=True)
+    assert sparse_m.zd.shape[0] == 90 < sparse_m.n  # one row per site
+    for theta in ([0.5, 1.0], [0.01, 3.0], [2.0, 0.0]):
+        a, b = sparse_m.solve(np.array(theta)), dense_m.solve(np.array(theta))
+        assert sparse_m.criterion(a) == pytest.approx(dense_m.criterion(b), rel=1e-12)
+        assert a.beta == pytest.approx(b.beta, rel=1e-10)
+        assert a.u == pytest.approx(b.u, rel=1e-8, abs=1e-10)
+
+
 def test_summary_is_remembered(frame):
     """lmerTest's derivatives revisit thetas: the criterion's pieces are computed once per theta."""
     m = LmerProblem(frame, reml=True)

@@ -214,6 +214,22 @@ def _diag_blocks(m: np.ndarray, layout: list[tuple[int, int, int]]) -> list[np.n
     return out
 
 
+def _distinct_rows(z: sparse.spmatrix, xy: np.ndarray, key: np.ndarray):
+    """``[X y] - Z Lambda s`` over the distinct rows of ``Z`` (``key``: each row's columns and values), for the
+    sparse path's QR: ``(Zd, XYd, R_w)`` with the rows sharing a row of Z as one row, their mean times the square
+    root of their count, and ``R_w`` the R of every row's deviation from its set's mean. The stacked rows
+    ``[R_w; XYd - Zd Lambda s]`` have the same sums of squares and cross-products as the n rows for every theta
+    (within a set, ``sum (xy_i - c)(xy_i - c)' = sum (xy_i - m)(xy_i - m)' + n_set (m - c)(m - c)'``), so the
+    same R: 480,000 rows in 24,000 cells are a QR of 24,000 rows (8,000 x 3 x 20: an evaluation 20 ms -> 9 ms)."""
+    _, first, inverse, counts = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    means = np.column_stack([np.bincount(inverse, weights=c, minlength=counts.size) for c in xy.T]) / counts[:, None]
+    r_within = np.linalg.qr(xy - means[inverse], mode="r")
+    w = np.sqrt(counts.astype(float))
+    zd = sparse.csr_matrix(sparse.diags(w) @ sparse.csr_matrix(z)[first])
+    return zd, means * w[:, None], r_within
+
+
 def _qr_r(m: np.ndarray) -> np.ndarray:
     """The R of a QR decomposition of ``m`` (rows >= columns), with a non-negative diagonal."""
     r = np.linalg.qr(m, mode="r")
@@ -246,8 +262,11 @@ class _BlockDiag:
     def __init__(self, a: np.ndarray) -> None:
         nl, k, _ = a.shape
         self.q = nl * k
-        self.logdet = 2 * float(np.sum(np.log(np.diagonal(np.linalg.cholesky(a), axis1=1, axis2=2))))
-        self.inv = np.linalg.inv(a)
+        if k == 1:  # scalar blocks: LAPACK's batched calls cost ~0.1 us a block more than the division
+            self.logdet, self.inv = float(np.sum(np.log(a[:, 0, 0]))), 1.0 / a
+        else:
+            self.logdet = 2 * float(np.sum(np.log(np.diagonal(np.linalg.cholesky(a), axis1=1, axis2=2))))
+            self.inv = np.linalg.inv(a)
         self.B = sparse.bsr_matrix((self.inv, np.arange(nl), np.arange(nl + 1)), shape=(self.q, self.q))
 
     def solve(self, r: np.ndarray) -> np.ndarray:
@@ -398,6 +417,7 @@ class LmerProblem:
             self.r0 = r0
             self._eye = np.eye(self.q, ncol)
         else:
+            self.zd, self.xyd, self.r_within = _distinct_rows(self.Z, self.xy, np.column_stack(cols + vals))
             first = self.blocks[0]
             _, nl, k = self.layout[0]
             self.m11 = np.zeros((nl, k, k))
@@ -539,7 +559,7 @@ class LmerProblem:
         else:
             fac = self.factor_of(theta, lam)
             s = fac.solve(lam.T @ self.ztxy)  # A^-1 Lambda'Z'[X y]
-            rxy = _qr_r(np.vstack([self.xy - self.Z @ (lam @ s), s]))
+            rxy = _qr_r(np.vstack([self.r_within, self.xyd - self.zd @ (lam @ s), s]))
         rx = rxy[:p, :p]
         beta = linalg.solve_triangular(rx, rxy[:p, p], check_finite=False)
         if self.dense:
