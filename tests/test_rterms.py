@@ -127,3 +127,39 @@ def test_partly_aliased_term_is_an_error(df):
     d = df.assign(f=np.where(df["period"] == 1, "a", "b"), p1=(df["period"] == 1).astype(float))
     with pytest.raises(DataError, match="linearly dependent"):
         drop_aliased(parse("y ~ p1 + factor(period) + (1|g)"), d)
+
+
+def _pasted(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """R's ``factor(paste(a, b, sep = ":"))`` row by row (each row's label built and then sorted): the definition
+    :func:`group_codes` reaches by labelling each distinct value or combination once."""
+    cols = group.split(":")
+    if len(cols) == 1:
+        v = pd.Series(df[cols[0]])
+        levels = [rterms._label(x) for x in rterms.r_levels(v.cat.remove_unused_categories()
+                                                             if isinstance(v.dtype, pd.CategoricalDtype) else v)]
+        cat = pd.Categorical(v.astype(object).map(lambda x: x if pd.isna(x) else rterms._label(x)), categories=levels)
+    else:
+        labels = df[cols[0]].astype(str)
+        for c in cols[1:]:
+            labels = labels + ":" + df[c].astype(str)
+        cat = pd.Categorical(labels)
+    return tuple(str(x) for x in cat.categories), np.asarray(cat.codes, dtype=np.int64)
+
+
+@pytest.mark.parametrize("group", ["i", "f", "fn", "s", "c", "b", "fl", "o", "i:s", "c:f", "s:i:b", "fn:s"])
+def test_group_codes_are_the_row_by_row_labels(group):
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({
+        "i": rng.integers(1, 12, n), "f": rng.integers(1, 12, n).astype(float),
+        "fn": np.where(rng.random(n) < 0.1, np.nan, rng.integers(1, 5, n).astype(float)),
+        "s": rng.choice(["b", "a", "B", "10", "2"], n),
+        "c": pd.Categorical(rng.choice(["x", "y", "z"], n), categories=["z", "y", "x", "w"]),
+        "b": rng.random(n) < 0.5, "fl": rng.choice([0.5, 1.25, 3.0], n),
+        "o": pd.Series(rng.choice(np.array([1, 2.0, "a"], dtype=object), n), dtype=object),
+    })  # fmt: skip
+    levels, codes = group_codes(df, group)
+    want_levels, want_codes = _pasted(df, group)
+    assert levels == want_levels
+    np.testing.assert_array_equal(codes, want_codes)
+    assert (codes < 0).any() == (group == "fn:s" or group == "fn")  # missing values stay missing (-1)

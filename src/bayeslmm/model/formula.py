@@ -457,11 +457,14 @@ def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarr
     cols = group.split(":")
     if len(cols) == 1:
         cat = rterms.as_factor(df[cols[0]])
-    else:
-        labels = df[cols[0]].astype(str)
-        for c in cols[1:]:
-            labels = labels + ":" + df[c].astype(str)
-        cat = pd.Categorical(labels)
+    else:  # each distinct combination labelled once ("a:b", as R pastes them), then sorted as text; NA: -1
+        parts = [pd.factorize(df[c]) for c in cols]
+        codes = np.column_stack([c for c, _ in parts])
+        combos, inverse = np.unique(codes, axis=0, return_inverse=True)
+        uniques = [u for _, u in parts]
+        labels = pd.Categorical([":".join(str(u[i]) for u, i in zip(uniques, row, strict=True)) if min(row) >= 0
+                                 else None for row in combos])
+        return tuple(str(x) for x in labels.categories), np.asarray(labels.codes, dtype=np.int64)[inverse.reshape(-1)]
     return tuple(str(x) for x in cat.categories), np.asarray(cat.codes, dtype=np.int64)
 
 

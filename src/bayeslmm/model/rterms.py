@@ -221,9 +221,11 @@ def as_factor(values: pd.Series) -> pd.Categorical:
     values = pd.Series(values)
     if isinstance(values.dtype, pd.CategoricalDtype):
         values = values.cat.remove_unused_categories()
-    levels = r_levels(values)
-    labels = values.astype(object).map(lambda v: v if pd.isna(v) else _label(v))
-    return pd.Categorical(labels, categories=[_label(v) for v in levels])
+    categories = [_label(v) for v in r_levels(values)]
+    codes, present = pd.factorize(values)  # each distinct value labelled once (not 480,000 times); NaN: -1
+    position = {label: i for i, label in enumerate(categories)}
+    at = np.array([position.get(_label(v), -1) for v in present] + [-1], dtype=np.int64)
+    return pd.Categorical.from_codes(at[codes], categories=categories)
 
 
 def _label(v) -> str:
