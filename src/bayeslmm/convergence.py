@@ -33,9 +33,10 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks (1-based, ties averaged) of each row of ``x`` (cols, m), as scipy's ``rankdata``."""
     order = np.argsort(x, axis=1)  # not stable, 4x faster than mergesort: ties get their mean rank either way
     s = np.take_along_axis(x, order, axis=1)
-    cols, m = x.shape
+    m = x.shape[1]
     ranks = np.empty_like(x)
-    for c in range(cols):  # ties: a run of equal values shares its mean rank
+    np.put_along_axis(ranks, order, np.arange(1.0, m + 1), axis=1)  # no ties: the positions in sorted order
+    for c in np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)):  # ties: a run of equal values shares its mean rank
         new = np.concatenate([[True], s[c, 1:] != s[c, :-1]])
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], m)
