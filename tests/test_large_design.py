@@ -1,12 +1,13 @@
-"""Large crossed designs in the marginal engine: how they are sampled (``marginal.plan``).
+"""Large designs in the marginal engine: how they are sampled (``marginal.plan``).
 
 A design whose gradient is dear (InstEval's students x lecturers: a dense block of ~1,100 crossed
-random effects) is sampled, when the sampler options are left at their defaults, with 2 chains,
-150 tuning steps and target_accept 0.8, stopped at the first 100 draws per chain where every
-reported quantity has bulk and tail ESS >= 400 and r_hat <= 1.01.  Tested here: which designs get
-the plan, that the options the user chose are kept, that the stopping rule reads exactly the
-quantities the fit reports, with the fit summary's own ESS and r_hat, and that it keeps the first
-draws (so a seeded fit is the same whenever it is run).
+random effects), or that has 10,000 random effects or more (8,000 ranges x 3 sites), is sampled,
+when the sampler options are left at their defaults, with 2 chains, 150 tuning steps and
+target_accept 0.8, stopped at the first 100 draws per chain where every reported quantity has bulk
+and tail ESS >= 400 and r_hat <= 1.01.  Tested here: which designs get the plan, that the options
+the user chose are kept, that the stopping rule reads exactly the quantities the fit reports, with
+the fit summary's own ESS and r_hat, and that it keeps the first draws (so a seeded fit is the
+same whenever it is run).
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ def test_small_and_nested_designs_are_sampled_as_before(builtin):
                        "range": (site // 5).astype(str), "site": site.astype(str)})  # fmt: skip
     prep = bayes.prepare(parse("y ~ x + (1|range) + (1|range:site)"), df)
     assert prep.options == SamplerOptions()
+
+
+def test_many_random_effects_get_the_plan_however_cheap_their_gradient():
+    # 10,000 groups of 3 rows: a diagonal block per group, nothing dear but 4,000 draws of 10,000 effects
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(marginal.LARGE_EFFECTS), 3)
+    df = pd.DataFrame({"y": rng.normal(size=g.size), "x": rng.normal(size=g.size), "g": g.astype(str)})
+    prep = bayes.prepare(parse("y ~ x + (1|g)"), df)
+    assert (prep.options.chains, prep.options.tune, prep.options.target_ess) == (2, 150, 400)
+    assert "large design (10,000 random effects)" in prep.engine_note
+    small = bayes.prepare(parse("y ~ x + (1|g)"), df[df["g"].astype(int) < marginal.LARGE_EFFECTS - 1])
+    assert small.options == SamplerOptions()
 
 
 def test_large_design_is_the_gradient_cost(large):

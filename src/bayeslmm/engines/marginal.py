@@ -738,6 +738,10 @@ def good_enough(values: np.ndarray, target_ess: float, max_rhat: float = 1.01) -
 #: (4 chains x 2000 steps, about 7 gradients each) would take minutes.  InstEval's crossed students x
 #: lecturers cost 1.5e9 (0.06 s a gradient on the project's machine); dragons and every nested design ~1e3-1e6.
 LARGE_FLOPS = 1e8
+#: Random effects from which a design is large however cheap its gradient: the default run keeps 4,000 draws of
+#: every level's effect (8,000 ranges x 3 sites: 32,000 effects, 1 GB of draws, 45 s of sampling and drawing,
+#: and the report's per-level summaries, figures and posterior file read all of them).
+LARGE_EFFECTS = 10_000
 #: How a large design is sampled when the sampler options are left at their defaults: its posterior has a few
 #: dimensions, so 2 chains after 150 tuning steps at target_accept 0.8, stopped
 #: at the first 100 draws per chain where every fixed effect, sd and correlation has bulk and tail ESS >= 400
@@ -747,8 +751,9 @@ LARGE_PLAN = {"chains": 2, "draws": 1000, "tune": 150, "target_accept": 0.8, "ta
 
 
 def large_design(stats: ml.Stats) -> bool:
-    """Whether a gradient costs at least :data:`LARGE_FLOPS`."""
-    return ml.gradient_flops(stats.Lp) >= LARGE_FLOPS
+    """Whether a gradient costs at least :data:`LARGE_FLOPS` or the design has :data:`LARGE_EFFECTS` random
+    effects."""
+    return ml.gradient_flops(stats.Lp) >= LARGE_FLOPS or stats.q >= LARGE_EFFECTS
 
 
 def plan(frame: ModelFrame, model, options, priors: Priors | None = None):
@@ -765,8 +770,11 @@ def plan(frame: ModelFrame, model, options, priors: Priors | None = None):
     stats = ml.sufficient_stats(sp.y - sp.offset - sp.shift, sp.X, list(sp.factors), len(sp.random))
     if not large_design(stats):
         return options, ""
-    nt = stats.q - int(ml.dense_start(stats.Lp, ml.DENSE_MIN))
-    size = f"large design ({nt} crossed random effects factored as one dense block)"
+    if ml.gradient_flops(stats.Lp) >= LARGE_FLOPS:
+        nt = stats.q - int(ml.dense_start(stats.Lp, ml.DENSE_MIN))
+        size = f"large design ({nt} crossed random effects factored as one dense block)"
+    else:
+        size = f"large design ({stats.q:,} random effects)"
     defaults = SamplerOptions()
     if any(getattr(options, name) != getattr(defaults, name) for name in LARGE_PLAN):
         return options, f"; {size}: sampled as asked"
