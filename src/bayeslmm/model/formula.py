@@ -459,12 +459,15 @@ def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarr
         cat = rterms.as_factor(df[cols[0]])
     else:  # each distinct combination labelled once ("a:b", as R pastes them), then sorted as text; NA: -1
         parts = [pd.factorize(df[c]) for c in cols]
-        codes = np.column_stack([c for c, _ in parts])
-        combos, inverse = np.unique(codes, axis=0, return_inverse=True)
-        uniques = [u for _, u in parts]
-        labels = pd.Categorical([":".join(str(u[i]) for u, i in zip(uniques, row, strict=True)) if min(row) >= 0
-                                 else None for row in combos])
-        return tuple(str(x) for x in labels.categories), np.asarray(labels.codes, dtype=np.int64)[inverse.reshape(-1)]
+        key = np.zeros(len(df), dtype=np.int64)
+        for codes, values in parts:  # the combination so far, renumbered each time (no overflow)
+            key = pd.factorize(key * (len(values) + 1) + codes + 1)[0]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        text = [[str(v) for v in values] for _, values in parts]
+        labels = [None if any(codes[r] < 0 for codes, _ in parts)
+                  else ":".join(t[codes[r]] for t, (codes, _) in zip(text, parts, strict=True)) for r in first.tolist()]
+        cat = pd.Categorical(labels)
+        return tuple(str(x) for x in cat.categories), np.asarray(cat.codes, dtype=np.int64)[inverse.reshape(-1)]
     return tuple(str(x) for x in cat.categories), np.asarray(cat.codes, dtype=np.int64)
 
 
