@@ -67,8 +67,9 @@ def kde(x: np.ndarray, grid: np.ndarray, lower: float | None = None, upper: floa
         pts.append(2 * upper - x)
     dx = grid[1] - grid[0]
     pad = int(np.ceil(4 * bw / dx)) + 1
-    edges = grid[0] - dx / 2 + dx * np.arange(-pad, grid.size + pad + 1)
-    counts = np.histogram(np.concatenate(pts), bins=edges)[0].astype(float)
+    first = grid[0] - dx / 2 - pad * dx
+    nbins = grid.size + 2 * pad  # equal bins as a count and a range: NumPy bins by arithmetic, not by sorting
+    counts = np.histogram(np.concatenate(pts), bins=nbins, range=(first, first + nbins * dx))[0].astype(float)
     half = int(np.ceil(4 * bw / dx))
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * dx / bw) ** 2)
     dens = np.convolve(counts, kernel / (kernel.sum() * dx * x.size), mode="same")
