@@ -413,7 +413,8 @@ def write(result: Fitted, root: Path, *, ci: float = 0.95, source: str = "", pro
     blocks += [
         Heading("Data and settings", 2),
         Bullets((f"data: `{source}`, {len(result.data)} rows", *prep,
-                 f"sampler: {opts.chains} chains x {opts.draws} draws after {opts.tune} tuning steps, target_accept "
+                 f"sampler: {opts.chains} chains x {'at most ' if opts.target_ess is not None else ''}{opts.draws} "
+                 f"draws after {opts.tune} tuning steps, target_accept "
                  f"{opts.target_accept}, seed {opts.seed}; priors: Bambi's defaults scaled to the data unless the "
                  "study sets them, and LKJ on the correlations of correlated terms (listed per model, set ones marked)",
                  "engines: `marginal` integrates the random effects out exactly (the model is Gaussian), runs NUTS "
