@@ -299,3 +299,66 @@ def test_ctrl_c_stops_cleanly(tmp_path, after):
     assert err.strip().splitlines()[-1].startswith("error: interrupted")
     assert "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".report.partial-*"))
+
+
+def _swallow_ctrl_c():
+    """What PyMC (a partial trace) and llvmlite (a ctypes callback) do with a Ctrl-C: the command's handler runs and
+    the KeyboardInterrupt it raises is caught and dropped."""
+    from bayeslmm import interrupt
+
+    try:
+        interrupt.on_sigint(2, None)
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_swallowed_ctrl_c_while_sampling_stops_the_run(tmp_path, builtin, monkeypatch, capsys):
+    from bayeslmm.engines import marginal
+
+    sample = marginal.sample
+
+    def swallowing(*args, **kwargs):
+        _swallow_ctrl_c()
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(marginal, "sample", swallowing)
+    builtin.to_csv(tmp_path / "d.csv", index=False)
+    code = main(["fit", str(tmp_path / "d.csv"), "testScore ~ bodyLength2 + (1|mountainRange)", "--draws", "100",
+                 "--tune", "100", "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 130 and out.err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert "testScore" not in out.out  # no table of a run that was stopped
+
+
+def test_a_swallowed_ctrl_c_writes_no_report(tmp_path, builtin, monkeypatch, capsys):
+    from bayeslmm.summary import analysis
+
+    fits = analysis.frequentist_fits
+
+    def swallowing(*args, **kwargs):
+        _swallow_ctrl_c()
+        return fits(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "frequentist_fits", swallowing)
+    builtin.to_csv(tmp_path / "d.csv", index=False)
+    out = tmp_path / "report"
+    code = main(["fit", str(tmp_path / "d.csv"), "testScore ~ bodyLength2 + (1|mountainRange)", "--draws", "100",
+                 "--tune", "100", "--no-progress", "--out", str(out)])
+    assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not out.exists() and not list(tmp_path.glob(".report.*"))
+
+
+def test_ctrl_c_in_a_ctypes_callback_is_recorded_and_silent(capsys, monkeypatch):
+    # numba compiles through llvmlite's ctypes callbacks: a KeyboardInterrupt raised in one cannot propagate, and
+    # Python prints "Exception ignored ... Traceback" unless the command's hook drops it (it is recorded)
+    import ctypes
+
+    from bayeslmm import interrupt
+
+    interrupt.reset()
+    monkeypatch.setattr(sys, "unraisablehook", interrupt.quiet_unraisable)
+    ctypes.CFUNCTYPE(None)(lambda: interrupt.on_sigint(2, None))()
+    assert interrupt.interrupted() and capsys.readouterr().err == ""
+    ctypes.CFUNCTYPE(None)(lambda: 1 / 0)()  # anything else is printed as Python prints it
+    assert "ZeroDivisionError" in capsys.readouterr().err
+    interrupt.reset()

@@ -281,33 +281,28 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
-_interrupted = False
-
-
-def _on_sigint(signum, frame) -> None:
-    """Ctrl-C: remember it (PyMC catches KeyboardInterrupt and returns a partial trace), then raise."""
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bayeslmm`` command; returns the exit code."""
     import signal
     import warnings
 
-    global _interrupted
-    _interrupted = False
+    from bayeslmm import interrupt
+
+    interrupt.reset()
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window
     warnings.filterwarnings("ignore", message="Cannot cache compiled function")  # pytensor's numba backend
+    unraisable = sys.unraisablehook
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, interrupt.on_sigint)
+        sys.unraisablehook = interrupt.quiet_unraisable
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
         handler = {"run": _cmd_run, "fit": _cmd_fit, "table": _cmd_table, "simulate": _cmd_simulate}[args.command]
         code = handler(args)
+        if interrupt.interrupted():  # Ctrl-C that a library swallowed: the run did not end as asked
+            return _interrupt_exit()
         sys.stdout.flush()  # a reader that left early (| head) shows here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -320,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupt_exit()
     except Exception:
-        if _interrupted:  # a library turned our KeyboardInterrupt into another error
+        if interrupt.interrupted():  # a library turned our KeyboardInterrupt into another error
             return _interrupt_exit()
         raise
     finally:
-        if signal.getsignal(signal.SIGINT) is _on_sigint:
+        interrupt.reset()  # in-process callers (tests, notebooks) go on with a clean slate
+        if signal.getsignal(signal.SIGINT) is interrupt.on_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = unraisable
 
 
 def _broken_pipe_exit() -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm import interrupt
 from bayeslmm.errors import FormulaError, OptionsError
 from bayeslmm.model.checks import NaAction, sampler_warnings, validate
 from bayeslmm.model.formula import Formula, to_bambi
@@ -495,6 +496,7 @@ def sample_prepared(prep: Prepared, *, cache_dir: str | Path | None = None, save
         tree = sample(build_model(prep.formula, prep.data, prep.model), options, progress=progress,
                       log_likelihood=False)
     seconds = time.perf_counter() - start
+    interrupt.check()  # PyMC returns what it has when Ctrl-C stops it, and may not say so
     _check_complete(tree, options)
     tree = _contiguous(tree)
     if target is not None:

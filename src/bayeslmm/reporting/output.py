@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from bayeslmm import interrupt
 from bayeslmm.errors import OutputError
 
 try:
@@ -146,6 +147,7 @@ def staged_folder(target: str | Path) -> Iterator[Path]:
     try:
         try:
             yield stage
+            interrupt.check()  # a Ctrl-C a library swallowed: the report may be of a half-done run
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
