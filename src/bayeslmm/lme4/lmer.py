@@ -220,7 +220,8 @@ def _distinct_rows(z: sparse.spmatrix, xy: np.ndarray, key: np.ndarray):
     root of their count, and ``R_w`` the R of every row's deviation from its set's mean. The stacked rows
     ``[R_w; XYd - Zd Lambda s]`` have the same sums of squares and cross-products as the n rows for every theta
     (within a set, ``sum (xy_i - c)(xy_i - c)' = sum (xy_i - m)(xy_i - m)' + n_set (m - c)(m - c)'``), so the
-    same R: 480,000 rows in 24,000 cells are a QR of 24,000 rows (8,000 x 3 x 20: an evaluation 20 ms -> 9 ms)."""
+    same R: 480,000 rows in 24,000 cells are a QR of 24,000 rows (8,000 x 3 x 20: an evaluation 20 ms -> 9 ms,
+    6 ms with scalar blocks inverted by division)."""
     _, first, inverse, counts = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     means = np.column_stack([np.bincount(inverse, weights=c, minlength=counts.size) for c in xy.T]) / counts[:, None]
