@@ -172,3 +172,25 @@ def test_a_report_beyond_the_profile_limit_shows_wald_and_says_why(tmp_path, mon
     assert any("no profile intervals" in n and "127 random effects" in n for n in result.report_notes)
     md = (out / "report.md").read_text()
     assert "model: Wald, none for the sds (its crossed design is too large to profile" in md
+
+
+def test_nested_conditional_variances_equal_the_dense_inverse():
+    """The diagonal blocks of A^-1 (lme4's conditional variances of the random effects) of a nested design with
+    correlated slopes, from the blockwise factor's sparse C S^-1 C': those of the dense inverse."""
+    from bayeslmm.lme4 import lmer
+
+    rng = np.random.default_rng(2)
+    r = np.repeat(np.arange(30), 60)
+    s = np.tile(np.repeat(np.arange(3), 20), 30)
+    x = rng.normal(size=r.size)
+    y = (1 + x + rng.normal(size=30)[r] + rng.normal(size=30)[r] * x + 0.5 * rng.normal(size=90)[3 * r + s]
+         + rng.normal(size=r.size))
+    df = pd.DataFrame({"y": y, "x": x, "range": r.astype(str), "site": s.astype(str)})
+    m = LmerProblem(model_frame(parse("y ~ x + (1 + x|range) + (1 + x|range:site)"), df), reml=True, dense=False)
+    theta = np.array([0.8, 0.2, 0.5, 0.6, -0.1, 0.3])
+    fac = m.factor_of(theta, m.lam(theta))
+    assert isinstance(fac.rest, lmer._BlockDiag)  # the nested path this checks
+    lam = m.lam(theta)
+    dense = np.linalg.inv((lam.T @ m.Z.T @ m.Z @ lam).toarray() + np.eye(m.q))
+    for got, want in zip(fac.inv_diag_blocks(m.layout), lmer._diag_blocks(dense, m.layout), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)

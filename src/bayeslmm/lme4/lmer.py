@@ -297,6 +297,15 @@ class _Schur:
         n1 = sum(off < self.q1 for off, _, _ in layout)
         blocks = self.first.inv_diag_blocks(layout[:n1])
         q2 = self.C.shape[1]
+        if isinstance(self.rest, _BlockDiag) and sparse.issparse(self.C):  # nested: C S^-1 C' stays sparse
+            cs = sparse.csr_matrix(self.C @ self.rest.B)  # S^-1 is symmetric
+            for (off, nl, k), blk in zip(layout[:n1], blocks, strict=True):
+                rows_c, rows_cs = self.C[off : off + nl * k], cs[off : off + nl * k]
+                for a in range(k):
+                    for b in range(k):  # entry (a, b) of each level's block: row a of C S^-1 . row b of C
+                        blk[:, a, b] += np.asarray(rows_cs[a::k].multiply(rows_c[b::k]).sum(axis=1)).ravel()
+            rest = [(off - self.q1, nl, k) for off, nl, k in layout[n1:]]
+            return [*blocks, *self.rest.inv_diag_blocks(rest)]
         for (off, nl, k), blk in zip(layout[:n1], blocks, strict=True):
             step = max(1, _CHUNK // (k * q2))
             for s in range(0, nl, step):
