@@ -301,30 +301,30 @@ def test_ctrl_c_stops_cleanly(tmp_path, after):
     assert not out.exists() and not list(tmp_path.glob(".report.partial-*"))
 
 
-def _swallow_ctrl_c():
-    """What PyMC (a partial trace) and llvmlite (a ctypes callback) do with a Ctrl-C: the command's handler runs and
-    the KeyboardInterrupt it raises is caught and dropped."""
+def _fit_swallowing_ctrl_c(module, name: str, tmp_path, data: pd.DataFrame, monkeypatch, *extra: str) -> int:
+    """``bayeslmm fit`` (in process) where ``module.name`` first does to a Ctrl-C what PyMC (a partial trace) and
+    llvmlite (a ctypes callback) do: the command's handler runs and the KeyboardInterrupt it raises is dropped."""
     from bayeslmm import interrupt
 
-    try:
-        interrupt.on_sigint(2, None)
-    except KeyboardInterrupt:
-        pass
+    original = getattr(module, name)
+
+    def swallowing(*args, **kwargs):
+        try:
+            interrupt.on_sigint(2, None)
+        except KeyboardInterrupt:
+            pass
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, swallowing)
+    data.to_csv(tmp_path / "d.csv", index=False)
+    return main(["fit", str(tmp_path / "d.csv"), "testScore ~ bodyLength2 + (1|mountainRange)", "--draws", "100",
+                 "--tune", "100", "--no-progress", *extra])
 
 
 def test_a_swallowed_ctrl_c_while_sampling_stops_the_run(tmp_path, builtin, monkeypatch, capsys):
     from bayeslmm.engines import marginal
 
-    sample = marginal.sample
-
-    def swallowing(*args, **kwargs):
-        _swallow_ctrl_c()
-        return sample(*args, **kwargs)
-
-    monkeypatch.setattr(marginal, "sample", swallowing)
-    builtin.to_csv(tmp_path / "d.csv", index=False)
-    code = main(["fit", str(tmp_path / "d.csv"), "testScore ~ bodyLength2 + (1|mountainRange)", "--draws", "100",
-                 "--tune", "100", "--no-progress"])
+    code = _fit_swallowing_ctrl_c(marginal, "sample", tmp_path, builtin, monkeypatch)
     out = capsys.readouterr()
     assert code == 130 and out.err.strip().splitlines()[-1].startswith("error: interrupted")
     assert "testScore" not in out.out  # no table of a run that was stopped
@@ -333,17 +333,8 @@ def test_a_swallowed_ctrl_c_while_sampling_stops_the_run(tmp_path, builtin, monk
 def test_a_swallowed_ctrl_c_writes_no_report(tmp_path, builtin, monkeypatch, capsys):
     from bayeslmm.summary import analysis
 
-    fits = analysis.frequentist_fits
-
-    def swallowing(*args, **kwargs):
-        _swallow_ctrl_c()
-        return fits(*args, **kwargs)
-
-    monkeypatch.setattr(analysis, "frequentist_fits", swallowing)
-    builtin.to_csv(tmp_path / "d.csv", index=False)
     out = tmp_path / "report"
-    code = main(["fit", str(tmp_path / "d.csv"), "testScore ~ bodyLength2 + (1|mountainRange)", "--draws", "100",
-                 "--tune", "100", "--no-progress", "--out", str(out)])
+    code = _fit_swallowing_ctrl_c(analysis, "frequentist_fits", tmp_path, builtin, monkeypatch, "--out", str(out))
     assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1].startswith("error: interrupted")
     assert not out.exists() and not list(tmp_path.glob(".report.*"))
 
