@@ -289,7 +289,7 @@ def fit_lmm(frame: ModelFrame, method: Literal["reml", "ml"] = "reml", dense: bo
                 "a random effect needs more than one level and fewer levels than rows"
             )
     m = LmerProblem(frame, reml=method == "reml", dense=dense)
-    with blas_threads(frame):  # small dense factors: one BLAS thread is faster
+    with blas_threads():
         theta, converged = m.optimize()
         if not converged:
             msg = f"{frame.formula.text}: the optimizer did not converge (gradient check failed)"
@@ -446,7 +446,7 @@ def fit_glmm(frame: ModelFrame, method: str = "laplace", nagq: int | None = None
         if q > n:
             raise DataError(f"{n} rows for {q} random effects of {blk.term.lme4}: more effects than observations "
                             "(glmer stops); drop coefficients from the term")
-    with blas_threads(frame):
+    with blas_threads():
         nb = glmer_nb.fit_glmer_nb(frame) if frame.family == "negbinomial" else None
         g = nb.glmer if nb is not None else glmer.fit_glmer(frame, nagq)
         md, m = g.modes, g.problem.structure

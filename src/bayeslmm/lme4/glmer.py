@@ -848,7 +848,7 @@ def fit_glmer(frame: ModelFrame, nagq: int = 1, lme4_pirls: bool = True, nb_thet
     prob = GlmerProblem(frame, nagq, nb_theta)
     # exp(eta) overflows at an optimizer's wild trial points (PIRLS halves its steps); small dense
     # factors are fastest on one BLAS thread
-    with np.errstate(over="ignore"), blas_threads(frame):
+    with np.errstate(over="ignore"), blas_threads():
         opt = prob.optimize(lme4_pirls)
     return finish(prob, frame, opt, lme4_pirls)
 
@@ -857,7 +857,7 @@ def finish(prob: GlmerProblem, frame: ModelFrame, opt: Optimum, lme4_pirls: bool
     """The fit at the optimum ``opt`` of ``prob``'s stage-2 deviance (lme4's, from ``prob.lp0``, with
     ``lme4_pirls``): modes, deviance, the Hessian-based covariance, lme4's warnings (:func:`fit_glmer`)."""
     nagq = prob.nagq
-    with np.errstate(over="ignore"), blas_threads(frame):
+    with np.errstate(over="ignore"), blas_threads():
         x = opt.x
         theta, beta = x[: prob.ntheta], x[prob.ntheta :]
         md = prob.lme4_modes(x, prob.lp0) if lme4_pirls else prob.modes(theta, beta)

@@ -219,7 +219,7 @@ def fit_glmer_nb(frame: ModelFrame, tol: float = NB_TOL) -> GlmerNbFit:
     path: list[tuple[float, float]] = []
 
     def deviance(t: float) -> float:
-        with np.errstate(over="ignore"), blas_threads(frame):
+        with np.errstate(over="ignore"), blas_threads():
             prob, opt = _refit(state["prob"], state["x"], math.exp(t))
         state.update(prob=prob, x=opt.x, opt=opt)
         path.append((math.exp(t), float(opt.fun)))

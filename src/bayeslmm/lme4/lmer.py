@@ -185,13 +185,13 @@ def satterthwaite(
 # ---------------------------------------------------------------------------------------
 
 
-def blas_threads(frame: ModelFrame) -> AbstractContextManager:
+def blas_threads() -> AbstractContextManager:
     """One BLAS thread for the lme4 side's linear algebra.
 
     Its dense factors are at most the crossed terms' Schur complement (1,142 rows for InstEval),
     where a second thread gains little and stalls badly on a loaded machine: a 1,142 x 1,142
     Cholesky took 0.03 s on one thread and 0.3-2.3 s on two (2 cores, load 2.7), one REML
-    criterion of InstEval's design 0.11 s against 2.5 s. ``frame`` is unused (kept for callers).
+    criterion of InstEval's design 0.11 s against 2.5 s.
     """
     if threadpool_limits is None:
         return nullcontext()

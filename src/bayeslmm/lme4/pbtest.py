@@ -85,7 +85,7 @@ def pb_lrt(small: ModelFrame, large: ModelFrame, small_fit, nsim: int = 500, see
     observed = max(dev_small - dev_large, 0.0)
     rng = np.random.default_rng(seed)
     sims = np.empty(nsim)
-    with blas_threads(large):  # small factors: one BLAS thread (more only stall on a loaded machine)
+    with blas_threads():  # small factors: one BLAS thread (more only stall on a loaded machine)
         for i in range(nsim):
             y = simulate(small, small_fit, rng)
             ds, _ = ml_deviance(dataclasses.replace(small, y=y), t_small)

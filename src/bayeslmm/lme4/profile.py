@@ -395,7 +395,7 @@ def profile_ci(frame: ModelFrame, fit, level: float = 0.95,
             RuntimeWarning, stacklevel=2,
         )
         return pd.DataFrame(columns=list(PROFILE_COLUMNS))
-    with blas_threads(frame):
+    with blas_threads():
         return _profile_ci(frame, fit, level, m)
 
 
