@@ -26,15 +26,15 @@ from bayeslmm.model.options import COUNT_FAMILIES
 from bayeslmm.numbers import DIGITS, format_number
 from bayeslmm.results import conform, latent_residual_variance
 
-#: Largest block of draws :func:`_summarise` holds at once (parameters x draws x 8 bytes); its sorts and FFTs
+#: Largest block of draws :func:`_summarise` holds at once (parameters x draws x 8 bytes); its sorts and ranks
 #: need a few times that (32,000 group levels x 4,000 draws at once took 7.7 GB).
 SUMMARY_BLOCK_BYTES = 2**26
 
 
 def _summarise(draws: np.ndarray, ci: float, block_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Mean, sd, equal-tailed interval, r_hat and ESS over (chain, draw) of ``draws``, a block of parameters at a
-    time (:data:`SUMMARY_BLOCK_BYTES`), blocks on every core (numpy's sorts and FFTs release the GIL: 1.7x on 2
-    cores); every number is its parameter's own, so blocks change none of them."""
+    time (:data:`SUMMARY_BLOCK_BYTES`), blocks on every core (NumPy's sorts and the compiled diagnostics release
+    the GIL); every number is its parameter's own, so blocks change none of them."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
