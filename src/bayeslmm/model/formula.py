@@ -453,7 +453,8 @@ def combined_codes(parts: list[tuple[np.ndarray, Sequence]]) -> np.ndarray:
     """One integer per row for its combination of values over several columns, from each column's
     ``pd.factorize`` (codes, distinct values; -1 for a missing value, a value of its own here): the
     combination so far renumbered column by column, so the key never overflows and no row tuples are sorted
-    (NumPy's ``unique(axis=0)`` of 480,000 rows takes 0.8 s, this 0.05 s)."""
+    (NumPy's ``unique(axis=0)`` of 480,000 rows of 4 columns took 0.8 s; factorizing them, this and the
+    ``unique`` of the key 0.1 s)."""
     key = np.zeros(len(parts[0][0]), dtype=np.int64)
     for codes, values in parts:
         key = pd.factorize(key * (len(values) + 1) + codes + 1)[0]
